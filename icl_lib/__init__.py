@@ -1,0 +1,14 @@
+"""icl_lib: the helper library of the executable textbook on in-context learning.
+
+Modules, one concern each (imports flow one way: checks -> samplers/tasks/prompts -> baselines ->
+evaluation -> plotting):
+
+* ``samplers``: covariates x ~ N(0, c^2 Lambda).
+* ``tasks``: function classes (dense, sparse, noisy linear, ReLU nets, sinusoids, mixtures, convex combinations).
+* ``prompts``: prompt encodings (Garg et al.'s interleaved tokens, the pair format, the LSA embedding).
+* ``baselines``: least squares, ridge/Bayes, lasso, oracle, k-NN, averaging, one-step GD, Bayes for mixtures.
+* ``evaluation``: normalised error curves with bootstrap bands.
+* ``plotting``: the house style.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,230 @@
+"""Estimators a transformer competes with, batched over prompts and over prefix lengths.
+
+Every baseline takes ``xs: (batch, n_points, d)`` and ``ys: (batch, n_points)`` and returns
+``preds: (batch, n_points)`` where ``preds[:, k]`` predicts ``ys[:, k]`` from ``xs[:, k]`` and the
+first k examples only (k = 0 .. n_points - 1): exactly what a causal transformer reading the prompt
+predicts at the position of x_k. With no example (k = 0) every baseline predicts 0.
+
+Computation is in float64 on the inputs' device; predictions come back in the inputs' dtype.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import torch
+
+from icl_lib import checks
+
+
+def _float64(xs: torch.Tensor, ys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    checks.prompt_tensors(xs, ys)
+    return xs.to(torch.float64), ys.to(torch.float64)
+
+
+def _prefix_moments(xs: torch.Tensor, ys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sums over the first k examples: ``gram: (batch, n, d, d)`` = sum x x^T and ``xy: (batch, n, d)``."""
+    outer = xs[..., :, None] * xs[..., None, :]
+    gram = torch.cumsum(outer, dim=1) - outer  # exclusive: position k sums examples 0 .. k-1
+    xy = torch.cumsum(ys[..., None] * xs, dim=1) - ys[..., None] * xs
+    return gram, xy
+
+
+def _predict(xs: torch.Tensor, weights: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Apply per-prefix weights ``(batch, n, d)`` to the query inputs ``xs[:, k]``."""
+    return torch.einsum("bnd,bnd->bn", xs, weights).to(like.dtype)
+
+
+def least_squares(xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+    """Minimum-norm least squares: w_k = pinv(X_k) y_k, where X_k holds the first k inputs.
+
+    Below k = d the system is under-determined and the minimum-norm interpolant is the posterior mean
+    for w ~ N(0, I) on noiseless data; from k = d on it recovers a linear function exactly.
+    """
+    x64, y64 = _float64(xs, ys)
+    batch, n_points, d = xs.shape
+    weights = torch.zeros(batch, n_points, d, dtype=torch.float64, device=xs.device)
+    for k in range(1, n_points):
+        weights[:, k] = (torch.linalg.pinv(x64[:, :k]) @ y64[:, :k, None]).squeeze(-1)
+    return _predict(x64, weights, xs)
+
+
+def ridge(xs: torch.Tensor, ys: torch.Tensor, penalty: float) -> torch.Tensor:
+    """Ridge regression: w_k = argmin ||y_k - X_k w||^2 + penalty ||w||^2 (penalty > 0)."""
+    penalty = checks.positive_float("penalty", penalty)
+    x64, y64 = _float64(xs, ys)
+    gram, xy = _prefix_moments(x64, y64)
+    eye = torch.eye(xs.shape[-1], dtype=torch.float64, device=xs.device)
+    weights = torch.linalg.solve(gram + penalty * eye, xy[..., None]).squeeze(-1)
+    return _predict(x64, weights, xs)
+
+
+def bayes_linear(xs: torch.Tensor, ys: torch.Tensor, noise_std: float, prior_std: float = 1.0) -> torch.Tensor:
+    """Posterior mean for w ~ N(0, prior_std^2 I) and y = <w, x> + N(0, noise_std^2): Bayes-optimal.
+
+    It is ridge with penalty (noise_std / prior_std)^2; for noise_std = 0 it is its limit, minimum-norm
+    least squares.
+    """
+    noise_std = checks.nonnegative_float("noise_std", noise_std)
+    prior_std = checks.positive_float("prior_std", prior_std)
+    if noise_std == 0:
+        return least_squares(xs, ys)
+    return ridge(xs, ys, penalty=(noise_std / prior_std) ** 2)
+
+
+def oracle_least_squares(xs: torch.Tensor, ys: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
+    """Least squares on the true support only. ``support: (batch, d)`` boolean (from ``SparseLinear``)."""
+    batch, _, d = checks.prompt_tensors(xs, ys)
+    if not isinstance(support, torch.Tensor) or tuple(support.shape) != (batch, d) or support.dtype != torch.bool:
+        raise ValueError(f"support must be a boolean tensor of shape (batch, d) = {(batch, d)}")
+    # Zeroed columns get weight 0 in the minimum-norm solution, so this is least squares on the support.
+    return least_squares(xs * support[:, None, :].to(xs.dtype), ys)
+
+
+def averaging(xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+    """Garg et al.'s averaging estimator: w_k = (1/k) sum_{i<k} y_i x_i (one GD step with step size 1)."""
+    return gd_one_step(xs, ys, learning_rate=1.0)
+
+
+def gd_one_step(
+    xs: torch.Tensor, ys: torch.Tensor, learning_rate: float, preconditioner: torch.Tensor | None = None
+) -> torch.Tensor:
+    """One step of (preconditioned) gradient descent from w = 0 on L(w) = (1/2k) sum_{i<k} (<w, x_i> - y_i)^2.
+
+    w_1 = learning_rate * P (1/k) sum_{i<k} y_i x_i, with P = ``preconditioner: (d, d)`` (identity if None).
+    """
+    learning_rate = checks.nonnegative_float("learning_rate", learning_rate)
+    x64, y64 = _float64(xs, ys)
+    _, n_points, d = xs.shape
+    _, xy = _prefix_moments(x64, y64)
+    counts = torch.arange(n_points, dtype=torch.float64, device=xs.device).clamp_min(1)
+    direction = xy / counts[None, :, None]
+    if preconditioner is not None:
+        if tuple(preconditioner.shape) != (d, d):
+            raise ValueError(f"preconditioner must have shape (d, d) = {(d, d)}, got {tuple(preconditioner.shape)}")
+        direction = direction @ preconditioner.to(direction).T
+    return _predict(x64, learning_rate * direction, xs)
+
+
+def knn(xs: torch.Tensor, ys: torch.Tensor, n_neighbors: int = 3) -> torch.Tensor:
+    """k-nearest neighbours: the mean label of the ``n_neighbors`` closest earlier inputs (all of them if fewer)."""
+    n_neighbors = checks.positive_int("n_neighbors", n_neighbors)
+    x64, y64 = _float64(xs, ys)
+    _, n_points, _ = xs.shape
+    distances = torch.cdist(x64, x64)  # (batch, query k, example i)
+    earlier = torch.ones(n_points, n_points, dtype=torch.bool, device=xs.device).tril(diagonal=-1)
+    distances = distances.masked_fill(~earlier, math.inf)
+    m = min(n_neighbors, n_points)
+    nearest_distances, nearest = distances.topk(m, dim=-1, largest=False)
+    found = torch.isfinite(nearest_distances).to(torch.float64)
+    labels = torch.gather(y64[:, None, :].expand(-1, n_points, -1), 2, nearest)
+    preds = (labels * found).sum(-1) / found.sum(-1).clamp_min(1)
+    return preds.to(xs.dtype)
+
+
+def lasso(
+    xs: torch.Tensor, ys: torch.Tensor, alpha: float, tol: float = 1e-10, max_sweeps: int = 20_000
+) -> torch.Tensor:
+    """Lasso, scikit-learn's objective without intercept, solved for all prompts and prefixes at once.
+
+    w_k = argmin (1/2k) ||y_k - X_k w||^2 + alpha ||w||_1, by cyclic coordinate descent on the prefix
+    Gram matrices (the algorithm scikit-learn's ``Lasso`` uses), batched over ``(batch, n_points)``.
+    Stops when no coordinate moved by more than ``tol`` in a sweep, or after ``max_sweeps`` sweeps.
+    """
+    alpha = checks.positive_float("alpha", alpha)
+    tol = checks.positive_float("tol", tol)
+    max_sweeps = checks.positive_int("max_sweeps", max_sweeps)
+    x64, y64 = _float64(xs, ys)
+    _, n_points, d = xs.shape
+    gram, xy = _prefix_moments(x64, y64)
+    counts = torch.arange(n_points, dtype=torch.float64, device=xs.device).clamp_min(1)
+    gram = gram / counts[None, :, None, None]
+    xy = xy / counts[None, :, None]
+    diagonal = torch.diagonal(gram, dim1=-2, dim2=-1)  # (batch, n, d); zero only at k = 0
+    safe_diagonal = torch.where(diagonal > 0, diagonal, torch.ones_like(diagonal))
+    weights = torch.zeros_like(xy)
+    gram_weights = torch.zeros_like(xy)  # gram @ weights, kept up to date
+    for sweep in range(max_sweeps):
+        largest_step = torch.zeros((), dtype=torch.float64, device=xs.device)
+        for j in range(d):
+            rho = xy[..., j] - gram_weights[..., j] + diagonal[..., j] * weights[..., j]
+            updated = torch.sign(rho) * (rho.abs() - alpha).clamp_min(0) / safe_diagonal[..., j]
+            updated = torch.where(diagonal[..., j] > 0, updated, torch.zeros_like(updated))
+            step = updated - weights[..., j]
+            gram_weights += gram[..., j] * step[..., None]
+            weights[..., j] = updated
+            largest_step = torch.maximum(largest_step, step.abs().max())
+        if sweep % 10 == 9 and largest_step.item() < tol:  # check rarely: .item() syncs a GPU
+            break
+    return _predict(x64, weights, xs)
+
+
+def _dense_sparse_posterior(
+    xs: torch.Tensor, ys: torch.Tensor, p_sparse: float, k_sparse: int, noise_std: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    p_sparse = checks.unit_interval("p_sparse", p_sparse)
+    k_sparse = checks.positive_int("k_sparse", k_sparse)
+    noise_std = checks.positive_float("noise_std", noise_std)
+    x64, y64 = _float64(xs, ys)
+    batch, n_points, d = xs.shape
+    if k_sparse > d:
+        raise ValueError(f"k_sparse must be at most d = {d}, got {k_sparse}")
+    supports = torch.tensor(list(itertools.combinations(range(d), k_sparse)), device=xs.device)  # (M, k)
+    n_supports = supports.shape[0]
+    log_prior = torch.tensor(
+        [math.log(1 - p_sparse) if p_sparse < 1 else -math.inf]
+        + [math.log(p_sparse) - math.log(n_supports) if p_sparse > 0 else -math.inf] * n_supports,
+        dtype=torch.float64,
+        device=xs.device,
+    )
+    variance = noise_std**2
+    preds = torch.zeros(batch, n_points, dtype=torch.float64, device=xs.device)
+    sparse_probability = torch.full((batch, n_points), p_sparse, dtype=torch.float64, device=xs.device)
+    for k in range(1, n_points):
+        # Designs of every model: the dense one, then one per support; model m has s_m columns.
+        dense = x64[:, None, :k, :]  # (batch, 1, k, d)
+        sparse = x64[:, :k, supports].permute(0, 2, 1, 3)  # (batch, M, k, k_sparse)
+        queries = [x64[:, k, None, :], x64[:, k, supports]]  # (batch, 1, d), (batch, M, k_sparse)
+        scores, model_preds = [], []
+        for design, query in zip((dense, sparse), queries):
+            s = design.shape[-1]
+            targets = y64[:, None, :k].expand(-1, design.shape[1], -1)
+            gram = design.transpose(-1, -2) @ design
+            factor = torch.linalg.cholesky(gram + variance * torch.eye(s, dtype=torch.float64, device=xs.device))
+            mean = torch.cholesky_solve((design.transpose(-1, -2) @ targets[..., None]), factor).squeeze(-1)
+            # Penalised residual ||y - X m||^2 + sigma^2 ||m||^2 computed directly (no cancellation).
+            residual = ((targets - (design @ mean[..., None]).squeeze(-1)) ** 2).sum(-1) + variance * (mean**2).sum(-1)
+            log_det = 2 * torch.log(torch.diagonal(factor, dim1=-2, dim2=-1)).sum(-1)
+            # log N(y; 0, X X^T + sigma^2 I) up to terms shared by all models.
+            scores.append(0.5 * s * math.log(variance) - 0.5 * log_det - residual / (2 * variance))
+            model_preds.append((query * mean).sum(-1))
+        posterior = torch.softmax(torch.cat(scores, dim=1) + log_prior, dim=1)  # (batch, 1 + M)
+        preds[:, k] = (posterior * torch.cat(model_preds, dim=1)).sum(-1)
+        sparse_probability[:, k] = posterior[:, 1:].sum(-1)
+    return preds.to(xs.dtype), sparse_probability.to(xs.dtype)
+
+
+def bayes_dense_sparse_mixture(
+    xs: torch.Tensor, ys: torch.Tensor, p_sparse: float, k_sparse: int, noise_std: float
+) -> torch.Tensor:
+    """Bayes-optimal prediction (posterior mean) for the dense + sparse linear mixture.
+
+    Prior: with probability 1 - p_sparse, w ~ N(0, I_d); with probability p_sparse, a support of
+    ``k_sparse`` coordinates uniform among all C(d, k_sparse) and N(0, 1) weights on it. Labels carry
+    N(0, noise_std^2) noise (noise_std > 0; for noiseless prompts a small value such as 1e-2 gives the
+    posterior of nearly noiseless observations). The posterior is exact: it sums over the dense model
+    and every support, each with its Gaussian marginal likelihood, so its cost grows as C(d, k_sparse).
+    """
+    return _dense_sparse_posterior(xs, ys, p_sparse, k_sparse, noise_std)[0]
+
+
+def dense_sparse_posterior_probability(
+    xs: torch.Tensor, ys: torch.Tensor, p_sparse: float, k_sparse: int, noise_std: float
+) -> torch.Tensor:
+    """Posterior probability ``(batch, n_points)`` that the prompt's function is sparse, after k examples.
+
+    Same model as :func:`bayes_dense_sparse_mixture`; entry k uses the first k examples (entry 0 is the
+    prior ``p_sparse``).
+    """
+    return _dense_sparse_posterior(xs, ys, p_sparse, k_sparse, noise_std)[1]

@@ -1,0 +1,70 @@
+"""Covariate samplers: the inputs x_1, ..., x_n of a prompt, drawn from N(0, c^2 Lambda).
+
+All samplers are batched, run on the generator's device and draw only from the ``torch.Generator``
+they are given. Shapes: ``xs: (batch, n_points, d)``; a covariance is ``(d, d)`` (shared by the batch)
+or ``(batch, d, d)`` (one per prompt).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from icl_lib import checks
+
+
+def gaussian_xs(
+    batch: int,
+    n_points: int,
+    d: int,
+    generator: torch.Generator,
+    *,
+    cov: torch.Tensor | None = None,
+    scale: float = 1.0,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Sample ``xs: (batch, n_points, d)`` with rows x ~ N(0, scale^2 * cov).
+
+    ``cov`` is ``None`` (the identity), a ``(d, d)`` covariance shared by all prompts, or a
+    ``(batch, d, d)`` covariance per prompt (see :func:`exp_diagonal_cov`). It must be symmetric
+    positive semi-definite; it is factored with an eigendecomposition, so singular covariances
+    (inputs in a subspace) are allowed.
+    """
+    checks.positive_int("batch", batch)
+    checks.positive_int("n_points", n_points)
+    checks.positive_int("d", d)
+    scale = checks.nonnegative_float("scale", scale)
+    device = generator.device
+    z = torch.randn(batch, n_points, d, generator=generator, device=device, dtype=dtype)
+    if cov is not None:
+        z = z @ cov_sqrt(cov, d, batch).to(device=device, dtype=dtype).transpose(-1, -2)
+    return scale * z
+
+
+def cov_sqrt(cov: torch.Tensor, d: int, batch: int | None = None) -> torch.Tensor:
+    """Symmetric square root of a PSD covariance ``(d, d)`` or ``(batch, d, d)``, computed in float64."""
+    if not isinstance(cov, torch.Tensor):
+        raise ValueError(f"cov must be a tensor of shape (d, d) or (batch, d, d), got {type(cov).__name__}")
+    accepted = [(d, d)] + ([(batch, d, d)] if batch is not None else [])
+    if tuple(cov.shape) not in accepted:
+        raise ValueError(f"cov must have shape {' or '.join(map(str, accepted))}, got {tuple(cov.shape)}")
+    cov64 = cov.to(torch.float64)
+    if not torch.allclose(cov64, cov64.transpose(-1, -2), atol=1e-8):
+        raise ValueError("cov must be symmetric")
+    eigenvalues, eigenvectors = torch.linalg.eigh(cov64)
+    tolerance = 1e-8 * eigenvalues.abs().amax(dim=-1, keepdim=True).clamp_min(1.0)
+    if (eigenvalues < -tolerance).any():
+        raise ValueError("cov must be positive semi-definite (it has a negative eigenvalue)")
+    root = eigenvalues.clamp_min(0).sqrt()
+    return (eigenvectors * root.unsqueeze(-2)) @ eigenvectors.transpose(-1, -2)
+
+
+def exp_diagonal_cov(batch: int, d: int, generator: torch.Generator, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Random diagonal covariances, one per prompt, with i.i.d. Exp(1) diagonal entries: ``(batch, d, d)``.
+
+    This is Zhang, Frei and Bartlett's covariate shift: a model trained with Lambda = I meets a prompt
+    whose covariance is random.
+    """
+    checks.positive_int("batch", batch)
+    checks.positive_int("d", d)
+    diagonal = torch.empty(batch, d, device=generator.device, dtype=dtype).exponential_(1.0, generator=generator)
+    return torch.diag_embed(diagonal)

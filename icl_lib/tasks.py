@@ -1,0 +1,273 @@
+"""Function classes: the tasks a prompt is drawn from, following Garg et al.'s ``tasks.py``.
+
+A function class samples one function per prompt and evaluates it on that prompt's inputs:
+``sample(xs, generator)`` with ``xs: (batch, n_points, d)`` returns a :class:`TaskSample` whose ``ys``
+has shape ``(batch, n_points)`` and whose ``params`` hold the sampled functions (for example the weight
+vectors ``w: (batch, d)``), which oracle baselines and plots use.
+
+``zero_predictor_error(d)`` is E[f(x)^2] for x ~ N(0, I_d): the squared error of always predicting 0.
+Dividing errors by it gives Garg et al.'s normalisation (d for dense linear, k for k-sparse), under
+which the zero predictor scores 1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import torch
+
+from icl_lib import checks
+
+
+@dataclass(frozen=True)
+class TaskSample:
+    """Labels and the functions that produced them: ``ys: (batch, n_points)``, ``params`` by name."""
+
+    ys: torch.Tensor
+    params: dict[str, torch.Tensor]
+
+
+def _randn(generator: torch.Generator, *shape: int, like: torch.Tensor) -> torch.Tensor:
+    return torch.randn(*shape, generator=generator, device=like.device, dtype=like.dtype)
+
+
+def _rand(generator: torch.Generator, *shape: int, like: torch.Tensor) -> torch.Tensor:
+    return torch.rand(*shape, generator=generator, device=like.device, dtype=like.dtype)
+
+
+@dataclass(frozen=True)
+class DenseLinear:
+    """f(x) = <w, x> with w ~ N(0, I_d): all d coefficients non-zero."""
+
+    name = "linear"
+
+    def sample(self, xs: torch.Tensor, generator: torch.Generator) -> TaskSample:
+        batch, _, d = checks.prompt_tensors(xs)
+        w = _randn(generator, batch, d, like=xs)
+        return TaskSample(ys=torch.einsum("bnd,bd->bn", xs, w), params={"w": w})
+
+    def zero_predictor_error(self, d: int) -> float:
+        return float(checks.positive_int("d", d))
+
+
+@dataclass(frozen=True)
+class SparseLinear:
+    """f(x) = <w, x> where w has ``k`` non-zero N(0, 1) coordinates on a uniformly random support."""
+
+    k: int = 3
+    name = "sparse_linear"
+
+    def __post_init__(self) -> None:
+        checks.positive_int("k", self.k)
+
+    def sample(self, xs: torch.Tensor, generator: torch.Generator) -> TaskSample:
+        batch, _, d = checks.prompt_tensors(xs)
+        if self.k > d:
+            raise ValueError(f"k must be at most d = {d} (k of d coordinates are non-zero), got k = {self.k}")
+        order = _rand(generator, batch, d, like=xs).argsort(dim=1)
+        support = torch.zeros(batch, d, dtype=torch.bool, device=xs.device)
+        support.scatter_(1, order[:, : self.k], True)
+        w = _randn(generator, batch, d, like=xs) * support
+        return TaskSample(ys=torch.einsum("bnd,bd->bn", xs, w), params={"w": w, "support": support})
+
+    def zero_predictor_error(self, d: int) -> float:
+        checks.positive_int("d", d)
+        return float(self.k)
+
+
+@dataclass(frozen=True)
+class NoisyLinear:
+    """y = <w, x> + noise_std * eps with w ~ N(0, I_d) and eps ~ N(0, 1) independent per point.
+
+    ``zero_predictor_error`` counts the signal only (d), as Garg et al. normalise: predicting 0 then
+    scores 1 + noise_std^2 / d.
+    """
+
+    noise_std: float = 0.5
+    name = "noisy_linear"
+
+    def __post_init__(self) -> None:
+        checks.nonnegative_float("noise_std", self.noise_std)
+
+    def sample(self, xs: torch.Tensor, generator: torch.Generator) -> TaskSample:
+        batch, n_points, d = checks.prompt_tensors(xs)
+        w = _randn(generator, batch, d, like=xs)
+        noise = self.noise_std * _randn(generator, batch, n_points, like=xs)
+        return TaskSample(ys=torch.einsum("bnd,bd->bn", xs, w) + noise, params={"w": w})
+
+    def zero_predictor_error(self, d: int) -> float:
+        return float(checks.positive_int("d", d))
+
+
+@dataclass(frozen=True)
+class ReluNet:
+    """Two-layer ReLU network f(x) = sqrt(2 / hidden) * sum_j a_j relu(<v_j, x>), all weights N(0, 1).
+
+    The sqrt(2 / hidden) factor (as in Garg et al.) makes E[f(x)^2] = d for x ~ N(0, I_d).
+    """
+
+    hidden: int = 100
+    name = "relu_net"
+
+    def __post_init__(self) -> None:
+        checks.positive_int("hidden", self.hidden)
+
+    def sample(self, xs: torch.Tensor, generator: torch.Generator) -> TaskSample:
+        batch, _, d = checks.prompt_tensors(xs)
+        first = _randn(generator, batch, d, self.hidden, like=xs)
+        second = _randn(generator, batch, self.hidden, like=xs)
+        hidden = torch.relu(xs @ first)
+        ys = math.sqrt(2.0 / self.hidden) * torch.einsum("bnh,bh->bn", hidden, second)
+        return TaskSample(ys=ys, params={"first_layer": first, "second_layer": second})
+
+    def zero_predictor_error(self, d: int) -> float:
+        return float(checks.positive_int("d", d))
+
+
+@dataclass(frozen=True)
+class Sinusoid:
+    """f(x) = amplitude * sin(frequency * <v, x> + phase): a wave along a random direction.
+
+    The book's parameterisation: the input projection v is uniform on the unit sphere (so <v, x> ~ N(0, 1)
+    for isotropic x), the frequency is uniform on [freq_min, freq_max] and the phase uniform on [0, 2 pi).
+    Averaged over the phase, E[f(x)^2] = amplitude^2 / 2 for any x.
+    """
+
+    freq_min: float = 0.5
+    freq_max: float = 2.0
+    amplitude: float = 1.0
+    name = "sinusoid"
+
+    def __post_init__(self) -> None:
+        checks.nonnegative_float("freq_min", self.freq_min)
+        checks.nonnegative_float("freq_max", self.freq_max)
+        checks.positive_float("amplitude", self.amplitude)
+        if self.freq_max < self.freq_min:
+            raise ValueError(f"freq_max must be >= freq_min = {self.freq_min}, got {self.freq_max}")
+
+    def sample(self, xs: torch.Tensor, generator: torch.Generator) -> TaskSample:
+        batch, _, d = checks.prompt_tensors(xs)
+        direction = _randn(generator, batch, d, like=xs)
+        direction = direction / direction.norm(dim=1, keepdim=True)
+        frequency = self.freq_min + (self.freq_max - self.freq_min) * _rand(generator, batch, like=xs)
+        phase = 2 * math.pi * _rand(generator, batch, like=xs)
+        projection = torch.einsum("bnd,bd->bn", xs, direction)
+        ys = self.amplitude * torch.sin(frequency[:, None] * projection + phase[:, None])
+        return TaskSample(ys=ys, params={"direction": direction, "frequency": frequency, "phase": phase})
+
+    def zero_predictor_error(self, d: int) -> float:
+        checks.positive_int("d", d)
+        return self.amplitude**2 / 2
+
+
+@dataclass(frozen=True)
+class Mixture:
+    """Each prompt's function comes from one component class, chosen with probabilities ``weights``.
+
+    ``params["component"]: (batch,)`` says which; the other entries are the components' params with the
+    component index as prefix (``"1.support"``), filled for every prompt but meaningful only where
+    ``component`` matches.
+    """
+
+    components: tuple
+    weights: tuple
+    name = "mixture"
+
+    def __post_init__(self) -> None:
+        if len(self.components) < 1:
+            raise ValueError("components must hold at least one function class")
+        if len(self.weights) != len(self.components):
+            raise ValueError(
+                f"weights must have one entry per component ({len(self.components)}), got {len(self.weights)}"
+            )
+        for i, weight in enumerate(self.weights):
+            checks.nonnegative_float(f"weights[{i}]", weight)
+        if abs(sum(self.weights) - 1.0) > 1e-6:
+            raise ValueError(f"weights must sum to 1, got {list(self.weights)} (sum {sum(self.weights)})")
+
+    def sample(self, xs: torch.Tensor, generator: torch.Generator) -> TaskSample:
+        batch, _, _ = checks.prompt_tensors(xs)
+        probabilities = torch.tensor(self.weights, device=xs.device, dtype=torch.float64)
+        component = torch.multinomial(probabilities.expand(batch, -1), 1, generator=generator).squeeze(1)
+        ys = torch.zeros(xs.shape[:2], device=xs.device, dtype=xs.dtype)
+        params: dict[str, torch.Tensor] = {"component": component}
+        for i, function_class in enumerate(self.components):
+            drawn = function_class.sample(xs, generator)
+            ys = torch.where((component == i)[:, None], drawn.ys, ys)
+            params.update({f"{i}.{key}": value for key, value in drawn.params.items()})
+        return TaskSample(ys=ys, params=params)
+
+    def zero_predictor_error(self, d: int) -> float:
+        return sum(w * c.zero_predictor_error(d) for w, c in zip(self.weights, self.components))
+
+
+@dataclass(frozen=True)
+class ConvexCombination:
+    """f = alpha * f1 + (1 - alpha) * f2 with f1, f2 drawn independently from ``first`` and ``second``.
+
+    ``alpha = 1`` gives ``first``, ``alpha = 0`` gives ``second`` (Yadlowsky et al.'s interpolation
+    between two pretraining classes).
+    """
+
+    first: object
+    second: object
+    alpha: float = 0.5
+    name = "convex"
+
+    def __post_init__(self) -> None:
+        checks.unit_interval("alpha", self.alpha)
+
+    def sample(self, xs: torch.Tensor, generator: torch.Generator) -> TaskSample:
+        first, second = self.first.sample(xs, generator), self.second.sample(xs, generator)  # type: ignore[attr-defined]
+        params = {f"first.{k}": v for k, v in first.params.items()}
+        params |= {f"second.{k}": v for k, v in second.params.items()}
+        return TaskSample(ys=self.alpha * first.ys + (1 - self.alpha) * second.ys, params=params)
+
+    def zero_predictor_error(self, d: int) -> float:
+        # The two functions are independent and zero-mean, so the cross term vanishes.
+        return (self.alpha**2 * self.first.zero_predictor_error(d)  # type: ignore[attr-defined]
+                + (1 - self.alpha) ** 2 * self.second.zero_predictor_error(d))  # type: ignore[attr-defined]
+
+
+FunctionClass = DenseLinear | SparseLinear | NoisyLinear | ReluNet | Sinusoid | Mixture | ConvexCombination
+
+TASKS: dict[str, type] = {
+    cls.name: cls for cls in (DenseLinear, SparseLinear, NoisyLinear, ReluNet, Sinusoid, Mixture, ConvexCombination)
+}
+
+
+def make_task(name: str, **options) -> FunctionClass:
+    """Build a function class from its name and options, as configs spell it.
+
+    Components of ``"mixture"`` and ``"convex"`` may be given as dicts ``{"name": ..., **options}``:
+    ``make_task("mixture", components=[{"name": "linear"}, {"name": "sparse_linear", "k": 2}],
+    weights=[0.5, 0.5])``.
+    """
+    checks.choice("name", name, tuple(TASKS))
+    cls = TASKS[name]
+    accepted = tuple(field.name for field in dataclasses.fields(cls))
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown} for function class {name!r}; accepted: {list(accepted)}")
+
+    def build(spec: object) -> object:
+        if isinstance(spec, dict):
+            spec = dict(spec)
+            if "name" not in spec:
+                raise ValueError(f"a component given as a dict needs a 'name' (one of {list(TASKS)}), got {spec}")
+            return make_task(spec.pop("name"), **spec)
+        if not isinstance(spec, tuple(TASKS.values())):
+            raise ValueError(f"a component must be a function class or a dict with a 'name', got {spec!r}")
+        return spec
+
+    if name == "mixture":
+        options["components"] = tuple(build(c) for c in options.get("components", ()))
+        options["weights"] = tuple(options.get("weights", ()))
+    if name == "convex":
+        for key in ("first", "second"):
+            if key not in options:
+                raise ValueError(f"function class 'convex' needs the option {key!r} (a function class or dict)")
+            options[key] = build(options[key])
+    return cls(**options)
