@@ -1,0 +1,35 @@
+# The two commands of the README: `make book` and `make test`. Both create .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: book test venv benchmarks clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11 or newer is needed, found " + sys.version.split()[0]'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[book,test]"
+	touch $(STAMP)
+
+## Build the book: executes every chapter and writes HTML to _build/html (open _build/html/index.html).
+book: $(STAMP)
+	$(BIN)/jupyter-book build .
+
+## Run the tests: a strict book build (warnings are errors, a failing cell fails it), then the unit
+## tests, every notebook under nbval, and the built book opened in headless Chromium.
+test: $(STAMP)
+	rm -rf _build/html _build/.doctrees
+	$(BIN)/jupyter-book build . -W -n --keep-going
+	$(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-current-env --sanitize-with tests/nbval_sanitize.cfg
+
+## Time every notebook and the batched lasso; writes the tables in benchmarks/.
+benchmarks: $(STAMP)
+	$(BIN)/python benchmarks/notebook_times.py
+	$(BIN)/python benchmarks/lasso_vs_sklearn.py
+
+clean:
+	rm -rf _build
