@@ -40,8 +40,11 @@ def positive_float(name: str, value: object) -> float:
 
 def unit_interval(name: str, value: object) -> float:
     """Return ``float(value)`` if it lies in [0, 1], else raise ``ValueError``."""
-    number = nonnegative_float(name, value)
-    if number > 1:
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}") from None
+    if not 0 <= number <= 1:  # also rejects nan
         raise ValueError(f"{name} must lie in [0, 1], got {value!r}")
     return number
 

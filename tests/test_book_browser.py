@@ -1,0 +1,143 @@
+"""The built book in a real browser: headless Chromium opens the chapter pages served on loopback.
+
+Needs ``_build/html`` (``make book`` or ``make test`` builds it first) and Debian's ``chromium`` and
+``chromium-driver``. Without them the checks are skipped with the reason on a developer's machine and
+fail in CI (``CI`` set), where ``.ci/run`` installs them.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parents[1]
+BUILD = ROOT / "_build" / "html"
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason}; CI must run the browser check (.ci/run installs chromium and chromium-driver)")
+    pytest.skip(reason)
+
+
+def _chapter_pages() -> list[Path]:
+    return sorted((BUILD / "notebooks").glob("*.html"))
+
+
+@pytest.fixture(scope="module")
+def site():
+    """Base URL of the built book, served by a local HTTP server on 127.0.0.1."""
+    if not _chapter_pages():
+        _unavailable(f"the book is not built ({BUILD} has no chapter pages); run `make book` first")
+    handler = functools.partial(QuietHandler, directory=str(BUILD))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):  # noqa: A002 - the base class's signature
+        pass
+
+
+@pytest.fixture(scope="module")
+def browser():
+    chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not chromium or not chromedriver:
+        _unavailable("Chromium or ChromeDriver is not installed (Debian packages chromium, chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    profile = tempfile.mkdtemp(prefix="icl-book-chromium-")
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        # No network but loopback: anything the page fetched from elsewhere would fail to load.
+        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+        "--window-size=1280,1600",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(executable_path=chromedriver), options=options)
+    driver.set_script_timeout(60)
+    yield driver
+    driver.quit()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+def _open(browser, url: str) -> None:
+    browser.get(url)
+    typeset = browser.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "if (!window.MathJax || !MathJax.startup) { done('MathJax did not load'); return; }"
+        "MathJax.startup.promise.then(() => done('ok'), (e) => done('MathJax failed: ' + e));"
+    )
+    assert typeset == "ok", f"{url}: {typeset}"
+
+
+def test_math_is_typeset_with_no_network(browser, site):
+    for page in _chapter_pages():
+        url = site + page.relative_to(BUILD).as_posix()
+        _open(browser, url)
+        typeset = browser.execute_script("return document.querySelectorAll('mjx-container').length")
+        errors = browser.execute_script("return document.querySelectorAll('mjx-merror').length")
+        text = browser.execute_script("return document.querySelector('main').innerText")
+        assert typeset > 0, f"{page.name}: no typeset math (mjx-container) on the page"
+        assert errors == 0, f"{page.name}: {errors} MathJax errors (mjx-merror) on the page"
+        for raw in ("\\(", "\\[", "$$"):
+            assert raw not in text, f"{page.name}: raw TeX {raw!r} left in the page text: MathJax did not typeset it"
+        resources = browser.execute_script(
+            "return performance.getEntriesByType('resource').map(e => e.name)"
+        )
+        outside = [name for name in resources if not name.startswith(site) and not name.startswith("data:")]
+        assert not outside, f"{page.name}: the page requested resources from outside the book: {outside}"
+        mathjax = [name for name in resources if "mathjax" in name.lower()]
+        assert mathjax, f"{page.name}: MathJax was not loaded from the book's own _static folder"
+
+
+def test_chapter_figures_are_present(browser, site):
+    for page in _chapter_pages():
+        _open(browser, site + page.relative_to(BUILD).as_posix())
+        widths = browser.execute_script(
+            "return Array.from(document.querySelectorAll('.cell_output img')).map(i => i.naturalWidth)"
+        )
+        assert widths, f"{page.name}: no figure in the executed chapter"
+        assert all(width > 0 for width in widths), f"{page.name}: a figure failed to load (widths {widths})"
+
+
+def test_exercise_solution_opens_on_click(browser, site):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    for page in _chapter_pages():
+        _open(browser, site + page.relative_to(BUILD).as_posix())
+        solutions = browser.find_elements(By.CSS_SELECTOR, "div.solution.dropdown")
+        assert solutions, f"{page.name}: no exercise solution shown as a dropdown"
+        solution = solutions[0]
+        body = solution.find_element(By.CSS_SELECTOR, ":scope > section, :scope > :not(.admonition-title)")
+        browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", solution)
+        assert not body.is_displayed(), f"{page.name}: the solution is visible before it is opened"
+        solution.find_element(By.CSS_SELECTOR, ".admonition-title").click()
+        WebDriverWait(browser, 10).until(lambda _: body.is_displayed())
+        assert body.is_displayed(), f"{page.name}: clicking the solution's title did not open it"

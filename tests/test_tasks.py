@@ -1,0 +1,320 @@
+"""Function classes: labels recomputed from the returned params in numpy, Monte Carlo E[y^2], argument checks."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from icl_lib.devices import make_generator
+from icl_lib.samplers import gaussian_xs
+from icl_lib.tasks import (
+    TASKS,
+    ConvexCombination,
+    DenseLinear,
+    Mixture,
+    NoisyLinear,
+    ReluNet,
+    Sinusoid,
+    SparseLinear,
+    TaskSample,
+    make_task,
+)
+
+
+def xs_for(batch: int, n_points: int, d: int, seed: int = 0) -> torch.Tensor:
+    return gaussian_xs(batch, n_points, d, make_generator(seed), dtype=torch.float64)
+
+
+# Independent numpy evaluations of each class from its params --------------------------------------
+
+
+def np_linear(xs: np.ndarray, w: np.ndarray) -> np.ndarray:
+    return np.stack([xs[b] @ w[b] for b in range(xs.shape[0])])
+
+
+def np_relu_net(xs: np.ndarray, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    hidden = first.shape[-1]
+    out = np.zeros(xs.shape[:2])
+    for b in range(xs.shape[0]):
+        out[b] = math.sqrt(2.0 / hidden) * (np.maximum(xs[b] @ first[b], 0.0) @ second[b])
+    return out
+
+
+def np_sinusoid(xs, direction, frequency, phase, amplitude):
+    out = np.zeros(xs.shape[:2])
+    for b in range(xs.shape[0]):
+        out[b] = amplitude * np.sin(frequency[b] * (xs[b] @ direction[b]) + phase[b])
+    return out
+
+
+def params_np(sample: TaskSample, prefix: str = "") -> dict[str, np.ndarray]:
+    return {k[len(prefix):]: v.numpy() for k, v in sample.params.items() if k.startswith(prefix)}
+
+
+# ---------------------------------------------------------------- labels from params
+
+
+def test_dense_linear_labels_are_inner_products():
+    xs = xs_for(6, 9, 4)
+    sample = DenseLinear().sample(xs, make_generator(1))
+    assert sample.ys.shape == (6, 9) and sample.params["w"].shape == (6, 4)
+    np.testing.assert_allclose(sample.ys.numpy(), np_linear(xs.numpy(), sample.params["w"].numpy()), atol=1e-12)
+    assert np.all(sample.params["w"].numpy() != 0)
+
+
+@pytest.mark.parametrize("k, d", [(1, 5), (3, 5), (5, 5), (2, 20)])
+def test_sparse_linear_has_exactly_k_nonzeros_on_the_recorded_support(k, d):
+    xs = xs_for(50, 6, d)
+    sample = SparseLinear(k=k).sample(xs, make_generator(2))
+    w, support = sample.params["w"].numpy(), sample.params["support"].numpy()
+    assert support.dtype == np.bool_ and support.shape == (50, d)
+    assert np.all(support.sum(axis=1) == k)
+    assert np.array_equal(w != 0, support)
+    np.testing.assert_allclose(sample.ys.numpy(), np_linear(xs.numpy(), w), atol=1e-12)
+
+
+def test_sparse_linear_support_is_uniform_over_coordinates():
+    d, k, batch = 6, 2, 6000
+    sample = SparseLinear(k=k).sample(xs_for(batch, 1, d), make_generator(3))
+    frequency = sample.params["support"].double().mean(0).numpy()
+    # each coordinate is in the support with probability k/d; sd about 0.006
+    np.testing.assert_allclose(frequency, k / d, atol=0.025)
+
+
+def test_noisy_linear_noise_is_the_residual_with_the_given_std():
+    xs = xs_for(400, 50, 3)
+    sample = NoisyLinear(noise_std=0.3).sample(xs, make_generator(4))
+    residual = sample.ys.numpy() - np_linear(xs.numpy(), sample.params["w"].numpy())
+    assert abs(residual.std() / 0.3 - 1) < 0.02
+    assert abs(residual.mean()) < 0.01
+    noiseless = NoisyLinear(noise_std=0.0).sample(xs, make_generator(4))
+    np.testing.assert_allclose(noiseless.ys.numpy(), np_linear(xs.numpy(), noiseless.params["w"].numpy()), atol=1e-12)
+
+
+def test_relu_net_labels_recomputed_from_params():
+    xs = xs_for(5, 7, 3)
+    net = ReluNet(hidden=16)
+    sample = net.sample(xs, make_generator(5))
+    p = params_np(sample)
+    assert p["first_layer"].shape == (5, 3, 16) and p["second_layer"].shape == (5, 16)
+    np.testing.assert_allclose(sample.ys.numpy(), np_relu_net(xs.numpy(), p["first_layer"], p["second_layer"]),
+                               atol=1e-12)
+
+
+def test_sinusoid_labels_recomputed_from_params():
+    xs = xs_for(40, 7, 3)
+    task = Sinusoid(freq_min=0.5, freq_max=2.0, amplitude=1.7)
+    sample = task.sample(xs, make_generator(6))
+    p = params_np(sample)
+    np.testing.assert_allclose(np.linalg.norm(p["direction"], axis=1), 1.0, atol=1e-12)
+    assert np.all((0.5 <= p["frequency"]) & (p["frequency"] <= 2.0))
+    assert np.all((0 <= p["phase"]) & (p["phase"] < 2 * np.pi))
+    np.testing.assert_allclose(
+        sample.ys.numpy(), np_sinusoid(xs.numpy(), p["direction"], p["frequency"], p["phase"], 1.7), atol=1e-12
+    )
+
+
+def test_mixture_picks_components_with_the_given_frequencies_and_their_labels():
+    d, batch = 4, 4000
+    xs = xs_for(batch, 5, d)
+    task = Mixture(components=(DenseLinear(), SparseLinear(k=2), Sinusoid()), weights=(0.2, 0.5, 0.3))
+    sample = task.sample(xs, make_generator(7))
+    component = sample.params["component"].numpy()
+    assert set(np.unique(component)) == {0, 1, 2}
+    for i, weight in enumerate(task.weights):
+        standard_error = math.sqrt(weight * (1 - weight) / batch)
+        assert abs((component == i).mean() - weight) < 4 * standard_error
+    x = xs.numpy()
+    expected = [
+        np_linear(x, sample.params["0.w"].numpy()),
+        np_linear(x, sample.params["1.w"].numpy()),
+        np_sinusoid(x, *(sample.params[f"2.{k}"].numpy() for k in ("direction", "frequency", "phase")), 1.0),
+    ]
+    for b in range(batch):
+        np.testing.assert_allclose(sample.ys[b].numpy(), expected[component[b]][b], atol=1e-12)
+    # the sparse component's support is exposed under its prefix
+    assert np.all(sample.params["1.support"].numpy().sum(1) == 2)
+
+
+def test_mixture_with_a_zero_weight_never_picks_that_component():
+    task = Mixture(components=(DenseLinear(), SparseLinear(k=1)), weights=(0.0, 1.0))
+    sample = task.sample(xs_for(300, 3, 3), make_generator(8))
+    assert np.all(sample.params["component"].numpy() == 1)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 1.0])
+def test_convex_combination_is_alpha_f1_plus_one_minus_alpha_f2(alpha):
+    xs = xs_for(30, 6, 3)
+    task = ConvexCombination(DenseLinear(), Sinusoid(amplitude=2.0), alpha=alpha)
+    sample = task.sample(xs, make_generator(9))
+    x = xs.numpy()
+    f1 = np_linear(x, sample.params["first.w"].numpy())
+    f2 = np_sinusoid(x, *(sample.params[f"second.{k}"].numpy() for k in ("direction", "frequency", "phase")), 2.0)
+    np.testing.assert_allclose(sample.ys.numpy(), alpha * f1 + (1 - alpha) * f2, atol=1e-12)
+    if alpha == 1.0:
+        np.testing.assert_allclose(sample.ys.numpy(), f1, atol=1e-12)
+    if alpha == 0.0:
+        np.testing.assert_allclose(sample.ys.numpy(), f2, atol=1e-12)
+
+
+# ---------------------------------------------------------------- zero predictor error by Monte Carlo
+
+
+MONTE_CARLO_CASES = [
+    (DenseLinear(), 20_000, 5, 5.0),
+    (SparseLinear(k=3), 20_000, 5, 3.0),
+    (ReluNet(hidden=100), 8_000, 5, 5.0),
+    (Sinusoid(freq_min=0.5, freq_max=2.0, amplitude=1.5), 20_000, 5, 1.5**2 / 2),
+    (Mixture(components=(DenseLinear(), SparseLinear(k=2)), weights=(0.25, 0.75)), 20_000, 5, 0.25 * 5 + 0.75 * 2),
+    (ConvexCombination(DenseLinear(), Sinusoid(), alpha=0.3), 20_000, 5, 0.09 * 5 + 0.49 * 0.5),
+]
+
+
+@pytest.mark.parametrize("task, batch, d, closed_form", MONTE_CARLO_CASES, ids=lambda v: getattr(v, "name", None))
+def test_zero_predictor_error_matches_monte_carlo(task, batch, d, closed_form):
+    assert task.zero_predictor_error(d) == pytest.approx(closed_form, rel=1e-12)
+    xs = gaussian_xs(batch, 8, d, make_generator(10))
+    ys = task.sample(xs, make_generator(11)).ys.double()
+    per_prompt = (ys**2).mean(1)  # prompts are independent; points within one share the function
+    estimate = per_prompt.mean().item()
+    standard_error = per_prompt.std().item() / math.sqrt(batch)
+    assert standard_error < 0.01 * closed_form  # the tolerance below is meaningful
+    assert abs(estimate / task.zero_predictor_error(d) - 1) < 0.03
+
+
+def test_noisy_linear_zero_predictor_error_counts_the_signal_only():
+    d, noise_std, batch = 5, 0.8, 20_000
+    task = NoisyLinear(noise_std=noise_std)
+    assert task.zero_predictor_error(d) == d
+    xs = gaussian_xs(batch, 8, d, make_generator(12))
+    ys = task.sample(xs, make_generator(13)).ys.double()
+    # predicting 0 scores 1 + noise_std^2 / d after normalisation
+    assert abs((ys**2).mean().item() / task.zero_predictor_error(d) - (1 + noise_std**2 / d)) < 0.03
+
+
+@pytest.mark.parametrize("task", [DenseLinear(), SparseLinear(), ReluNet(), Sinusoid(), NoisyLinear()])
+def test_zero_predictor_error_rejects_bad_d(task):
+    with pytest.raises(ValueError, match=r"^d must be a positive integer"):
+        task.zero_predictor_error(0)
+
+
+# ---------------------------------------------------------------- determinism and dtype
+
+
+@pytest.mark.parametrize("name, options", [
+    ("linear", {}), ("sparse_linear", {"k": 2}), ("noisy_linear", {"noise_std": 0.1}), ("relu_net", {"hidden": 8}),
+    ("sinusoid", {}),
+    ("mixture", {"components": [{"name": "linear"}, {"name": "sinusoid"}], "weights": [0.5, 0.5]}),
+    ("convex", {"first": {"name": "linear"}, "second": {"name": "relu_net", "hidden": 4}}),
+])
+def test_same_seed_same_function_different_seed_different(name, options):
+    task = make_task(name, **options)
+    xs = gaussian_xs(16, 5, 3, make_generator(0))
+    a, b, c = (task.sample(xs, make_generator(seed)) for seed in (21, 21, 22))
+    assert torch.equal(a.ys, b.ys)
+    assert a.params.keys() == b.params.keys()
+    assert all(torch.equal(a.params[k], b.params[k]) for k in a.params)
+    assert not torch.allclose(a.ys, c.ys)
+    assert a.ys.dtype == xs.dtype and a.ys.device.type == "cpu"
+
+
+# ---------------------------------------------------------------- make_task
+
+
+def test_registry_names_every_class():
+    assert set(TASKS) == {"linear", "sparse_linear", "noisy_linear", "relu_net", "sinusoid", "mixture", "convex"}
+    assert TASKS["sparse_linear"] is SparseLinear
+
+
+def test_make_task_builds_classes_and_nested_components():
+    assert make_task("sparse_linear", k=4) == SparseLinear(k=4)
+    mixture = make_task("mixture", components=[{"name": "linear"}, {"name": "sparse_linear", "k": 2}],
+                        weights=[0.5, 0.5])
+    assert mixture == Mixture(components=(DenseLinear(), SparseLinear(k=2)), weights=(0.5, 0.5))
+    convex = make_task("convex", first=DenseLinear(), second={"name": "sinusoid", "amplitude": 2.0}, alpha=0.25)
+    assert convex == ConvexCombination(DenseLinear(), Sinusoid(amplitude=2.0), alpha=0.25)
+
+
+def test_make_task_rejects_unknown_name():
+    with pytest.raises(ValueError, match=r"name must be one of 'linear', .*'convex'; got 'quadratic'"):
+        make_task("quadratic")
+
+
+def test_make_task_rejects_unknown_option():
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['kk'\] for function class 'sparse_linear'; "
+                                         r"accepted: \['k'\]"):
+        make_task("sparse_linear", kk=3)
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['noise_std'\] for function class 'linear'"):
+        make_task("linear", noise_std=0.1)
+
+
+def test_make_task_rejects_bad_components():
+    with pytest.raises(ValueError, match=r"a component given as a dict needs a 'name'"):
+        make_task("mixture", components=[{"k": 2}], weights=[1.0])
+    with pytest.raises(ValueError, match=r"a component must be a function class or a dict"):
+        make_task("mixture", components=["linear"], weights=[1.0])
+    with pytest.raises(ValueError, match=r"name must be one of"):
+        make_task("mixture", components=[{"name": "cubic"}], weights=[1.0])
+    with pytest.raises(ValueError, match=r"needs the option 'second'"):
+        make_task("convex", first={"name": "linear"})
+
+
+# ---------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("task", [DenseLinear(), SparseLinear(k=1), NoisyLinear(), ReluNet(hidden=2), Sinusoid(),
+                                  Mixture((DenseLinear(),), (1.0,)), ConvexCombination(DenseLinear(), Sinusoid())])
+def test_sample_rejects_wrongly_shaped_xs(task):
+    with pytest.raises(ValueError, match=r"xs must be a tensor of shape \(batch, n_points, d\), got \(4, 3\)"):
+        task.sample(torch.zeros(4, 3), make_generator(0))
+
+
+def test_sparse_linear_rejects_k_above_d():
+    with pytest.raises(ValueError, match=r"k must be at most d = 3 .*got k = 4"):
+        SparseLinear(k=4).sample(xs_for(2, 3, 3), make_generator(0))
+
+
+@pytest.mark.parametrize("factory, name", [
+    (lambda: SparseLinear(k=0), "k"), (lambda: SparseLinear(k=-2), "k"),
+    (lambda: ReluNet(hidden=0), "hidden"), (lambda: ReluNet(hidden=-5), "hidden"),
+])
+def test_sizes_must_be_positive(factory, name):
+    with pytest.raises(ValueError, match=rf"^{name} must be a positive integer"):
+        factory()
+
+
+@pytest.mark.parametrize("alpha", [-0.1, 1.5, float("inf"), float("nan")])
+def test_convex_alpha_outside_unit_interval(alpha):
+    with pytest.raises(ValueError, match=r"^alpha must .*\[0, 1\]"):
+        ConvexCombination(DenseLinear(), Sinusoid(), alpha=alpha)
+
+
+def test_mixture_weights_checked():
+    with pytest.raises(ValueError, match=r"weights must sum to 1"):
+        Mixture(components=(DenseLinear(), Sinusoid()), weights=(0.5, 0.6))
+    with pytest.raises(ValueError, match=r"weights must have one entry per component \(2\), got 3"):
+        Mixture(components=(DenseLinear(), Sinusoid()), weights=(0.5, 0.25, 0.25))
+    with pytest.raises(ValueError, match=r"weights\[0\] must be a finite number >= 0"):
+        Mixture(components=(DenseLinear(), Sinusoid()), weights=(-0.5, 1.5))
+    with pytest.raises(ValueError, match=r"components must hold at least one function class"):
+        Mixture(components=(), weights=())
+
+
+@pytest.mark.parametrize("noise_std", [-0.1, -1])
+def test_negative_noise_std(noise_std):
+    with pytest.raises(ValueError, match=r"^noise_std must be a finite number >= 0"):
+        NoisyLinear(noise_std=noise_std)
+    with pytest.raises(ValueError, match=r"^noise_std must be a finite number >= 0"):
+        make_task("noisy_linear", noise_std=noise_std)
+
+
+def test_sinusoid_options_checked():
+    with pytest.raises(ValueError, match=r"freq_max must be >= freq_min"):
+        Sinusoid(freq_min=2.0, freq_max=1.0)
+    with pytest.raises(ValueError, match=r"^amplitude must be a finite number > 0"):
+        Sinusoid(amplitude=0.0)
+    with pytest.raises(ValueError, match=r"^freq_min must be a finite number >= 0"):
+        Sinusoid(freq_min=-1.0)
