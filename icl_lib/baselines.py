@@ -26,9 +26,13 @@ def _float64(xs: torch.Tensor, ys: torch.Tensor) -> tuple[torch.Tensor, torch.Te
 def _prefix_moments(xs: torch.Tensor, ys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Sums over the first k examples: ``gram: (batch, n, d, d)`` = sum x x^T and ``xy: (batch, n, d)``."""
     outer = xs[..., :, None] * xs[..., None, :]
-    gram = torch.cumsum(outer, dim=1) - outer  # exclusive: position k sums examples 0 .. k-1
-    xy = torch.cumsum(ys[..., None] * xs, dim=1) - ys[..., None] * xs
-    return gram, xy
+
+    def exclusive_cumsum(terms: torch.Tensor) -> torch.Tensor:
+        # Position k sums examples 0 .. k-1. Shifting (rather than subtracting term k from the inclusive
+        # sum) keeps example k and later ones out of position k exactly, not just up to rounding.
+        return torch.cat((torch.zeros_like(terms[:, :1]), torch.cumsum(terms[:, :-1], dim=1)), dim=1)
+
+    return exclusive_cumsum(outer), exclusive_cumsum(ys[..., None] * xs)
 
 
 def _predict(xs: torch.Tensor, weights: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -123,41 +127,89 @@ def knn(xs: torch.Tensor, ys: torch.Tensor, n_neighbors: int = 3) -> torch.Tenso
     return preds.to(xs.dtype)
 
 
-def lasso(
-    xs: torch.Tensor, ys: torch.Tensor, alpha: float, tol: float = 1e-10, max_sweeps: int = 20_000
-) -> torch.Tensor:
-    """Lasso, scikit-learn's objective without intercept, solved for all prompts and prefixes at once.
+def lasso(xs: torch.Tensor, ys: torch.Tensor, alpha: float, max_steps: int | None = None) -> torch.Tensor:
+    """Lasso, scikit-learn's objective without intercept, solved exactly for all prompts and prefixes at once.
 
-    w_k = argmin (1/2k) ||y_k - X_k w||^2 + alpha ||w||_1, by cyclic coordinate descent on the prefix
-    Gram matrices (the algorithm scikit-learn's ``Lasso`` uses), batched over ``(batch, n_points)``.
-    Stops when no coordinate moved by more than ``tol`` in a sweep, or after ``max_sweeps`` sweeps.
+    w_k = argmin (1/2k) ||y_k - X_k w||^2 + alpha ||w||_1. The solver follows the lasso's piecewise-linear
+    solution path (the LARS-lasso homotopy) from lambda = max_j |<x_j, y>| / k, where w = 0, down to
+    lambda = alpha, every problem of the ``(batch, n_points)`` batch advancing one event (a coordinate
+    entering or leaving the active set) per step. It ends at the exact solution after as many steps as
+    the longest path has events, where coordinate descent can need thousands of sweeps when alpha is
+    small and k < d. ``max_steps`` (default 8 d) bounds the number of events.
     """
     alpha = checks.positive_float("alpha", alpha)
-    tol = checks.positive_float("tol", tol)
-    max_sweeps = checks.positive_int("max_sweeps", max_sweeps)
     x64, y64 = _float64(xs, ys)
-    _, n_points, d = xs.shape
+    batch, n_points, d = xs.shape
+    max_steps = checks.positive_int("max_steps", 8 * d if max_steps is None else max_steps)
     gram, xy = _prefix_moments(x64, y64)
     counts = torch.arange(n_points, dtype=torch.float64, device=xs.device).clamp_min(1)
-    gram = gram / counts[None, :, None, None]
-    xy = xy / counts[None, :, None]
-    diagonal = torch.diagonal(gram, dim1=-2, dim2=-1)  # (batch, n, d); zero only at k = 0
-    safe_diagonal = torch.where(diagonal > 0, diagonal, torch.ones_like(diagonal))
+    gram = (gram / counts[None, :, None, None]).reshape(-1, d, d)
+    xy = (xy / counts[None, :, None]).reshape(-1, d)
+    weights = _lasso_path(gram, xy, alpha, max_steps)
+    return _predict(x64, weights.reshape(batch, n_points, d), xs)
+
+
+def _lasso_path(gram: torch.Tensor, xy: torch.Tensor, alpha: float, max_steps: int) -> torch.Tensor:
+    """Exact lasso solutions of min 1/2 w^T G w - c^T w + alpha ||w||_1 for ``gram: (P, d, d)``, ``xy: (P, d)``.
+
+    KKT: c - G w = lambda * s with s_j = sign(w_j) on the active set A and |s_j| <= 1 off it. On a segment
+    of the path w_A(lambda) = G_AA^{-1} (c_A - lambda s_A), so w moves along u = G_AA^{-1} s_A as lambda
+    falls, until an inactive correlation reaches +-lambda (it joins A) or an active weight reaches 0
+    (it leaves A).
+    """
+    problems, d = xy.shape
+    eye = torch.eye(d, dtype=gram.dtype, device=gram.device)
     weights = torch.zeros_like(xy)
-    gram_weights = torch.zeros_like(xy)  # gram @ weights, kept up to date
-    for sweep in range(max_sweeps):
-        largest_step = torch.zeros((), dtype=torch.float64, device=xs.device)
-        for j in range(d):
-            rho = xy[..., j] - gram_weights[..., j] + diagonal[..., j] * weights[..., j]
-            updated = torch.sign(rho) * (rho.abs() - alpha).clamp_min(0) / safe_diagonal[..., j]
-            updated = torch.where(diagonal[..., j] > 0, updated, torch.zeros_like(updated))
-            step = updated - weights[..., j]
-            gram_weights += gram[..., j] * step[..., None]
-            weights[..., j] = updated
-            largest_step = torch.maximum(largest_step, step.abs().max())
-        if sweep % 10 == 9 and largest_step.item() < tol:  # check rarely: .item() syncs a GPU
+    signs = torch.zeros_like(xy)
+    active = torch.zeros_like(xy, dtype=torch.bool)
+    lam, first = xy.abs().max(dim=1)
+    done = lam <= alpha  # includes k = 0, where c = 0: w = 0 is the solution
+    rows = torch.arange(problems, device=xy.device)
+    start = ~done
+    active[rows[start], first[start]] = True
+    signs[rows[start], first[start]] = torch.sign(xy[rows[start], first[start]])
+    tiny = 1e-12
+    for _ in range(max_steps):
+        if bool(done.all()):
             break
-    return _predict(x64, weights, xs)
+        both = active[:, :, None] & active[:, None, :]
+        reduced = torch.where(both, gram, torch.zeros_like(gram)) + torch.diag_embed((~active).to(gram.dtype))
+        direction = torch.linalg.solve(reduced, (signs * active)[..., None]).squeeze(-1)  # u, zero off A
+        correlation = xy - (gram @ weights[..., None]).squeeze(-1)  # r = c - G w
+        slope = (gram @ direction[..., None]).squeeze(-1)  # how fast r falls per unit decrease of lambda
+        inf = torch.full_like(xy, math.inf)
+        # An inactive coordinate joins when r_j - t a_j = +-(lambda - t).
+        join_up = (lam[:, None] - correlation) / (1 - slope)
+        join_down = (lam[:, None] + correlation) / (1 + slope)
+        join_up = torch.where((join_up > tiny) & ~active, join_up, inf)
+        join_down = torch.where((join_down > tiny) & ~active, join_down, inf)
+        join = torch.minimum(join_up, join_down)
+        # An active weight leaves when w_j + t u_j = 0.
+        leave = torch.where(active & (direction != 0), -weights / direction, inf)
+        leave = torch.where(leave > tiny, leave, inf)
+        join_step, join_at = join.min(dim=1)
+        leave_step, leave_at = leave.min(dim=1)
+        final_step = lam - alpha
+        step = torch.minimum(torch.minimum(join_step, leave_step), final_step)
+        step = torch.where(done, torch.zeros_like(step), step)
+        weights = weights + step[:, None] * direction
+        lam = lam - step
+        joins = ~done & (step == join_step) & (step < final_step)
+        leaves = ~done & (step == leave_step) & (step < final_step) & ~joins
+        j = join_at[joins]
+        active[rows[joins], j] = True
+        signs[rows[joins], j] = torch.sign(correlation[rows[joins], j] - step[joins] * slope[rows[joins], j])
+        j = leave_at[leaves]
+        active[rows[leaves], j] = False
+        signs[rows[leaves], j] = 0
+        weights[rows[leaves], j] = 0
+        done = done | (step >= final_step)
+    if not bool(done.all()):
+        raise RuntimeError(f"lasso path did not reach alpha = {alpha} in max_steps = {max_steps} events")
+    # Polish: the exact solution on the final active set and signs, free of accumulated rounding.
+    both = active[:, :, None] & active[:, None, :]
+    reduced = torch.where(both, gram, torch.zeros_like(gram)) + torch.diag_embed((~active).to(gram.dtype))
+    return torch.linalg.solve(reduced, ((xy - alpha * signs) * active)[..., None]).squeeze(-1)
 
 
 def _dense_sparse_posterior(
