@@ -105,8 +105,9 @@ def gd_one_step(
     counts = torch.arange(n_points, dtype=torch.float64, device=xs.device).clamp_min(1)
     direction = xy / counts[None, :, None]
     if preconditioner is not None:
-        if tuple(preconditioner.shape) != (d, d):
-            raise ValueError(f"preconditioner must have shape (d, d) = {(d, d)}, got {tuple(preconditioner.shape)}")
+        if not isinstance(preconditioner, torch.Tensor) or tuple(preconditioner.shape) != (d, d):
+            got = tuple(preconditioner.shape) if isinstance(preconditioner, torch.Tensor) else type(preconditioner).__name__
+            raise ValueError(f"preconditioner must be a tensor of shape (d, d) = {(d, d)}, got {got}")
         direction = direction @ preconditioner.to(direction).T
     return _predict(x64, learning_rate * direction, xs)
 
@@ -158,7 +159,6 @@ def _lasso_path(gram: torch.Tensor, xy: torch.Tensor, alpha: float, max_steps: i
     (it leaves A).
     """
     problems, d = xy.shape
-    eye = torch.eye(d, dtype=gram.dtype, device=gram.device)
     weights = torch.zeros_like(xy)
     signs = torch.zeros_like(xy)
     active = torch.zeros_like(xy, dtype=torch.bool)
@@ -168,7 +168,7 @@ def _lasso_path(gram: torch.Tensor, xy: torch.Tensor, alpha: float, max_steps: i
     start = ~done
     active[rows[start], first[start]] = True
     signs[rows[start], first[start]] = torch.sign(xy[rows[start], first[start]])
-    tiny = 1e-12
+    tiny = 1e-12 * lam[:, None]  # steps are in units of lambda: relative, so the path is scale-equivariant
     for _ in range(max_steps):
         if bool(done.all()):
             break
@@ -178,9 +178,11 @@ def _lasso_path(gram: torch.Tensor, xy: torch.Tensor, alpha: float, max_steps: i
         correlation = xy - (gram @ weights[..., None]).squeeze(-1)  # r = c - G w
         slope = (gram @ direction[..., None]).squeeze(-1)  # how fast r falls per unit decrease of lambda
         inf = torch.full_like(xy, math.inf)
-        # An inactive coordinate joins when r_j - t a_j = +-(lambda - t).
-        join_up = (lam[:, None] - correlation) / (1 - slope)
-        join_down = (lam[:, None] + correlation) / (1 + slope)
+        # An inactive coordinate joins when r_j - t a_j = +-(lambda - t). The gaps lambda -+ r_j are >= 0 in exact
+        # arithmetic; clamping their rounding at 0 stops a coordinate that has just left (|r_j| = lambda, moving
+        # away) from re-joining at once with its old sign through a negative gap over a negative rate.
+        join_up = (lam[:, None] - correlation).clamp_min(0) / (1 - slope)
+        join_down = (lam[:, None] + correlation).clamp_min(0) / (1 + slope)
         join_up = torch.where((join_up > tiny) & ~active, join_up, inf)
         join_down = torch.where((join_down > tiny) & ~active, join_down, inf)
         join = torch.minimum(join_up, join_down)

@@ -51,7 +51,10 @@ def cov_sqrt(cov: torch.Tensor, d: int, batch: int | None = None) -> torch.Tenso
     if not torch.allclose(cov64, cov64.transpose(-1, -2), atol=1e-8):
         raise ValueError("cov must be symmetric")
     eigenvalues, eigenvectors = torch.linalg.eigh(cov64)
-    tolerance = 1e-8 * eigenvalues.abs().amax(dim=-1, keepdim=True).clamp_min(1.0)
+    # Rounding makes a singular covariance's zero eigenvalues slightly negative: about d * eps of the input's dtype
+    # relative to the largest (eps = 1.2e-7 in float32), so the tolerance scales with it.
+    eps = torch.finfo(cov.dtype).eps if cov.is_floating_point() else 0.0
+    tolerance = max(1e-8, d * eps) * eigenvalues.abs().amax(dim=-1, keepdim=True).clamp_min(1.0)
     if (eigenvalues < -tolerance).any():
         raise ValueError("cov must be positive semi-definite (it has a negative eigenvalue)")
     root = eigenvalues.clamp_min(0).sqrt()

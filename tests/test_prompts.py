@@ -93,7 +93,7 @@ def test_x_positions_are_the_even_positions():
     assert list(range(8)[x_positions(4)]) == [0, 2, 4, 6]
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=25)
 @given(batch=st.integers(1, 3), n_points=st.integers(1, 6), d=st.integers(1, 5), seed=st.integers(0, 10**6))
 def test_encodings_match_numpy_for_any_shape(batch, n_points, d, seed):
     xs, ys = random_prompt(batch, n_points, d, seed)

@@ -126,6 +126,22 @@ def test_singular_covariance_puts_samples_in_the_subspace():
     assert abs((points @ unit).var() / (v @ v) - 1.0) < 0.05
 
 
+@pytest.mark.parametrize("d, rank", [(6, 2), (20, 5)])
+def test_singular_float32_covariance_is_accepted(d, rank):
+    # float32 is the library's default dtype; rounding gives a singular covariance eigenvalues of about -1e-7
+    g = make_generator(8)
+    basis, _ = torch.linalg.qr(torch.randn(d, rank, generator=g))
+    for cov in (basis @ basis.T, (basis * torch.arange(1.0, rank + 1)) @ basis.T):
+        assert cov.dtype == torch.float32
+        xs = gaussian_xs(20, 50, d, g, cov=cov)
+        points = xs.reshape(-1, d).double().numpy()
+        b = basis.double().numpy()
+        residual = points - (points @ b) @ b.T
+        # in the subspace up to the float32 rounding of cov, whose eigenvalues ~1e-7 become ~3e-4 in its root
+        assert np.abs(residual).max() < 3e-3 * np.abs(points).max()
+        np.testing.assert_allclose(empirical_cov(points @ b), b.T @ cov.double().numpy() @ b, atol=0.15 * rank)
+
+
 def test_cov_sqrt_squares_back_to_the_covariance():
     a = np.array([[1.0, 0.3], [0.0, 2.0]])
     cov = a @ a.T

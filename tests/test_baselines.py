@@ -1,0 +1,555 @@
+"""Baselines against independent references: numpy least squares and ridge, scikit-learn lasso, k-NN and linear
+regression, explicit loops for averaging and one-step GD, and a brute-force Bayes posterior for the
+dense + sparse mixture. Every reference fits one prompt and one prefix length k at a time."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import Lasso, LinearRegression
+from sklearn.neighbors import KNeighborsRegressor
+
+from icl_lib import baselines
+from icl_lib.baselines import (
+    averaging,
+    bayes_dense_sparse_mixture,
+    bayes_linear,
+    dense_sparse_posterior_probability,
+    gd_one_step,
+    knn,
+    lasso,
+    least_squares,
+    oracle_least_squares,
+    ridge,
+)
+from icl_lib.devices import make_generator
+from icl_lib.samplers import gaussian_xs
+from icl_lib.tasks import DenseLinear, SparseLinear
+
+
+# ================================================================= data
+
+
+def noisy_linear_prompts(batch: int, n_points: int, d: int, noise: float, seed: int):
+    """Dense linear prompts with N(0, noise^2) label noise, float64."""
+    g = make_generator(seed)
+    xs = torch.randn(batch, n_points, d, generator=g, dtype=torch.float64)
+    w = torch.randn(batch, d, generator=g, dtype=torch.float64)
+    ys = torch.einsum("bnd,bd->bn", xs, w) + noise * torch.randn(batch, n_points, generator=g, dtype=torch.float64)
+    return xs, ys
+
+
+def sparse_prompts(batch: int, n_points: int, d: int, k: int, noise: float, seed: int):
+    g = make_generator(seed)
+    xs = gaussian_xs(batch, n_points, d, g, dtype=torch.float64)
+    sample = SparseLinear(k=k).sample(xs, g)
+    ys = sample.ys + noise * torch.randn(batch, n_points, generator=g, dtype=torch.float64)
+    return xs, ys, sample.params["support"]
+
+
+def mixture_prompts(batch: int, n_points: int, d: int, k_sparse: int, noise: float, seed: int):
+    """Half the prompts dense, half k_sparse-sparse (alternating), with label noise."""
+    g = make_generator(seed)
+    xs = gaussian_xs(batch, n_points, d, g, dtype=torch.float64)
+    dense = DenseLinear().sample(xs, g).ys
+    sparse = SparseLinear(k=k_sparse).sample(xs, g).ys
+    is_sparse = (torch.arange(batch) % 2 == 1)[:, None]
+    ys = torch.where(is_sparse, sparse, dense) + noise * torch.randn(batch, n_points, generator=g, dtype=torch.float64)
+    return xs, ys
+
+
+# ================================================================= independent references (one prompt, one k)
+
+
+def per_prefix(xs: torch.Tensor, ys: torch.Tensor, fit_predict) -> np.ndarray:
+    """``preds[b, k] = fit_predict(X_k, y_k, x_k)`` for k >= 1 and 0 for k = 0, by explicit loops."""
+    x, y = xs.double().numpy(), ys.double().numpy()
+    preds = np.zeros(y.shape)
+    for b in range(x.shape[0]):
+        for k in range(1, x.shape[1]):
+            preds[b, k] = fit_predict(x[b, :k], y[b, :k], x[b, k])
+    return preds
+
+
+def ref_least_squares(X, y, q):
+    return q @ np.linalg.lstsq(X, y, rcond=None)[0]
+
+
+def ref_pinv(X, y, q):
+    return q @ (np.linalg.pinv(X) @ y)
+
+
+def ref_ridge(penalty):
+    def fit_predict(X, y, q):
+        return q @ np.linalg.solve(X.T @ X + penalty * np.eye(X.shape[1]), X.T @ y)
+    return fit_predict
+
+
+def ref_gd(learning_rate, preconditioner=None):
+    def fit_predict(X, y, q):
+        gradient_direction = np.zeros(X.shape[1])
+        for i in range(X.shape[0]):
+            gradient_direction += y[i] * X[i]
+        gradient_direction /= X.shape[0]
+        P = np.eye(X.shape[1]) if preconditioner is None else preconditioner
+        return q @ (learning_rate * (P @ gradient_direction))
+    return fit_predict
+
+
+def ref_knn(n_neighbors):
+    def fit_predict(X, y, q):
+        model = KNeighborsRegressor(n_neighbors=min(n_neighbors, X.shape[0])).fit(X, y)
+        return model.predict(q[None, :])[0]
+    return fit_predict
+
+
+def ref_lasso_at(xs: torch.Tensor, ys: torch.Tensor, alpha: float, ks) -> np.ndarray:
+    x, y = xs.numpy(), ys.numpy()
+    preds = np.zeros((x.shape[0], len(ks)))
+    for b in range(x.shape[0]):
+        for j, k in enumerate(ks):
+            model = Lasso(alpha=alpha, fit_intercept=False, tol=1e-12, max_iter=10**6).fit(x[b, :k], y[b, :k])
+            preds[b, j] = x[b, k] @ model.coef_
+    return preds
+
+
+def ref_oracle(xs, ys, support) -> np.ndarray:
+    x, y, s = xs.numpy(), ys.numpy(), support.numpy()
+    preds = np.zeros(y.shape)
+    for b in range(x.shape[0]):
+        columns = np.flatnonzero(s[b])
+        for k in range(1, x.shape[1]):
+            X, q = x[b, :k][:, columns], x[b, k, columns]
+            if k >= len(columns):  # determined: ordinary least squares on the support
+                coef = LinearRegression(fit_intercept=False).fit(X, y[b, :k]).coef_
+            else:  # under-determined: the minimum-norm solution
+                coef = np.linalg.lstsq(X, y[b, :k], rcond=None)[0]
+            preds[b, k] = q @ coef
+    return preds
+
+
+def log_gaussian(y: np.ndarray, cov: np.ndarray) -> float:
+    """log N(y; 0, cov), in full: slogdet and solve of the k x k covariance."""
+    sign, logdet = np.linalg.slogdet(cov)
+    assert sign > 0
+    return -0.5 * (len(y) * math.log(2 * math.pi) + logdet + y @ np.linalg.solve(cov, y))
+
+
+def ref_dense_sparse(xs, ys, p_sparse, k_sparse, noise_std):
+    """Brute-force posterior over {dense} and every support of size k_sparse: (preds, P(sparse))."""
+    x, y = xs.numpy(), ys.numpy()
+    batch, n_points, d = x.shape
+    supports = [np.arange(d)] + [np.array(s) for s in itertools.combinations(range(d), k_sparse)]
+    n_sparse = len(supports) - 1
+    with np.errstate(divide="ignore"):
+        log_prior = np.array([np.log(1 - p_sparse)] + [np.log(p_sparse / n_sparse)] * n_sparse)
+    preds = np.zeros((batch, n_points))
+    probability = np.full((batch, n_points), float(p_sparse))
+    for b in range(batch):
+        for k in range(1, n_points):
+            X, target, q = x[b, :k], y[b, :k], x[b, k]
+            log_post, model_preds = [], []
+            for S in supports:
+                XS = X[:, S]
+                cov = XS @ XS.T + noise_std**2 * np.eye(k)
+                log_post.append(log_gaussian(target, cov))
+                mean = XS.T @ np.linalg.solve(cov, target)  # posterior mean of the weights on S
+                model_preds.append(q[S] @ mean)
+            log_post = np.array(log_post) + log_prior
+            finite = np.isfinite(log_post)
+            post = np.zeros_like(log_post)
+            post[finite] = np.exp(log_post[finite] - log_post[finite].max())
+            post /= post.sum()
+            preds[b, k] = post @ np.array(model_preds)
+            probability[b, k] = post[1:].sum()
+    return preds, probability
+
+
+# ================================================================= least squares, ridge, Bayes linear
+
+
+def test_least_squares_matches_lstsq_and_pinv_per_prefix():
+    xs, ys = noisy_linear_prompts(5, 12, 4, noise=0.3, seed=1)
+    preds = least_squares(xs, ys).numpy()
+    np.testing.assert_allclose(preds, per_prefix(xs, ys, ref_least_squares), rtol=1e-8, atol=1e-8)
+    np.testing.assert_allclose(preds, per_prefix(xs, ys, ref_pinv), rtol=1e-8, atol=1e-8)
+
+
+def test_min_norm_least_squares_error_is_one_minus_k_over_d_below_d_and_zero_above():
+    d, batch = 5, 3000
+    xs, ys = noisy_linear_prompts(batch, 9, d, noise=0.0, seed=2)
+    errors = ((least_squares(xs, ys) - ys) ** 2 / d).numpy()  # normalised by E[y^2] = d
+    mean = errors.mean(0)
+    standard_error = errors.std(0) / math.sqrt(batch)
+    for k in range(d):
+        expected = (d - k) / d
+        assert abs(mean[k] - expected) < max(4 * standard_error[k], 1e-12), (k, mean[k], expected)
+        assert abs(mean[k] - expected) < 0.06
+    assert errors[:, d:].max() < 1e-8
+
+
+def test_ridge_matches_closed_form():
+    xs, ys = noisy_linear_prompts(4, 10, 3, noise=0.5, seed=3)
+    for penalty in (0.01, 0.7, 25.0):
+        np.testing.assert_allclose(ridge(xs, ys, penalty).numpy(), per_prefix(xs, ys, ref_ridge(penalty)),
+                                   rtol=1e-9, atol=1e-10)
+
+
+def test_bayes_linear_is_ridge_with_noise_to_prior_ratio_and_least_squares_without_noise():
+    xs, ys = noisy_linear_prompts(4, 10, 3, noise=0.5, seed=4)
+    np.testing.assert_allclose(bayes_linear(xs, ys, noise_std=0.5, prior_std=2.0).numpy(),
+                               per_prefix(xs, ys, ref_ridge((0.5 / 2.0) ** 2)), rtol=1e-9, atol=1e-10)
+    np.testing.assert_allclose(bayes_linear(xs, ys, noise_std=0.0).numpy(),
+                               per_prefix(xs, ys, ref_least_squares), rtol=1e-8, atol=1e-8)
+
+
+def test_ridge_with_vanishing_penalty_approaches_least_squares():
+    xs, ys = noisy_linear_prompts(4, 10, 3, noise=0.5, seed=5)
+    # the gap is of order penalty / sigma_min(X_k)^2 (sigma_min about 0.05 here at k = d = 3)
+    np.testing.assert_allclose(ridge(xs, ys, 1e-9).numpy(), least_squares(xs, ys).numpy(), atol=1e-4)
+    assert np.abs(ridge(xs, ys, 1.0).numpy() - least_squares(xs, ys).numpy()).max() > 1e-2
+
+
+# ================================================================= lasso
+
+
+@pytest.mark.parametrize("alpha", [0.05, 0.3])
+def test_lasso_matches_scikit_learn_on_several_prefixes(alpha):
+    d = 5
+    xs, ys, _ = sparse_prompts(3, 12, d, k=2, noise=0.1, seed=6)
+    ks = [1, 2, 3, 4, 5, 6, 8, 11]  # k < d, k = d and k > d
+    preds = lasso(xs, ys, alpha=alpha).numpy()
+    np.testing.assert_allclose(preds[:, ks], ref_lasso_at(xs, ys, alpha, ks), atol=1e-4, rtol=0)
+    assert np.all(preds[:, 0] == 0)
+
+
+def lasso_weights(xs: torch.Tensor, ys: torch.Tensor, alpha: float) -> np.ndarray:
+    """``w[b, k]: (d,)``, read through the public API: the prediction at k for the query e_j is w_k[j].
+
+    One prompt per (b, k, j): row k replaced by e_j, which changes no prefix before k (causality is tested
+    below) and makes the prediction at k the j-th weight fitted on the first k examples.
+    """
+    batch, n_points, d = xs.shape
+    probes = xs[:, None, None].repeat(1, n_points, d, 1, 1)  # (batch, k, j, n_points, d)
+    for k in range(n_points):
+        probes[:, k, :, k, :] = torch.eye(d, dtype=xs.dtype)
+    labels = ys[:, None, None].expand(-1, n_points, d, -1)
+    preds = lasso(probes.reshape(-1, n_points, d), labels.reshape(-1, n_points), alpha).reshape(batch, n_points, d,
+                                                                                                n_points)
+    return torch.diagonal(preds, dim1=1, dim2=3).permute(0, 2, 1).numpy()  # (batch, k, j)
+
+
+def lasso_objective(X, y, w, alpha):
+    return 0.5 * np.sum((y - X @ w) ** 2) / len(y) + alpha * np.abs(w).sum()
+
+
+@settings(max_examples=20)
+@given(
+    seed=st.integers(0, 10**6),
+    n_points=st.integers(2, 9),
+    d=st.integers(1, 5),
+    alpha=st.sampled_from([0.005, 0.05, 0.3, 1.0]),
+    scale=st.sampled_from([0.01, 1.0, 100.0]),
+)
+# A path on which a coordinate leaves the active set and rounding let it re-join at once with its old sign: the
+# solution at k = d = 3 then had w_3 < 0 with gradient +alpha (fixed by clamping the join gaps at 0).
+@example(seed=0, n_points=6, d=3, alpha=0.005, scale=100.0)
+def test_lasso_is_optimal_on_random_problems(seed, n_points, d, alpha, scale):
+    """Every prefix (k below and above d), several scales: the KKT conditions hold, the objective is no worse
+    than scikit-learn's, and the predictions agree with scikit-learn wherever it reports convergence (at tiny
+    alpha and k < d its coordinate descent can stall even after 10^6 iterations; the KKT check covers those)."""
+    xs, ys = noisy_linear_prompts(2, n_points, d, noise=0.2, seed=seed)
+    xs, ys = scale * xs, scale * ys  # alpha is in the units of x y, so this moves it along the path too
+    preds = lasso(xs, ys, alpha=alpha).numpy()
+    weights = lasso_weights(xs, ys, alpha)
+    x, y = xs.numpy(), ys.numpy()
+    tolerance = 1e-9 * max(1.0, scale**2)
+    for b in range(x.shape[0]):
+        for k in range(1, n_points):
+            X, target, w = x[b, :k], y[b, :k], weights[b, k]
+            assert preds[b, k] == pytest.approx(x[b, k] @ w, rel=1e-9, abs=1e-9 * max(1.0, scale**2))
+            gradient = X.T @ (target - X @ w) / k  # KKT: |g_j| <= alpha, and g_j = alpha sign(w_j) where w_j != 0
+            assert np.all(np.abs(gradient) <= alpha + tolerance), (k, gradient)
+            nonzero = w != 0
+            np.testing.assert_allclose(gradient[nonzero], alpha * np.sign(w[nonzero]), atol=tolerance, rtol=0)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", ConvergenceWarning)
+                reference = Lasso(alpha=alpha, fit_intercept=False, tol=1e-12, max_iter=10**5).fit(X, target)
+            assert lasso_objective(X, target, w, alpha) <= lasso_objective(X, target, reference.coef_, alpha) + 1e-12
+            if not any(issubclass(c.category, ConvergenceWarning) for c in caught):
+                assert preds[b, k] == pytest.approx(x[b, k] @ reference.coef_, abs=1e-4 * max(1.0, scale))
+
+
+@pytest.mark.parametrize("s", [1e-6, 1e-3, 1e3])
+def test_lasso_is_scale_equivariant(s):
+    # (1/2k)||s y - s X w||^2 + s^2 alpha ||w||_1 is s^2 times the original objective: same w, predictions times s
+    xs, ys = noisy_linear_prompts(3, 9, 4, noise=0.1, seed=24)
+    for alpha in (0.005, 0.1):
+        np.testing.assert_allclose(lasso(s * xs, s * ys, alpha * s**2).numpy() / s, lasso(xs, ys, alpha).numpy(),
+                                   rtol=1e-7, atol=1e-9)
+
+
+def test_lasso_reports_a_path_cut_short():
+    xs, ys = noisy_linear_prompts(2, 10, 5, noise=0.1, seed=23)
+    with pytest.raises(RuntimeError, match=r"lasso path did not reach alpha = 0.001 in max_steps = 1"):
+        lasso(xs, ys, alpha=0.001, max_steps=1)
+
+
+def test_lasso_with_large_alpha_predicts_zero():
+    xs, ys = noisy_linear_prompts(3, 8, 4, noise=0.1, seed=7)
+    # alpha above max_j |X^T y|_j / k everywhere: all coefficients are exactly zero
+    assert np.all(lasso(xs, ys, alpha=1e6).numpy() == 0)
+
+
+# ================================================================= oracle, k-NN, averaging, one-step GD
+
+
+def test_oracle_matches_linear_regression_on_the_true_support():
+    xs, ys, support = sparse_prompts(4, 9, 6, k=3, noise=0.2, seed=8)
+    np.testing.assert_allclose(oracle_least_squares(xs, ys, support).numpy(), ref_oracle(xs, ys, support),
+                               rtol=1e-8, atol=1e-8)
+
+
+def test_oracle_recovers_noiseless_sparse_functions_from_k_examples():
+    xs, ys, support = sparse_prompts(20, 9, 6, k=3, noise=0.0, seed=9)
+    errors = (oracle_least_squares(xs, ys, support) - ys).abs().numpy()
+    assert errors[:, 3:].max() < 1e-8  # exact from k = 3 examples on, long before k = d = 6
+    assert errors[:, 1:3].max() > 1e-3
+
+
+@pytest.mark.parametrize("n_neighbors", [1, 3, 5])
+def test_knn_matches_scikit_learn_per_prefix(n_neighbors):
+    xs, ys = noisy_linear_prompts(4, 12, 3, noise=0.1, seed=10)
+    np.testing.assert_allclose(knn(xs, ys, n_neighbors=n_neighbors).numpy(),
+                               per_prefix(xs, ys, ref_knn(n_neighbors)), rtol=1e-12, atol=1e-12)
+
+
+def test_knn_default_is_three_neighbours():
+    xs, ys = noisy_linear_prompts(3, 8, 2, noise=0.1, seed=11)
+    np.testing.assert_allclose(knn(xs, ys).numpy(), per_prefix(xs, ys, ref_knn(3)), atol=1e-12)
+
+
+def test_averaging_is_the_mean_of_y_x_applied_to_the_query():
+    xs, ys = noisy_linear_prompts(4, 10, 3, noise=0.1, seed=12)
+    np.testing.assert_allclose(averaging(xs, ys).numpy(), per_prefix(xs, ys, ref_gd(1.0)), rtol=1e-10, atol=1e-12)
+
+
+def test_gd_one_step_with_and_without_preconditioner():
+    xs, ys = noisy_linear_prompts(4, 10, 3, noise=0.1, seed=13)
+    np.testing.assert_allclose(gd_one_step(xs, ys, learning_rate=0.37).numpy(), per_prefix(xs, ys, ref_gd(0.37)),
+                               rtol=1e-10, atol=1e-12)
+    # a non-symmetric preconditioner catches a transposed application
+    P = np.array([[1.0, 0.5, 0.0], [-0.2, 2.0, 0.3], [0.4, 0.0, 0.5]])
+    preds = gd_one_step(xs, ys, learning_rate=0.37, preconditioner=torch.tensor(P)).numpy()
+    np.testing.assert_allclose(preds, per_prefix(xs, ys, ref_gd(0.37, P)), rtol=1e-10, atol=1e-12)
+    assert np.abs(preds - per_prefix(xs, ys, ref_gd(0.37, P.T))).max() > 1e-3
+    # float32 preconditioner with float64 prompts works too
+    np.testing.assert_allclose(gd_one_step(xs, ys, 0.37, torch.tensor(P, dtype=torch.float32)).numpy(),
+                               per_prefix(xs, ys, ref_gd(0.37, P.astype(np.float32).astype(np.float64))),
+                               rtol=1e-10, atol=1e-12)
+
+
+# ================================================================= Bayes for the dense + sparse mixture
+
+
+@pytest.mark.parametrize("noise_std", [0.1, 0.01])
+@pytest.mark.parametrize("p_sparse", [0.5, 0.2])
+def test_dense_sparse_mixture_matches_brute_force_posterior(noise_std, p_sparse):
+    d, k_sparse = 4, 2
+    xs, ys = mixture_prompts(4, 8, d, k_sparse, noise=noise_std, seed=14)
+    expected_preds, expected_probability = ref_dense_sparse(xs, ys, p_sparse, k_sparse, noise_std)
+    preds = bayes_dense_sparse_mixture(xs, ys, p_sparse, k_sparse, noise_std).numpy()
+    probability = dense_sparse_posterior_probability(xs, ys, p_sparse, k_sparse, noise_std).numpy()
+    np.testing.assert_allclose(preds, expected_preds, rtol=1e-7, atol=1e-8)
+    np.testing.assert_allclose(probability, expected_probability, rtol=1e-7, atol=1e-9)
+    assert np.all(probability[:, 0] == p_sparse)
+    # the posterior moves towards the truth (odd rows are sparse), decisively when the noise is small
+    assert np.all(probability[1::2, -1] > p_sparse) and np.all(probability[0::2, -1] < p_sparse)
+    if noise_std == 0.01:
+        assert np.all(probability[1::2, -1] > 0.9) and np.all(probability[0::2, -1] < 0.1)
+
+
+def test_dense_sparse_mixture_with_only_sparse_prior_matches_brute_force():
+    xs, ys = mixture_prompts(2, 7, 4, 1, noise=0.1, seed=15)
+    expected_preds, expected_probability = ref_dense_sparse(xs, ys, 1.0, 1, 0.1)
+    np.testing.assert_allclose(bayes_dense_sparse_mixture(xs, ys, 1.0, 1, 0.1).numpy(), expected_preds,
+                               rtol=1e-7, atol=1e-8)
+    np.testing.assert_allclose(dense_sparse_posterior_probability(xs, ys, 1.0, 1, 0.1).numpy(), 1.0, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(expected_probability, 1.0, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("noise_std", [0.1, 0.01])
+def test_dense_sparse_mixture_without_sparse_prior_is_bayes_dense(noise_std):
+    xs, ys = mixture_prompts(4, 9, 4, 2, noise=noise_std, seed=16)
+    preds = bayes_dense_sparse_mixture(xs, ys, 0.0, 2, noise_std).numpy()
+    np.testing.assert_allclose(preds, per_prefix(xs, ys, ref_ridge(noise_std**2)), rtol=1e-8, atol=1e-10)
+    assert np.all(dense_sparse_posterior_probability(xs, ys, 0.0, 2, noise_std).numpy() == 0.0)
+
+
+def test_dense_sparse_mixture_on_nearly_noiseless_sparse_data_is_close_to_the_oracle():
+    d, k_sparse, noise_std = 5, 2, 1e-3
+    xs, ys, support = sparse_prompts(12, 10, d, k=k_sparse, noise=noise_std, seed=17)
+    preds = bayes_dense_sparse_mixture(xs, ys, 0.5, k_sparse, noise_std).numpy()
+    oracle = ref_oracle(xs, ys, support)
+    later = slice(k_sparse + 2, None)
+    assert np.abs(preds[:, later] - oracle[:, later]).max() < 1e-3
+    # and, measured against the labels, it is as good as the oracle: error of order noise_std
+    assert np.abs(preds[:, later] - ys.numpy()[:, later]).max() < 2e-2
+    # while between k_sparse + 2 and d a dense fit (least squares) is still far off
+    between = slice(k_sparse + 2, d)
+    assert np.abs(least_squares(xs, ys).numpy()[:, between] - ys.numpy()[:, between]).max() > 0.1
+
+
+# ================================================================= every baseline: k = 0, dtype, causality
+
+
+BASELINES = {
+    "least squares": least_squares,
+    "ridge": lambda xs, ys: ridge(xs, ys, 0.5),
+    "Bayes linear": lambda xs, ys: bayes_linear(xs, ys, 0.2),
+    "Bayes linear noiseless": lambda xs, ys: bayes_linear(xs, ys, 0.0),
+    "lasso": lambda xs, ys: lasso(xs, ys, 0.05),
+    "oracle": lambda xs, ys: oracle_least_squares(xs, ys, fixed_support(xs)),
+    "k-NN": knn,
+    "1-NN": lambda xs, ys: knn(xs, ys, n_neighbors=1),
+    "averaging": averaging,
+    "one-step GD": lambda xs, ys: gd_one_step(xs, ys, 0.3, torch.eye(xs.shape[-1], dtype=xs.dtype) + 0.1),
+    "Bayes mixture": lambda xs, ys: bayes_dense_sparse_mixture(xs, ys, 0.5, 1, 0.1),
+    "P(sparse)": lambda xs, ys: dense_sparse_posterior_probability(xs, ys, 0.5, 1, 0.1),
+}
+
+
+def fixed_support(xs: torch.Tensor) -> torch.Tensor:
+    support = torch.zeros(xs.shape[0], xs.shape[-1], dtype=torch.bool)
+    support[:, 0] = True
+    return support
+
+
+@pytest.mark.parametrize("name", [n for n in BASELINES if n != "P(sparse)"])
+def test_every_baseline_predicts_zero_without_examples_and_keeps_dtype(name):
+    xs, ys = noisy_linear_prompts(3, 6, 3, noise=0.1, seed=18)
+    preds = BASELINES[name](xs, ys)
+    assert preds.shape == ys.shape and preds.dtype == torch.float64
+    assert torch.all(preds[:, 0] == 0)
+    assert torch.all(torch.isfinite(preds))
+    preds32 = BASELINES[name](xs.float(), ys.float())
+    assert preds32.dtype == torch.float32
+    np.testing.assert_allclose(preds32.numpy(), preds.numpy(), rtol=1e-3, atol=1e-3)
+
+
+@settings(max_examples=20)
+@given(
+    seed=st.integers(0, 10**6),
+    n_points=st.integers(2, 8),
+    d=st.integers(1, 4),
+    data=st.data(),
+    magnitude=st.sampled_from([1e-3, 1.0, 1e3]),
+)
+def test_prediction_at_k_uses_only_the_first_k_examples(seed, n_points, d, data, magnitude):
+    """Changing y_j, ..., y_{n-1} and x_{j+1}, ... never changes preds[:, :j + 1], for every baseline."""
+    j = data.draw(st.integers(0, n_points - 1), label="j")
+    xs, ys = noisy_linear_prompts(2, n_points, d, noise=0.1, seed=seed)
+    g = make_generator(seed + 1)
+    xs2, ys2 = xs.clone(), ys.clone()
+    ys2[:, j:] = magnitude * torch.randn(2, n_points - j, generator=g, dtype=torch.float64)
+    xs2[:, j + 1:] = magnitude * torch.randn(2, n_points - j - 1, d, generator=g, dtype=torch.float64)
+    for name, predict in BASELINES.items():
+        before, after = predict(xs, ys)[:, : j + 1], predict(xs2, ys2)[:, : j + 1]
+        assert torch.equal(after, before), (name, (after - before).abs().max().item())
+
+
+@settings(max_examples=20)
+@given(seed=st.integers(0, 10**6), n_points=st.integers(3, 9), d=st.integers(1, 4), data=st.data())
+def test_permuting_earlier_examples_leaves_predictions_unchanged(seed, n_points, d, data):
+    """Permuting examples 0 .. j-1 changes no prediction from j examples on (it is the same set)."""
+    j = data.draw(st.integers(2, n_points - 1), label="j")
+    permutation = data.draw(st.permutations(range(j)), label="permutation")
+    xs, ys = noisy_linear_prompts(2, n_points, d, noise=0.3, seed=seed)
+    order = list(permutation) + list(range(j, n_points))
+    xs2, ys2 = xs[:, order], ys[:, order]
+    for name in ("least squares", "ridge", "Bayes linear", "averaging", "one-step GD", "k-NN", "lasso",
+                 "Bayes mixture"):
+        before, after = BASELINES[name](xs, ys)[:, j:], BASELINES[name](xs2, ys2)[:, j:]
+        torch.testing.assert_close(after, before, rtol=1e-7, atol=1e-7, msg=name)
+
+
+# ================================================================= bad input
+
+
+ALL_PREDICTORS = [n for n in BASELINES if n != "oracle"]
+
+
+@pytest.mark.parametrize("name", ALL_PREDICTORS)
+def test_baselines_reject_wrongly_shaped_xs_and_ys(name):
+    xs, ys = noisy_linear_prompts(2, 5, 3, noise=0.1, seed=19)
+    with pytest.raises(ValueError, match=r"xs must be a tensor of shape \(batch, n_points, d\), got \(5, 3\)"):
+        BASELINES[name](xs[0], ys)
+    with pytest.raises(ValueError, match=r"ys must be a tensor of shape \(batch, n_points\) = \(2, 5\).*got \(2, 4\)"):
+        BASELINES[name](xs, ys[:, :4])
+    with pytest.raises(ValueError, match=r"ys must be a tensor of shape \(batch, n_points\).*got \(10,\)"):
+        BASELINES[name](xs, ys.reshape(-1))
+
+
+def test_oracle_rejects_bad_support():
+    xs, ys = noisy_linear_prompts(2, 5, 3, noise=0.1, seed=20)
+    message = r"support must be a boolean tensor of shape \(batch, d\) = \(2, 3\)"
+    with pytest.raises(ValueError, match=message):
+        oracle_least_squares(xs, ys, torch.ones(2, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match=message):
+        oracle_least_squares(xs, ys, torch.ones(3, dtype=torch.bool))
+    with pytest.raises(ValueError, match=message):
+        oracle_least_squares(xs, ys, torch.ones(2, 3))  # float, not boolean
+    with pytest.raises(ValueError, match=r"xs must be a tensor of shape"):
+        oracle_least_squares(xs[0], ys, torch.ones(2, 3, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("shape", [(3,), (2, 2), (3, 4), (1, 3, 3)])
+def test_gd_one_step_rejects_bad_preconditioner(shape):
+    xs, ys = noisy_linear_prompts(2, 5, 3, noise=0.1, seed=21)
+    with pytest.raises(ValueError, match=r"preconditioner must be a tensor of shape \(d, d\) = \(3, 3\)"):
+        gd_one_step(xs, ys, 0.1, preconditioner=torch.ones(shape, dtype=torch.float64))
+
+
+def test_gd_one_step_rejects_a_preconditioner_that_is_not_a_tensor():
+    xs, ys = noisy_linear_prompts(2, 5, 3, noise=0.1, seed=21)
+    with pytest.raises(ValueError, match=r"preconditioner must be a tensor of shape \(d, d\) = \(3, 3\), got list"):
+        gd_one_step(xs, ys, 0.1, preconditioner=np.eye(3).tolist())
+
+
+def test_size_and_hyperparameter_checks():
+    xs, ys = noisy_linear_prompts(2, 5, 3, noise=0.1, seed=22)
+    cases = [
+        (lambda: knn(xs, ys, n_neighbors=0), r"^n_neighbors must be a positive integer"),
+        (lambda: knn(xs, ys, n_neighbors=-3), r"^n_neighbors must be a positive integer"),
+        (lambda: ridge(xs, ys, 0.0), r"^penalty must be a finite number > 0"),
+        (lambda: ridge(xs, ys, -1.0), r"^penalty must be a finite number >= 0"),
+        (lambda: lasso(xs, ys, 0.0), r"^alpha must be a finite number > 0"),
+        (lambda: lasso(xs, ys, 0.1, max_steps=0), r"^max_steps must be a positive integer"),
+        (lambda: bayes_linear(xs, ys, -0.1), r"^noise_std must be a finite number >= 0"),
+        (lambda: bayes_linear(xs, ys, 0.1, prior_std=0.0), r"^prior_std must be a finite number > 0"),
+        (lambda: gd_one_step(xs, ys, -0.1), r"^learning_rate must be a finite number >= 0"),
+        (lambda: bayes_dense_sparse_mixture(xs, ys, 0.5, 4, 0.1), r"^k_sparse must be at most d = 3, got 4"),
+        (lambda: bayes_dense_sparse_mixture(xs, ys, 0.5, 0, 0.1), r"^k_sparse must be a positive integer"),
+        (lambda: bayes_dense_sparse_mixture(xs, ys, 1.5, 1, 0.1), r"^p_sparse must lie in \[0, 1\]"),
+        (lambda: bayes_dense_sparse_mixture(xs, ys, -0.5, 1, 0.1), r"^p_sparse must lie in \[0, 1\]"),
+        (lambda: bayes_dense_sparse_mixture(xs, ys, 0.5, 1, -0.1), r"^noise_std must be a finite number >= 0"),
+        (lambda: bayes_dense_sparse_mixture(xs, ys, 0.5, 1, 0.0), r"^noise_std must be a finite number > 0"),
+        (lambda: dense_sparse_posterior_probability(xs, ys, 0.5, 5, 0.1), r"^k_sparse must be at most d = 3"),
+    ]
+    for call, message in cases:
+        with pytest.raises(ValueError, match=message):
+            call()
+
+
+def test_module_exports_the_documented_baselines():
+    for name in ("least_squares", "ridge", "bayes_linear", "oracle_least_squares", "averaging", "gd_one_step", "knn",
+                 "lasso", "bayes_dense_sparse_mixture", "dense_sparse_posterior_probability"):
+        assert callable(getattr(baselines, name))

@@ -1,0 +1,139 @@
+"""Error curves and bootstrap bands: means against numpy, band statistics, band_contains, argument checks."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from icl_lib.baselines import averaging, least_squares
+from icl_lib.devices import make_generator
+from icl_lib.evaluation import ErrorCurve, band_contains, bootstrap_band, error_curve, error_curves, squared_errors
+
+
+def random_preds(batch: int, n_points: int, seed: int):
+    g = make_generator(seed)
+    ys = torch.randn(batch, n_points, generator=g, dtype=torch.float64)
+    preds = ys + 0.5 * torch.randn(batch, n_points, generator=g, dtype=torch.float64)
+    return preds, ys
+
+
+def test_squared_errors_against_numpy():
+    preds, ys = random_preds(6, 5, 0)
+    np.testing.assert_allclose(squared_errors(preds, ys).numpy(), (preds.numpy() - ys.numpy()) ** 2, rtol=1e-15)
+    # float32 inputs are compared in float64
+    assert squared_errors(preds.float(), ys.float()).dtype == torch.float64
+
+
+def test_error_curve_mean_is_the_normalised_mean_squared_error():
+    preds, ys = random_preds(30, 7, 1)
+    curve = error_curve(preds, ys, normalizer=4.0, n_bootstrap=200)
+    expected = np.mean((preds.numpy() - ys.numpy()) ** 2, axis=0) / 4.0
+    np.testing.assert_allclose(curve.mean, expected, rtol=1e-12)
+    assert curve.n_prompts == 30
+    np.testing.assert_array_equal(curve.k, np.arange(7))
+    assert curve.mean.shape == curve.low.shape == curve.high.shape == (7,)
+
+
+def test_band_contains_the_mean_and_is_reproducible():
+    preds, ys = random_preds(40, 6, 2)
+    curve = error_curve(preds, ys, normalizer=1.0, n_bootstrap=500, seed=3)
+    assert np.all(curve.low <= curve.mean) and np.all(curve.mean <= curve.high)
+    assert np.all(curve.low < curve.high)
+    again = error_curve(preds, ys, normalizer=1.0, n_bootstrap=500, seed=3)
+    np.testing.assert_array_equal(again.low, curve.low)
+    np.testing.assert_array_equal(again.high, curve.high)
+    other = error_curve(preds, ys, normalizer=1.0, n_bootstrap=500, seed=4)
+    assert not np.array_equal(other.low, curve.low)
+
+
+def test_band_narrows_with_more_prompts_like_one_over_root_n():
+    preds, ys = random_preds(1600, 4, 5)
+    small = error_curve(preds[:100], ys[:100], normalizer=1.0, n_bootstrap=400)
+    large = error_curve(preds, ys, normalizer=1.0, n_bootstrap=400)
+    ratio = (small.high - small.low) / (large.high - large.low)
+    assert np.all(ratio > 2.5) and np.all(ratio < 6.0)  # sqrt(16) = 4
+
+
+def test_band_width_matches_the_normal_approximation():
+    errors = squared_errors(*random_preds(500, 5, 6))
+    low, high = bootstrap_band(errors, n_bootstrap=2000, level=0.95)
+    standard_error = errors.numpy().std(axis=0) / math.sqrt(500)
+    np.testing.assert_allclose(high - low, 2 * 1.959964 * standard_error, rtol=0.15)
+    # a higher level gives a wider band
+    low99, high99 = bootstrap_band(errors, n_bootstrap=2000, level=0.99)
+    assert np.all(high99 - low99 > high - low)
+
+
+def test_band_covers_the_true_mean_about_95_percent_of_the_time():
+    # 400 independent experiments side by side (columns), each the mean of 60 Uniform(0, 2) errors: true mean 1
+    g = make_generator(7)
+    errors = 2 * torch.rand(60, 400, generator=g, dtype=torch.float64)
+    low, high = bootstrap_band(errors, n_bootstrap=1000, level=0.95)
+    coverage = np.mean((low <= 1.0) & (1.0 <= high))
+    assert 0.88 <= coverage <= 0.99, coverage
+
+
+def test_band_contains():
+    curve = ErrorCurve(mean=np.array([1.0, 0.5, 0.2]), low=np.array([0.9, 0.4, 0.1]), high=np.array([1.1, 0.6, 0.3]),
+                       n_prompts=10)
+    assert band_contains(curve, [1.05, 0.45, 0.25], slice(None))
+    assert band_contains(curve, 0.5, slice(1, 2))
+    assert band_contains(curve, [0.9, 0.3], np.array([0, 2]))  # edges count as inside
+    assert not band_contains(curve, [1.05, 0.7, 0.25], slice(None))
+    assert not band_contains(curve, 0.5, slice(None))  # a scalar is broadcast to every k
+    assert not band_contains(curve, 0.35, np.array([2]))
+    assert isinstance(band_contains(curve, 0.5, slice(1, 2)), bool)
+
+
+def test_least_squares_curve_band_contains_the_closed_form():
+    d, batch = 4, 2000
+    g = make_generator(8)
+    xs = torch.randn(batch, 8, d, generator=g, dtype=torch.float64)
+    ys = torch.einsum("bnd,bd->bn", xs, torch.randn(batch, d, generator=g, dtype=torch.float64))
+    curve = error_curve(least_squares(xs, ys), ys, normalizer=d, n_bootstrap=1000)
+    k = np.arange(1, d)
+    assert band_contains(curve, (d - k) / d, k)  # (d - k) / d below the interpolation threshold
+    assert np.all(curve.high[d:] < 1e-12)  # and zero from k = d on
+    assert curve.mean[0] == pytest.approx(1.0, abs=0.1)
+
+
+def test_error_curves_keeps_the_order_and_matches_error_curve():
+    g = make_generator(9)
+    xs = torch.randn(50, 6, 3, generator=g, dtype=torch.float64)
+    ys = torch.einsum("bnd,bd->bn", xs, torch.randn(50, 3, generator=g, dtype=torch.float64))
+    curves = error_curves({"averaging": averaging, "least squares": least_squares}, xs, ys, 3.0, n_bootstrap=100)
+    assert list(curves) == ["averaging", "least squares"]
+    for name, predict in (("averaging", averaging), ("least squares", least_squares)):
+        expected = error_curve(predict(xs, ys), ys, 3.0, n_bootstrap=100)
+        np.testing.assert_array_equal(curves[name].mean, expected.mean)
+        np.testing.assert_array_equal(curves[name].low, expected.low)
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_bad_input():
+    preds, ys = random_preds(5, 4, 10)
+    with pytest.raises(ValueError, match=r"preds must be a tensor of shape \(batch, n_points\) = \(5, 4\), got \(5, 3\)"):
+        error_curve(preds[:, :3], ys, 1.0)
+    with pytest.raises(ValueError, match=r"preds must be a tensor of shape .*got list"):
+        squared_errors(preds.tolist(), ys)
+    with pytest.raises(ValueError, match=r"ys must be a tensor of shape \(batch, n_points\), got \(20,\)"):
+        squared_errors(preds.reshape(-1), ys.reshape(-1))
+    with pytest.raises(ValueError, match=r"ys must be a tensor of shape \(batch, n_points\), got list"):
+        squared_errors(preds, ys.tolist())
+    with pytest.raises(ValueError, match=r"^normalizer must be a finite number > 0"):
+        error_curve(preds, ys, 0.0)
+    with pytest.raises(ValueError, match=r"^normalizer must be a finite number >= 0"):
+        error_curve(preds, ys, -2.0)
+    with pytest.raises(ValueError, match=r"^n_bootstrap must be a positive integer"):
+        error_curve(preds, ys, 1.0, n_bootstrap=0)
+    with pytest.raises(ValueError, match=r"^level must lie in \[0, 1\]"):
+        error_curve(preds, ys, 1.0, level=1.5)
+    with pytest.raises(ValueError, match=r"^level must lie in \[0, 1\]"):
+        bootstrap_band(squared_errors(preds, ys), level=-0.5)
+    with pytest.raises(ValueError, match=r"xs must be a tensor of shape"):
+        error_curves({"averaging": averaging}, preds, ys, 1.0)

@@ -1,0 +1,119 @@
+"""House style and error-curve plots, smoke level on the Agg backend: lines, bands and colours exist."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.colors as mcolors  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from icl_lib.evaluation import ErrorCurve  # noqa: E402
+from icl_lib.plotting import (  # noqa: E402
+    ESTIMATOR_COLORS,
+    HOUSE_STYLE,
+    estimator_color,
+    plot_error_curves,
+    use_house_style,
+)
+
+
+def make_curve(n_points: int, offset: float) -> ErrorCurve:
+    mean = np.linspace(1.0, 0.1, n_points) + offset
+    return ErrorCurve(mean=mean, low=mean - 0.05, high=mean + 0.05, n_prompts=100)
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    plt.close("all")
+
+
+def test_use_house_style_sets_the_rc_params():
+    with plt.rc_context():
+        use_house_style()
+        for key, value in HOUSE_STYLE.items():
+            current = plt.rcParams[key]
+            if isinstance(value, tuple):
+                assert tuple(current) == value, key
+            else:
+                assert current == value, key
+    assert matplotlib.get_backend().lower() == "agg"
+
+
+def test_estimator_colours_are_distinct_valid_colours():
+    colours = list(ESTIMATOR_COLORS.values())
+    assert len(set(c.lower() for c in colours)) == len(colours)
+    assert all(mcolors.is_color_like(c) for c in colours)
+
+
+@pytest.mark.parametrize("name, key", [
+    ("least squares", "least squares"), ("lasso (alpha=0.1)", "lasso"), ("Ridge, penalty 0.25", "ridge"),
+    ("Bayes-optimal", "Bayes"), ("k-NN (3 neighbours)", "k-NN"), ("one-step GD, eta = 0.1", "one-step GD"),
+    ("transformer (mixture)", "transformer"), ("oracle least squares", "oracle"), ("averaging", "averaging"),
+])
+def test_estimator_color_matches_on_the_start_of_the_name(name, key):
+    assert estimator_color(name) == ESTIMATOR_COLORS[key]
+
+
+def test_estimator_color_is_none_for_unknown_names():
+    assert estimator_color("my new estimator") is None
+    assert estimator_color("the lasso") is None  # the key must start the name
+
+
+def test_plot_error_curves_draws_a_line_and_band_per_curve():
+    curves = {"least squares": make_curve(12, 0.0), "lasso (alpha=0.1)": make_curve(12, 0.1),
+              "my model": make_curve(12, 0.2)}
+    fig, ax = plt.subplots()
+    returned = plot_error_curves(curves, ax=ax, d=5, title="dense linear")
+    assert returned is ax
+
+    labelled = {line.get_label(): line for line in ax.get_lines()}
+    for name, curve in curves.items():
+        line = labelled[name]
+        np.testing.assert_array_equal(line.get_xdata(), curve.k)
+        np.testing.assert_allclose(line.get_ydata(), curve.mean)
+    assert mcolors.same_color(labelled["least squares"].get_color(), ESTIMATOR_COLORS["least squares"])
+    assert mcolors.same_color(labelled["lasso (alpha=0.1)"].get_color(), ESTIMATOR_COLORS["lasso"])
+    # an unknown estimator falls back to the colour cycle, distinct from the house colours used here
+    assert not mcolors.same_color(labelled["my model"].get_color(), labelled["least squares"].get_color())
+
+    # one translucent band per curve, in the curve's colour, spanning low .. high
+    bands = ax.collections
+    assert len(bands) == len(curves)
+    for band, (name, curve) in zip(bands, curves.items()):
+        face = band.get_facecolor()[0]
+        assert mcolors.same_color(face[:3], mcolors.to_rgb(labelled[name].get_color()))
+        assert face[3] == pytest.approx(0.2)
+        vertices = np.concatenate([path.vertices for path in band.get_paths()])
+        assert vertices[:, 1].min() == pytest.approx(curve.low.min())
+        assert vertices[:, 1].max() == pytest.approx(curve.high.max())
+
+    # zero predictor at 1 and the interpolation threshold at k = d
+    zero = labelled["zero predictor"]
+    np.testing.assert_allclose(zero.get_ydata(), [1.0, 1.0])
+    verticals = [line for line in ax.get_lines() if np.allclose(line.get_xdata(), 5)]
+    assert len(verticals) == 1 and len(ax.get_lines()) == len(curves) + 2
+    assert any(text.get_text() == "k = d" for text in ax.texts)
+
+    legend = [text.get_text() for text in ax.get_legend().get_texts()]
+    assert legend == list(curves) + ["zero predictor"]
+    assert ax.get_ylim() == pytest.approx((0.0, 1.25))
+    assert ax.get_title() == "dense linear"
+    assert ax.get_xlabel() == "number of in-context examples k"
+    assert ax.get_ylabel() == "normalised squared error"
+    fig.canvas.draw()  # renders without error
+
+
+def test_plot_error_curves_defaults():
+    ax = plot_error_curves({"ridge": make_curve(6, 0.0)}, ylim=None)
+    assert isinstance(ax, plt.Axes)
+    assert [line.get_label() for line in ax.get_lines()] == ["ridge", "zero predictor"]  # no k = d line
+    assert not ax.texts
+    assert ax.get_title() == ""
+    assert ax.get_ylim()[1] >= 1.0  # autoscaled to the data and the zero-predictor line
+    assert len(ax.collections) == 1
+    ax.figure.canvas.draw()
