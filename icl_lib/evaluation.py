@@ -55,8 +55,11 @@ def bootstrap_band(
     level = checks.unit_interval("level", level)
     errors = errors.detach().to("cpu", torch.float64)
     generator = torch.Generator().manual_seed(seed)
-    rows = torch.randint(errors.shape[0], (n_bootstrap, errors.shape[0]), generator=generator)
-    means = errors[rows].mean(dim=1)  # (n_bootstrap, n)
+    batch = errors.shape[0]
+    rows = torch.randint(batch, (n_bootstrap, batch), generator=generator)
+    # How often each prompt is drawn in each resample: (n_bootstrap, batch), so memory does not grow with n.
+    counts = torch.zeros(n_bootstrap, batch, dtype=torch.float64).scatter_add_(1, rows, torch.ones_like(rows, dtype=torch.float64))
+    means = counts @ errors / batch  # (n_bootstrap, n)
     tail = (1 - level) / 2
     low, high = torch.quantile(means, torch.tensor([tail, 1 - tail], dtype=torch.float64), dim=0)
     return low.numpy(), high.numpy()

@@ -56,10 +56,12 @@ def plot_error_curves(
     d: int | None = None,
     title: str | None = None,
     ylim: tuple[float, float] | None = (0.0, 1.25),
+    zero_predictor: float | None = 1.0,
 ) -> plt.Axes:
     """Normalised error vs number of in-context examples, one line and bootstrap band per curve.
 
-    ``d`` draws the interpolation threshold k = d; the dotted line at 1 is the zero predictor.
+    ``d`` draws the interpolation threshold k = d. The dotted line is the zero predictor's normalised
+    error, ``zero_predictor`` (1 for noiseless tasks, 1 + noise_std^2 / d for noisy linear; None: no line).
     """
     if ax is None:
         _, ax = plt.subplots()
@@ -67,7 +69,8 @@ def plot_error_curves(
         color = estimator_color(name)
         (line,) = ax.plot(curve.k, curve.mean, label=name, color=color)
         ax.fill_between(curve.k, curve.low, curve.high, color=line.get_color(), alpha=0.2, linewidth=0)
-    ax.axhline(1.0, color="grey", linestyle=":", linewidth=1, label="zero predictor")
+    if zero_predictor is not None:
+        ax.axhline(zero_predictor, color="grey", linestyle=":", linewidth=1, label="zero predictor")
     if d is not None:
         ax.axvline(d, color="grey", linestyle="--", linewidth=1)
         ax.annotate("k = d", (d, 1.0), xytext=(4, 4), textcoords="offset points", color="grey", fontsize=9)

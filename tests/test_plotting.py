@@ -117,3 +117,11 @@ def test_plot_error_curves_defaults():
     assert ax.get_ylim()[1] >= 1.0  # autoscaled to the data and the zero-predictor line
     assert len(ax.collections) == 1
     ax.figure.canvas.draw()
+
+
+def test_plot_error_curves_zero_predictor_level():
+    noisy = plot_error_curves({"ridge": make_curve(6, 0.0)}, ylim=None, zero_predictor=1.25)
+    zero = [line for line in noisy.get_lines() if line.get_label() == "zero predictor"]
+    np.testing.assert_allclose(zero[0].get_ydata(), [1.25, 1.25])
+    none = plot_error_curves({"ridge": make_curve(6, 0.0)}, zero_predictor=None)
+    assert [line.get_label() for line in none.get_lines()] == ["ridge"]
