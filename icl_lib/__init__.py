@@ -1,7 +1,7 @@
 """icl_lib: the helper library of the executable textbook on in-context learning.
 
-Modules, one concern each (imports flow one way: checks -> samplers/tasks/prompts -> baselines ->
-evaluation -> plotting):
+Modules, one concern each (imports flow one way: checks/devices -> samplers/tasks/prompts -> baselines ->
+evaluation -> plotting, and samplers/tasks/prompts -> models -> checkpoints -> train):
 
 * ``samplers``: covariates x ~ N(0, c^2 Lambda).
 * ``tasks``: function classes (dense, sparse, noisy linear, ReLU nets, sinusoids, mixtures, convex combinations).
@@ -9,6 +9,9 @@ evaluation -> plotting):
 * ``baselines``: least squares, ridge/Bayes, lasso, oracle, k-NN, averaging, one-step GD, Bayes for mixtures.
 * ``evaluation``: normalised error curves with bootstrap bands.
 * ``plotting``: the house style.
+* ``models``: linear self-attention (Zhang-Frei-Bartlett, full and reduced), von Oswald's linear transformer, a GPT-2-style decoder.
+* ``checkpoints``: atomic saves, run metadata, and ``load_model(name)`` for the chapters.
+* ``train``: the one training loop (``python -m icl_lib.train CONFIG``), Triton-free, CPU or CUDA.
 """
 
 __version__ = "0.1.0"

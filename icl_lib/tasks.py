@@ -13,6 +13,7 @@ which the zero predictor scores 1.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -189,8 +190,11 @@ class Mixture:
 
     def sample(self, xs: torch.Tensor, generator: torch.Generator) -> TaskSample:
         batch, _, _ = checks.prompt_tensors(xs)
-        probabilities = torch.tensor(self.weights, device=xs.device, dtype=torch.float64)
-        component = torch.multinomial(probabilities.expand(batch, -1), 1, generator=generator).squeeze(1)
+        # Inverse-CDF draw against Python-float thresholds: no host-to-device copy, so a CUDA graph can hold it.
+        uniform = torch.rand(batch, generator=generator, device=xs.device, dtype=torch.float64)
+        component = torch.zeros(batch, dtype=torch.long, device=xs.device)
+        for threshold in itertools.accumulate(self.weights[:-1]):
+            component += uniform >= threshold
         ys = torch.zeros(xs.shape[:2], device=xs.device, dtype=xs.dtype)
         params: dict[str, torch.Tensor] = {"component": component}
         for i, function_class in enumerate(self.components):

@@ -1,0 +1,221 @@
+"""Checkpoints: atomic writes, run metadata, and the loader the chapters call by name.
+
+A run directory (written by :func:`icl_lib.train.train`) holds
+
+* ``checkpoint.pt``: the full training state (model, optimizer, step, random states, config), for resuming;
+* ``model.pt``: the final weights and the model's config, small enough to commit for laptop-scale models;
+* ``meta.json``: config, seed, git commit, device, torch version, wall time, steps, final metrics, and the exact
+  command that produced the run;
+* ``metrics.jsonl``: one JSON record per logging or evaluation step.
+
+Files are written atomically (a temporary file in the same directory, flushed and fsynced, then ``os.replace``), so
+an interruption leaves either the old file or the new one. Everything is loaded with ``torch.load(...,
+weights_only=True)``: configs are stored as plain dicts, never as pickled objects.
+
+Chapters load committed runs by name: ``load_model("garg_dense_linear_laptop")`` reads
+``<repository>/checkpoints/garg_dense_linear_laptop/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+from torch import nn
+
+from icl_lib.models import make_model
+
+CHECKPOINT_FILE = "checkpoint.pt"
+MODEL_FILE = "model.pt"
+META_FILE = "meta.json"
+METRICS_FILE = "metrics.jsonl"
+FORMAT = "icl_lib/1"
+
+
+def repository_root() -> Path:
+    """The repository that holds the package (``icl_lib/..``)."""
+    return Path(__file__).resolve().parent.parent
+
+
+def checkpoints_root() -> Path:
+    """Where named checkpoints live: ``<repository>/checkpoints``."""
+    return repository_root() / "checkpoints"
+
+
+# ---------------------------------------------------------------- atomic writes
+
+
+def _fsync_directory(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # platforms that cannot open directories
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
+    """Write ``path`` atomically: ``write(file)`` fills a temporary file beside it, which then replaces ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o644)  # mkstemp makes the file private; a checkpoint is meant to be shared
+        with os.fdopen(fd, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_directory(path.parent)
+    return path
+
+
+def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save(obj, path)`` atomically. ``obj`` must hold only what ``weights_only=True`` loads back."""
+    return atomic_write(path, lambda file: torch.save(obj, file))
+
+
+def write_json_atomic(data: Any, path: str | os.PathLike) -> Path:
+    """Write ``data`` as indented JSON, atomically."""
+    text = json.dumps(data, indent=2, sort_keys=False) + "\n"
+    return atomic_write(path, lambda file: file.write(text.encode()))
+
+
+def load_file(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """``torch.load(path, map_location, weights_only=True)``."""
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+# ---------------------------------------------------------------- run directories
+
+
+def save_training_state(directory: str | os.PathLike, state: Mapping[str, Any]) -> Path:
+    """Write ``checkpoint.pt`` (atomically) in ``directory``; ``state`` is a dict of tensors and plain values."""
+    return save_atomic({"format": FORMAT, **state}, Path(directory) / CHECKPOINT_FILE)
+
+
+def load_training_state(directory: str | os.PathLike) -> dict | None:
+    """The state saved by :func:`save_training_state` (on the CPU), or ``None`` if there is none."""
+    path = Path(directory) / CHECKPOINT_FILE
+    if not path.exists():
+        return None
+    state = load_file(path)
+    if state.get("format") != FORMAT:
+        raise ValueError(f"{path} has format {state.get('format')!r}; this library reads {FORMAT!r}")
+    return state
+
+
+def save_model_file(
+    directory: str | os.PathLike, model: nn.Module, model_spec: Mapping, n_dims: int, n_points: int
+) -> Path:
+    """Write ``model.pt``: the weights (on the CPU) and what :func:`icl_lib.models.make_model` needs to rebuild them."""
+    weights = {key: value.detach().cpu() for key, value in model.state_dict().items()}
+    model_config = {"spec": dict(model_spec), "n_dims": n_dims, "n_points": n_points}
+    return save_atomic({"format": FORMAT, "model_config": model_config, "state_dict": weights}, Path(directory) / MODEL_FILE)
+
+
+def git_commit(cwd: str | os.PathLike | None = None) -> tuple[str, bool | None]:
+    """``(commit, dirty)`` of the repository at ``cwd`` (default: the package's), or ``("unknown", None)``."""
+    cwd = Path(cwd) if cwd is not None else repository_root()
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown", None
+    try:
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        dirty = None
+    return commit, dirty
+
+
+def write_meta(directory: str | os.PathLike, meta: Mapping[str, Any]) -> Path:
+    """Write ``meta.json`` (atomically)."""
+    return write_json_atomic(dict(meta), Path(directory) / META_FILE)
+
+
+def read_metrics(directory: str | os.PathLike) -> list[dict]:
+    """The records of ``metrics.jsonl`` (an empty list if there is none)."""
+    path = Path(directory) / METRICS_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# ---------------------------------------------------------------- loading by name
+
+
+def resolve(name_or_path: str | os.PathLike) -> Path:
+    """The run directory of ``name_or_path``: an existing directory, or ``<repository>/checkpoints/<name>``."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        return path
+    if path.is_file():
+        return path.parent
+    named = checkpoints_root() / str(name_or_path)
+    if named.is_dir():
+        return named
+    root = checkpoints_root()
+    available = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    raise ValueError(
+        f"no checkpoint {str(name_or_path)!r}: not a directory, and not a name under {root} "
+        f"(available: {available or 'none'}). Produce one with "
+        f"`python -m icl_lib.train configs/<experiment>.toml --out checkpoints/<name>`."
+    )
+
+
+def load_meta(name_or_path: str | os.PathLike) -> dict:
+    """The ``meta.json`` of a run, by name or path."""
+    path = resolve(name_or_path) / META_FILE
+    if not path.exists():
+        raise ValueError(f"{path} does not exist (the run has written no checkpoint yet)")
+    return json.loads(path.read_text())
+
+
+def load_model(name_or_path: str | os.PathLike, device: str | torch.device | None = None) -> nn.Module:
+    """Rebuild a trained model from its run directory (by name or path), in eval mode on ``device`` (default CPU).
+
+    Reads ``model.pt`` if the run finished, else the latest ``checkpoint.pt``; a path to either file also works.
+    """
+    path = Path(name_or_path)
+    if path.is_file():
+        files = [path]
+    else:
+        directory = resolve(name_or_path)
+        files = [directory / MODEL_FILE, directory / CHECKPOINT_FILE]
+    for file in files:
+        if file.exists():
+            stored = load_file(file)
+            if stored.get("format") != FORMAT:
+                raise ValueError(f"{file} has format {stored.get('format')!r}; this library reads {FORMAT!r}")
+            if "model_config" in stored:
+                model_config, weights = stored["model_config"], stored["state_dict"]
+            else:  # a training checkpoint
+                config = stored["config"]
+                model_config = {"spec": config["model"], "n_dims": config["n_dims"], "n_points": config["n_points"]}
+                weights = stored["model"]
+            model = make_model(model_config["spec"], model_config["n_dims"], model_config["n_points"])
+            model.load_state_dict(weights)
+            return model.to(device if device is not None else "cpu").eval()
+    raise ValueError(f"no {MODEL_FILE} or {CHECKPOINT_FILE} in {files[0].parent}")

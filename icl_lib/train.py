@@ -1,0 +1,801 @@
+"""One training loop for every chapter: in-context regression on prompts sampled on the training device.
+
+Configured by :class:`TrainConfig` (a frozen dataclass; ``configs/*.toml`` spell the same fields) and run by
+:func:`train` or from the command line::
+
+    python -m icl_lib.train configs/garg_dense_linear_laptop.toml [--device cuda] [--steps 500] [--out DIR]
+
+The loop is "Triton-free" (no ``torch.compile``) and the same code runs on the CPU and on CUDA:
+
+* prompts are sampled in batches on the device from the run's own ``torch.Generator`` (no data loader);
+* a step (sample, forward, loss, backward, clip, AdamW) never waits for the host: metrics are summed on the device
+  and read every ``log_every`` steps;
+* on CUDA: fused AdamW, bf16 autocast, and optionally the whole step captured once in a CUDA graph;
+* shapes are static for the whole run, the curriculum included: prompts always have ``n_points`` points of
+  ``n_dims`` coordinates; Garg et al.'s curriculum zeroes the coordinates beyond the current dimension (as their
+  code does) and masks the loss to the first current-n points, which for a causal model equals a shorter prompt;
+* checkpoints (:mod:`icl_lib.checkpoints`) resume exactly where a run stopped (bit for bit on the CPU with the
+  same thread count).
+
+Loss: mean squared error over the predicted positions. Also logged: the normalised error, the loss divided by the
+task's ``zero_predictor_error`` at the current dimension (1.0 = predicting 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import hashlib
+import json
+import math
+import platform
+import shlex
+import sys
+import time
+import tomllib
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from icl_lib import checks, checkpoints, models
+from icl_lib.devices import default_device, make_generator
+from icl_lib.samplers import gaussian_xs
+from icl_lib.tasks import make_task
+
+# ---------------------------------------------------------------- configuration
+
+
+@dataclass(frozen=True)
+class Curriculum:
+    """Garg et al.'s curriculum: the active dimension and prompt length grow during training.
+
+    At step t the active dimension is min(dims_end, dims_start + dims_increment * (t // dims_interval)), and the
+    number of points likewise. :meth:`garg` is their preset (dims 5 -> 20, +1 every 2000 steps; points 11 -> 41,
+    +2 every 2000 steps).
+    """
+
+    dims_start: int
+    dims_end: int
+    points_start: int
+    points_end: int
+    dims_increment: int = 1
+    dims_interval: int = 2000
+    points_increment: int = 2
+    points_interval: int = 2000
+
+    def __post_init__(self) -> None:
+        for name in ("dims_start", "dims_end", "points_start", "points_end", "dims_interval", "points_interval"):
+            checks.positive_int(name, getattr(self, name))
+        checks.nonnegative_int("dims_increment", self.dims_increment)
+        checks.nonnegative_int("points_increment", self.points_increment)
+        if self.dims_start > self.dims_end:
+            raise ValueError(f"dims_start must be <= dims_end = {self.dims_end}, got {self.dims_start}")
+        if self.points_start > self.points_end:
+            raise ValueError(f"points_start must be <= points_end = {self.points_end}, got {self.points_start}")
+
+    @classmethod
+    def garg(cls) -> Curriculum:
+        """Garg et al.'s preset for d = 20, n = 41."""
+        return cls(dims_start=5, dims_end=20, points_start=11, points_end=41)
+
+    def at(self, step: int) -> tuple[int, int]:
+        """``(n_dims, n_points)`` active at ``step`` (0-based)."""
+        dims = min(self.dims_end, self.dims_start + self.dims_increment * (step // self.dims_interval))
+        points = min(self.points_end, self.points_start + self.points_increment * (step // self.points_interval))
+        return dims, points
+
+
+CURRICULUM_PRESETS: dict[str, Callable[[], Curriculum]] = {"garg": Curriculum.garg}
+LR_SCHEDULES = ("cosine", "constant")
+# Fields that may change when a run is resumed: they decide where and how fast it runs, not what it learns.
+RESUMABLE_CHANGES = frozenset(
+    {"device", "threads", "autocast", "cuda_graph", "log_every", "eval_every", "eval_batch", "checkpoint_every"}
+)
+
+
+def _laptop_gpt() -> dict:
+    return {"name": "gpt", "n_layers": 3, "width": 64, "n_heads": 2, "token_format": "paired"}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run depends on. The defaults are the book's laptop setting (BOOK_PLAN section 6).
+
+    * ``model``: ``{"name": "gpt" | "lsa" | "reduced_lsa" | "linear_transformer", **options}``
+      (:func:`icl_lib.models.make_model`); ``task``: ``{"name": ..., **options}`` (:func:`icl_lib.tasks.make_task`).
+    * ``n_dims``, ``n_points``: the (largest) prompt shape; every batch has this shape.
+    * ``lr`` with ``warmup_steps`` of linear warm-up, then ``lr_schedule`` ``"cosine"`` (a half cosine from ``lr``
+      that would reach ``lr_floor * lr`` one step after the last) or ``"constant"``. AdamW with ``betas`` and
+      decoupled ``weight_decay`` on matrices only.
+    * ``grad_clip``: global gradient-norm clipping (0 = off). ``curriculum``: a :class:`Curriculum`, ``"garg"``, a
+      dict of its fields, or None.
+    * ``log_every`` (train metrics), ``eval_every`` (0 = at the end only) on ``eval_batch`` fixed prompts,
+      ``checkpoint_every`` (0 = at the end only).
+    * ``device``: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ``"cuda:N"``; ``threads``: CPU threads,
+      pinned during the run (results are bit-identical only for the same count); ``autocast``: bf16 on CUDA (never on
+      the CPU); ``cuda_graph``: capture the step in a CUDA graph (CUDA only).
+    """
+
+    model: dict = field(default_factory=_laptop_gpt)
+    task: dict = field(default_factory=lambda: {"name": "linear"})
+    n_dims: int = 5
+    n_points: int = 11
+    batch_size: int = 256
+    steps: int = 1500
+    lr: float = 3e-3
+    warmup_steps: int = 200
+    lr_schedule: str = "cosine"
+    lr_floor: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    seed: int = 0
+    curriculum: Curriculum | None = None
+    log_every: int = 50
+    eval_every: int = 250
+    eval_batch: int = 1024
+    checkpoint_every: int = 500
+    device: str = "auto"
+    threads: int = 1
+    autocast: bool = True
+    cuda_graph: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("n_dims", "n_points", "batch_size", "steps", "log_every", "eval_batch", "threads"):
+            checks.positive_int(name, getattr(self, name))
+        for name in ("warmup_steps", "eval_every", "checkpoint_every", "seed"):
+            checks.nonnegative_int(name, getattr(self, name))
+        checks.positive_float("lr", self.lr)
+        checks.unit_interval("lr_floor", self.lr_floor)
+        checks.choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        checks.nonnegative_float("weight_decay", self.weight_decay)
+        checks.nonnegative_float("grad_clip", self.grad_clip)
+        for name in ("autocast", "cuda_graph"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if not isinstance(self.betas, (tuple, list)) or len(self.betas) != 2:
+            raise ValueError(f"betas must be a pair (beta1, beta2), got {self.betas!r}")
+        betas = tuple(checks.unit_interval(f"betas[{i}]", b) for i, b in enumerate(self.betas))
+        if max(betas) >= 1:
+            raise ValueError(f"betas must lie in [0, 1), got {list(self.betas)}")
+        object.__setattr__(self, "betas", betas)
+        _parse_device(self.device)
+
+        if not isinstance(self.model, Mapping):
+            raise ValueError(f"model must be a table with a 'name', got {self.model!r}")
+        object.__setattr__(self, "model", dict(self.model))
+        for name in ("model", "task"):
+            try:
+                json.dumps(getattr(self, name))
+            except (TypeError, ValueError):
+                raise ValueError(f"{name} must hold plain values (numbers, strings, lists, tables)") from None
+        model_name, _ = models.check_model_spec(self.model, self.n_dims, self.n_points)
+
+        if not isinstance(self.task, Mapping) or "name" not in self.task:
+            raise ValueError(f"task must be a table with a 'name', got {self.task!r}")
+        object.__setattr__(self, "task", dict(self.task))
+        try:
+            task = make_task(**self.task)
+            # A dry run on a 1-prompt batch catches options that do not fit n_dims (e.g. sparsity k > d).
+            task.sample(torch.zeros(1, 2, self.n_dims), make_generator(0))
+        except ValueError as error:
+            raise ValueError(f"task: {error}") from None
+
+        curriculum = self.curriculum
+        if isinstance(curriculum, str):
+            checks.choice("curriculum", curriculum, tuple(CURRICULUM_PRESETS))
+            curriculum = CURRICULUM_PRESETS[curriculum]()
+        elif isinstance(curriculum, Mapping):
+            accepted = [f.name for f in dataclasses.fields(Curriculum)]
+            unknown = sorted(set(curriculum) - set(accepted))
+            if unknown:
+                raise ValueError(f"unknown curriculum field(s) {unknown}; accepted: {accepted}")
+            try:
+                curriculum = Curriculum(**curriculum)
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"curriculum.{error}") from None
+        elif curriculum is not None and not isinstance(curriculum, Curriculum):
+            raise ValueError(f"curriculum must be None, {list(CURRICULUM_PRESETS)} or a table, got {curriculum!r}")
+        if curriculum is not None:
+            if curriculum.dims_end > self.n_dims:
+                raise ValueError(f"curriculum.dims_end = {curriculum.dims_end} exceeds n_dims = {self.n_dims}")
+            if curriculum.points_end > self.n_points:
+                raise ValueError(f"curriculum.points_end = {curriculum.points_end} exceeds n_points = {self.n_points}")
+            grows = curriculum.points_start < self.n_points
+            if grows and not models.MODELS[model_name].predicts_every_position:
+                raise ValueError(
+                    f"curriculum: a curriculum over points needs a model that predicts at every position ('gpt'); "
+                    f"model.name = {model_name!r} predicts the query only (set points_start = points_end = n_points)"
+                )
+        object.__setattr__(self, "curriculum", curriculum)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
+        """Build from a plain dict (a parsed TOML file, or :meth:`to_dict`'s output); unknown keys are errors."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"a config must be a table (dict), got {type(data).__name__}")
+        accepted = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(data) - set(accepted))
+        if unknown:
+            raise ValueError(f"unknown config field(s) {unknown}; accepted: {accepted}")
+        return cls(**dict(data))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (JSON- and ``weights_only``-safe); ``from_dict(to_dict())`` gives the same config."""
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data["betas"] = list(self.betas)
+        data["curriculum"] = dataclasses.asdict(self.curriculum) if self.curriculum is not None else None
+        return json.loads(json.dumps(data))  # deep copy into plain types
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """Read a TOML experiment config (see ``configs/``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"config file {str(path)!r} does not exist")
+    with path.open("rb") as file:
+        try:
+            data = tomllib.load(file)
+        except tomllib.TOMLDecodeError as error:
+            raise ValueError(f"{path}: invalid TOML: {error}") from None
+    return TrainConfig.from_dict(data)
+
+
+def _parse_device(name: object) -> torch.device | None:
+    """``None`` for "auto", else the torch.device; raises ``ValueError`` naming the field ``device``."""
+    if name == "auto":
+        return None
+    try:
+        device = torch.device(name) if isinstance(name, str) else None
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {name!r}")
+    return device
+
+
+def resolve_device(name: str) -> torch.device:
+    """The device a config's ``device`` field names (``"auto"``: CUDA when available)."""
+    device = _parse_device(name)
+    if device is None:
+        device = default_device()
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device = {name!r} but CUDA is not available here; use 'cpu' or 'auto'")
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def learning_rate(config: TrainConfig, step: int) -> float:
+    """The learning rate of step ``step`` (0-based): linear warm-up, then cosine to ``lr_floor * lr`` or constant."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    if config.lr_schedule == "constant":
+        return config.lr
+    progress = min(1.0, (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps))
+    floor = config.lr_floor * config.lr
+    return floor + (config.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def derive_seed(seed: int, stream: str) -> int:
+    """An independent 63-bit seed for one random stream of a run ("init", "train", "eval", "global")."""
+    return int.from_bytes(hashlib.sha256(f"{seed}/{stream}".encode()).digest()[:8], "little") >> 1
+
+
+# ---------------------------------------------------------------- the step
+
+
+@dataclass
+class _StepState:
+    """Device tensors a step reads and writes in place (static addresses, as a CUDA graph needs)."""
+
+    dims: torch.Tensor  # () int64: active dimension
+    points: torch.Tensor  # () int64: active number of points
+    zero_error: torch.Tensor  # () float32: the task's zero-predictor error at the active dimension
+    totals: torch.Tensor  # (2,) float32: sum of losses and of normalised errors since the last log
+
+
+def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    if enabled and device.type == "cuda":
+        # No weight-cast cache: it would outlive a captured graph's memory.
+        return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
+    return contextlib.nullcontext()
+
+
+def masked_mse(
+    preds: torch.Tensor, ys: torch.Tensor, points: torch.Tensor | int | None = None
+) -> torch.Tensor:
+    """Mean squared error of ``preds: (batch, P)`` against the last P labels of ``ys: (batch, n_points)``.
+
+    With ``points`` (a 0-dim tensor or int) and ``P = n_points``, only the first ``points`` positions count.
+    """
+    n_predicted = preds.shape[1]
+    errors = (preds.float() - ys[:, ys.shape[1] - n_predicted :].float()) ** 2  # (batch, P)
+    if points is None:
+        return errors.mean()
+    weights = (torch.arange(n_predicted, device=preds.device) < points).float()  # (P,)
+    return (errors * weights).sum() / (weights.sum() * errors.shape[0])
+
+
+def _make_step(
+    model: nn.Module,
+    task: Any,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    config: TrainConfig,
+    device: torch.device,
+    state: _StepState,
+) -> Callable[[], None]:
+    """The training step as a closure with no host synchronisation (so it can be captured in a CUDA graph)."""
+    dim_index = torch.arange(config.n_dims, device=device)
+    sequence = getattr(model, "predicts_every_position", False)
+    parameters = [p for p in model.parameters() if p.requires_grad]
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        xs = gaussian_xs(config.batch_size, config.n_points, config.n_dims, generator)
+        xs = xs * (dim_index < state.dims).to(xs.dtype)  # zero the coordinates beyond the active dimension
+        ys = task.sample(xs, generator).ys
+        with _autocast(device, config.autocast):
+            preds = model(xs, ys)
+        loss = masked_mse(preds, ys, state.points if sequence else None)
+        loss.backward()
+        if config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip)
+        optimizer.step()
+        loss = loss.detach()
+        state.totals.add_(torch.stack((loss, loss / state.zero_error)))
+
+    return step
+
+
+class _CudaGraphStep:
+    """Run ``step`` eagerly ``warmup`` times on a side stream, then capture it once in a CUDA graph and replay it.
+
+    Each call is one training step (warm-up calls included). Shapes are static for the whole run, and everything
+    that changes between steps (learning rate, curriculum) lives in device tensors that are filled in place. The
+    data generator is registered with the graph, so every replay draws fresh prompts. If the capture fails (for
+    example a task that copies from the host inside the step), it warns and stays eager.
+    """
+
+    def __init__(
+        self,
+        step: Callable[[], None],
+        optimizer: torch.optim.Optimizer,
+        generator: torch.Generator,
+        device: torch.device,
+        warmup: int = 3,
+    ) -> None:
+        self.step, self.optimizer, self.generator, self.device, self.warmup = step, optimizer, generator, device, warmup
+        self.side_stream = torch.cuda.Stream(device)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.calls = 0
+        self.failed: str | None = None
+
+    def __call__(self) -> None:
+        if self.graph is not None:
+            self.graph.replay()
+            return
+        if self.failed is not None:
+            self.step()
+            return
+        if self.calls < self.warmup:
+            main_stream = torch.cuda.current_stream(self.device)
+            self.side_stream.wait_stream(main_stream)
+            with torch.cuda.stream(self.side_stream):
+                self.step()
+            main_stream.wait_stream(self.side_stream)
+            self.calls += 1
+            return
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.device(self.device):
+                graph.register_generator_state(self.generator)
+            # Gradients set to None, so that the captured backward allocates them from the graph's pool.
+            self.optimizer.zero_grad(set_to_none=True)
+            with torch.cuda.graph(graph):
+                self.step()
+        except Exception as error:  # noqa: BLE001 - any capture failure falls back to eager steps
+            self.failed = f"{type(error).__name__}: {error}"
+            warnings.warn(f"CUDA graph capture failed, training on without it: {self.failed}", stacklevel=2)
+            torch.cuda.synchronize(self.device)
+            self.step()
+            return
+        self.graph = graph
+        graph.replay()  # capturing does not run the step: run the captured one now
+
+
+def _make_optimizer(model: nn.Module, config: TrainConfig, device: torch.device, capturable: bool) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only; fused (with a tensor learning rate) on CUDA."""
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in parameters if p.ndim >= 2], "weight_decay": config.weight_decay},
+        {"params": [p for p in parameters if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    groups = [g for g in groups if g["params"]]
+    if device.type == "cuda":
+        lr = torch.tensor(config.lr, dtype=torch.float32, device=device)
+        return torch.optim.AdamW(groups, lr=lr, betas=config.betas, fused=True, capturable=capturable)
+    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas)
+
+
+def _set_lr(optimizer: torch.optim.Optimizer, value: float, lr_tensor: torch.Tensor | None) -> None:
+    if lr_tensor is not None:
+        lr_tensor.fill_(value)  # a kernel launch, no synchronisation
+        for group in optimizer.param_groups:
+            group["lr"] = lr_tensor
+    else:
+        for group in optimizer.param_groups:
+            group["lr"] = value
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    task: Any,
+    n_dims: int,
+    n_points: int,
+    batch_size: int,
+    generator: torch.Generator,
+    *,
+    active_dims: int | None = None,
+    active_points: int | None = None,
+    autocast: bool = False,
+) -> dict[str, Any]:
+    """Error of ``model`` on ``batch_size`` fresh prompts ``(n_points, n_dims)`` drawn from ``generator``.
+
+    Coordinates beyond ``active_dims`` are zeroed and only the first ``active_points`` positions count (the
+    curriculum's view). Returns ``eval_loss`` (MSE), ``eval_normalized_error`` (divided by the task's zero-predictor
+    error at ``active_dims``) and, for models that predict at every position, ``eval_error_by_position``: the
+    normalised error at each of the first ``active_points`` positions (entry k: prediction from k examples).
+    """
+    active_dims = n_dims if active_dims is None else active_dims
+    active_points = n_points if active_points is None else active_points
+    device = generator.device
+    was_training = model.training
+    model.eval()
+    try:
+        xs = gaussian_xs(batch_size, n_points, n_dims, generator)
+        xs = xs * (torch.arange(n_dims, device=device) < active_dims).to(xs.dtype)
+        ys = task.sample(xs, generator).ys
+        with _autocast(device, autocast):
+            preds = model(xs, ys)
+    finally:
+        model.train(was_training)
+    zero = task.zero_predictor_error(active_dims)
+    errors = (preds.float() - ys[:, n_points - preds.shape[1] :].float()) ** 2  # (batch, P)
+    result: dict[str, Any] = {}
+    if getattr(model, "predicts_every_position", False):
+        errors = errors[:, :active_points]
+        result["eval_error_by_position"] = (errors.mean(0) / zero).tolist()
+    loss = errors.mean().item()
+    return {"eval_loss": loss, "eval_normalized_error": loss / zero, **result}
+
+
+# ---------------------------------------------------------------- the loop
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns: the trained model (on the training device, train mode off) and its record."""
+
+    model: nn.Module
+    config: TrainConfig
+    step: int
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]]
+    out_dir: Path | None
+
+
+Hook = Callable[[int, nn.Module], Mapping[str, Any] | None]
+
+
+def train(
+    config: TrainConfig | Mapping[str, Any],
+    out_dir: str | Path | None = None,
+    *,
+    resume: bool = True,
+    progress: bool = True,
+    hooks: Sequence[Hook] = (),
+    stop_at: int | None = None,
+    command: str | None = None,
+) -> TrainResult:
+    """Train the model ``config`` describes; with ``out_dir``, write checkpoints, ``meta.json`` and ``metrics.jsonl``.
+
+    * ``resume``: continue from ``out_dir/checkpoint.pt`` if there is one (the config must match, except for the
+      fields in ``RESUMABLE_CHANGES``); ``False`` starts afresh and overwrites.
+    * ``hooks``: ``hook(step, model) -> dict | None`` called at every evaluation (model in eval mode, no grad);
+      what it returns is added to the metrics record.
+    * ``stop_at``: stop after this step with a checkpoint, as an interruption would; a later call resumes.
+    * ``command``: recorded in ``meta.json`` (the CLI passes its own command line).
+
+    The CPU thread count is pinned to ``config.threads`` and the global random state is forked for the duration
+    of the call, so the caller's settings are left as they were.
+    """
+    if not isinstance(config, TrainConfig):
+        config = TrainConfig.from_dict(config)
+    if stop_at is not None:
+        checks.positive_int("stop_at", stop_at)
+    device = resolve_device(config.device)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    try:
+        devices = [device.index] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), (
+            torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+        ):
+            return _train(config, device, Path(out_dir) if out_dir is not None else None, resume, progress,
+                          tuple(hooks), stop_at, command)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _check_resumable(stored: Mapping[str, Any], config: TrainConfig) -> None:
+    current = config.to_dict()
+    differing = sorted(k for k in set(stored) | set(current) if k not in RESUMABLE_CHANGES and stored.get(k) != current.get(k))
+    if differing:
+        changes = ", ".join(f"{k}: {stored.get(k)!r} -> {current.get(k)!r}" for k in differing)
+        raise ValueError(
+            f"cannot resume: the checkpoint's config differs in {changes}. Start afresh (resume=False, --fresh) "
+            f"or write to another directory."
+        )
+
+
+def _final_metrics(history: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The latest value of every metric in ``history``, with the step it was measured at."""
+    final: dict[str, Any] = {}
+    for record in history:
+        final.update(record)
+    return final
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine()
+
+
+def _train(
+    config: TrainConfig,
+    device: torch.device,
+    out_dir: Path | None,
+    resume: bool,
+    progress: bool,
+    hooks: tuple[Hook, ...],
+    stop_at: int | None,
+    command: str | None,
+) -> TrainResult:
+    task = make_task(**config.task)
+    torch.default_generator.manual_seed(derive_seed(config.seed, "global"))  # dropout, inside fork_rng
+    if device.type == "cuda":
+        torch.cuda.manual_seed(derive_seed(config.seed, "global"))
+    model = models.make_model(config.model, config.n_dims, config.n_points, seed=derive_seed(config.seed, "init"))
+    model = model.to(device).train()
+    use_graph = config.cuda_graph and device.type == "cuda"
+    optimizer = _make_optimizer(model, config, device, capturable=use_graph)
+    lr_tensor = optimizer.param_groups[0]["lr"] if device.type == "cuda" else None
+    generator = make_generator(derive_seed(config.seed, "train"), device)
+    state = _StepState(
+        dims=torch.zeros((), dtype=torch.int64, device=device),
+        points=torch.zeros((), dtype=torch.int64, device=device),
+        zero_error=torch.ones((), dtype=torch.float32, device=device),
+        totals=torch.zeros(2, dtype=torch.float32, device=device),
+    )
+    step, logged_steps, wall_before = 0, 0, 0.0
+    history: list[dict[str, Any]] = []
+
+    stored = checkpoints.load_training_state(out_dir) if (out_dir is not None and resume) else None
+    if stored is not None:
+        _check_resumable(stored["config"], config)
+        model.load_state_dict(stored["model"])
+        optimizer.load_state_dict(stored["optimizer"])
+        generator.set_state(stored["generator"])
+        torch.set_rng_state(stored["rng_cpu"])
+        if device.type == "cuda" and "rng_cuda" in stored:
+            torch.cuda.set_rng_state(stored["rng_cuda"], device)
+        state.totals.copy_(stored["totals"])
+        step, logged_steps, wall_before = stored["step"], stored["totals_steps"], stored["wall_s"]
+        history = [r for r in checkpoints.read_metrics(out_dir) if r["step"] <= step]
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if stored is None:
+            for stale in (checkpoints.CHECKPOINT_FILE, checkpoints.MODEL_FILE, checkpoints.META_FILE):
+                (out_dir / stale).unlink(missing_ok=True)
+        lines = "".join(json.dumps(r) + "\n" for r in history)
+        checkpoints.atomic_write(out_dir / checkpoints.METRICS_FILE, lambda f: f.write(lines.encode()))
+    _set_lr(optimizer, learning_rate(config, step), lr_tensor)  # re-attach the device lr after loading a state
+
+    commit, dirty = checkpoints.git_commit()
+    started = time.perf_counter()
+    meta_base = {
+        "name": out_dir.name if out_dir is not None else None,
+        "command": command or f"icl_lib.train.train() called from {shlex.join(sys.argv)}",
+        "config": config.to_dict(),
+        "seed": config.seed,
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "device": str(device),
+        "device_name": _device_name(device),
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "threads": config.threads,
+        "n_parameters": models.count_parameters(model),
+        "steps": config.steps,
+    }
+
+    def wall() -> float:
+        return wall_before + time.perf_counter() - started
+
+    def write_meta(status: str, at_step: int) -> None:
+        meta = {
+            **meta_base,
+            "status": status,
+            "steps_done": at_step,
+            "wall_time_s": round(wall(), 3),
+            "final_metrics": _final_metrics([r for r in history if r["step"] <= at_step]),
+            "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        if runner is not None and isinstance(runner, _CudaGraphStep):
+            meta["cuda_graph"] = "captured" if runner.graph is not None else (runner.failed or "not yet captured")
+        checkpoints.write_meta(out_dir, meta)
+
+    def save_checkpoint() -> None:
+        checkpoints.save_training_state(
+            out_dir,
+            {
+                "config": config.to_dict(),
+                "step": step,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "generator": generator.get_state(),
+                "rng_cpu": torch.get_rng_state(),
+                **({"rng_cuda": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
+                "totals": state.totals.detach().cpu(),
+                "totals_steps": logged_steps,
+                "wall_s": wall(),
+            },
+        )
+
+    curriculum_now: tuple[int, int] | None = None
+
+    def set_curriculum(at_step: int) -> tuple[int, int]:
+        nonlocal curriculum_now
+        value = config.curriculum.at(at_step) if config.curriculum is not None else (config.n_dims, config.n_points)
+        if value != curriculum_now:
+            curriculum_now = value
+            state.dims.fill_(value[0])
+            state.points.fill_(value[1])
+            state.zero_error.fill_(task.zero_predictor_error(value[0]))
+        return value
+
+    step_fn = _make_step(model, task, optimizer, generator, config, device, state)
+    runner: Callable[[], None] | None = _CudaGraphStep(step_fn, optimizer, generator, device) if use_graph else step_fn
+    metrics_file = open(out_dir / checkpoints.METRICS_FILE, "a") if out_dir is not None else None  # noqa: SIM115
+    bar = tqdm(total=config.steps, initial=step, disable=not progress, desc=out_dir.name if out_dir else "train",
+               dynamic_ncols=True, file=sys.stderr)
+    last_log_time, last_log_step = time.perf_counter(), step
+    try:
+        while step < config.steps and (stop_at is None or step < stop_at):
+            lr = learning_rate(config, step)
+            _set_lr(optimizer, lr, lr_tensor)
+            dims, points = set_curriculum(step)
+            runner()
+            step += 1
+            logged_steps += 1
+            bar.update(1)
+
+            record: dict[str, Any] = {}
+            last = step == config.steps
+            if step % config.log_every == 0 or last:
+                loss_sum, error_sum = state.totals.tolist()  # the only read of training metrics: a sync per log
+                state.totals.zero_()
+                now = time.perf_counter()
+                record.update(
+                    train_loss=loss_sum / logged_steps,
+                    train_normalized_error=error_sum / logged_steps,
+                    lr=lr,
+                    n_dims=dims,
+                    n_points=points,
+                    steps_per_s=(step - last_log_step) / max(now - last_log_time, 1e-9),
+                    wall_s=wall(),
+                )
+                logged_steps, last_log_time, last_log_step = 0, now, step
+                bar.set_postfix(loss=f"{record['train_loss']:.4f}", err=f"{record['train_normalized_error']:.3f}")
+            if (config.eval_every and step % config.eval_every == 0) or last:
+                eval_generator = make_generator(derive_seed(config.seed, "eval"), device)
+                record.update(
+                    evaluate(model, task, config.n_dims, config.n_points, config.eval_batch, eval_generator,
+                             active_dims=dims, active_points=points, autocast=config.autocast)
+                )
+                was_training = model.training
+                model.eval()
+                try:
+                    with torch.no_grad():
+                        for hook in hooks:
+                            record.update(hook(step, model) or {})
+                finally:
+                    model.train(was_training)
+            if record:
+                record = {"step": step, **record}
+                history.append(record)
+                if metrics_file is not None:
+                    metrics_file.write(json.dumps(record) + "\n")
+                    metrics_file.flush()
+            if out_dir is not None and (
+                (config.checkpoint_every and step % config.checkpoint_every == 0) or last or step == stop_at
+            ):
+                save_checkpoint()
+                if last:
+                    checkpoints.save_model_file(out_dir, model, config.model, config.n_dims, config.n_points)
+                write_meta("finished" if last else ("stopped" if step == stop_at else "running"), step)
+    except BaseException:
+        if out_dir is not None and (out_dir / checkpoints.META_FILE).exists():
+            meta = checkpoints.load_meta(out_dir)
+            meta["status"] = "interrupted"
+            checkpoints.write_meta(out_dir, meta)
+        raise
+    finally:
+        bar.close()
+        if metrics_file is not None:
+            metrics_file.close()
+    model.eval()
+    return TrainResult(model=model, config=config, step=step, metrics=_final_metrics(history), history=history,
+                       out_dir=out_dir)
+
+
+# ---------------------------------------------------------------- command line
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m icl_lib.train CONFIG [--device D] [--steps S] [--out DIR] ...``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(
+        prog="python -m icl_lib.train",
+        description="Train an in-context regression model from a TOML config (see configs/).",
+    )
+    parser.add_argument("config", help="path to a TOML config, e.g. configs/garg_dense_linear_laptop.toml")
+    parser.add_argument("--device", help="'auto', 'cpu', 'cuda' or 'cuda:N' (overrides the config)")
+    parser.add_argument("--steps", type=int, help="number of training steps (overrides the config)")
+    parser.add_argument("--out", help="run directory (default: runs/<config name>)")
+    parser.add_argument("--threads", type=int, help="CPU threads (overrides the config)")
+    parser.add_argument("--seed", type=int, help="seed (overrides the config)")
+    parser.add_argument("--stop-at", type=int, help="stop after this step with a checkpoint; rerun to resume")
+    parser.add_argument("--fresh", action="store_true", help="start afresh even if the run directory has a checkpoint")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config)
+        overrides = {k: getattr(args, k) for k in ("device", "steps", "threads", "seed") if getattr(args, k) is not None}
+        if overrides:
+            config = config.replace(**overrides)
+        if args.stop_at is not None:
+            checks.positive_int("--stop-at", args.stop_at)
+    except ValueError as error:
+        parser.error(str(error))
+    out_dir = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    command = "python -m icl_lib.train " + shlex.join(argv)
+    result = train(config, out_dir, resume=not args.fresh, progress=not args.no_progress, stop_at=args.stop_at,
+                   command=command)
+    summary = {k: v for k, v in result.metrics.items() if not isinstance(v, list)}
+    print(json.dumps({"out_dir": str(out_dir), "step": result.step, **summary}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

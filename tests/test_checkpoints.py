@@ -1,0 +1,116 @@
+"""Checkpoints: atomic writes, weights_only loading, run metadata, loading models by name or path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from icl_lib import checkpoints
+from icl_lib.checkpoints import (
+    CHECKPOINT_FILE,
+    META_FILE,
+    MODEL_FILE,
+    atomic_write,
+    load_file,
+    load_meta,
+    load_model,
+    save_atomic,
+)
+from icl_lib.devices import make_generator
+from icl_lib.train import TrainConfig, train
+
+
+def tiny_config(**changes) -> TrainConfig:
+    base = dict(model={"name": "gpt", "n_layers": 1, "width": 16, "n_heads": 2, "token_format": "interleaved"},
+                n_dims=3, n_points=5, batch_size=16, steps=4, warmup_steps=1, log_every=2, eval_every=2,
+                eval_batch=32, checkpoint_every=2, device="cpu", threads=1)
+    return TrainConfig(**{**base, **changes})
+
+
+def prompts(seed: int = 0):
+    g = make_generator(seed)
+    return torch.randn(8, 5, 3, generator=g), torch.randn(8, 5, generator=g)
+
+
+def test_an_interrupted_write_leaves_the_old_file_and_no_temporary_files(tmp_path):
+    path = tmp_path / "state.pt"
+    save_atomic({"x": torch.arange(3)}, path)
+
+    def half_then_fail(file):
+        file.write(b"partial")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        atomic_write(path, half_then_fail)
+    assert torch.equal(load_file(path)["x"], torch.arange(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["state.pt"]
+
+
+class Custom:
+    """Stands for any pickled object that is not plain data."""
+
+
+def test_loading_is_weights_only(tmp_path):
+    torch.save({"obj": Custom()}, tmp_path / "pickled.pt")
+    with pytest.raises(Exception, match="[Ww]eights only"):
+        load_file(tmp_path / "pickled.pt")
+
+
+def test_a_run_directory_records_what_produced_it(tmp_path):
+    config = tiny_config(seed=3)
+    result = train(config, tmp_path / "run", progress=False, command="python -m icl_lib.train configs/x.toml")
+    meta = load_meta(tmp_path / "run")
+    assert meta["config"] == config.to_dict() and meta["seed"] == 3
+    assert meta["command"] == "python -m icl_lib.train configs/x.toml"
+    assert meta["git_commit"] == "unknown" or len(meta["git_commit"]) == 40
+    assert meta["device"] == "cpu" and meta["torch_version"] == torch.__version__
+    assert meta["steps_done"] == meta["steps"] == 4 and meta["status"] == "finished"
+    assert meta["wall_time_s"] > 0 and meta["n_parameters"] > 0
+    assert meta["final_metrics"]["step"] == 4
+    assert meta["final_metrics"]["eval_normalized_error"] == result.metrics["eval_normalized_error"]
+    # every file loads with weights_only=True
+    for name in (CHECKPOINT_FILE, MODEL_FILE):
+        torch.load(tmp_path / "run" / name, weights_only=True)
+
+
+def test_load_model_rebuilds_the_trained_model_by_path_and_by_name(tmp_path, monkeypatch):
+    result = train(tiny_config(), tmp_path / "store" / "tiny_run", progress=False)
+    xs, ys = prompts()
+    with torch.no_grad():
+        expected = result.model(xs, ys)
+        loaded = load_model(tmp_path / "store" / "tiny_run")
+        assert not loaded.training
+        torch.testing.assert_close(loaded(xs, ys), expected, rtol=0, atol=0)
+        torch.testing.assert_close(load_model(tmp_path / "store" / "tiny_run" / MODEL_FILE)(xs, ys), expected, rtol=0, atol=0)
+        monkeypatch.setattr(checkpoints, "checkpoints_root", lambda: tmp_path / "store")
+        torch.testing.assert_close(load_model("tiny_run")(xs, ys), expected, rtol=0, atol=0)
+        assert load_meta("tiny_run")["status"] == "finished"
+    with pytest.raises(ValueError, match="tiny_run"):  # the error lists what is available
+        load_model("no_such_run")
+
+
+def test_load_model_reads_the_training_checkpoint_of_an_unfinished_run(tmp_path):
+    stopped = train(tiny_config(), tmp_path / "run", progress=False, stop_at=2)
+    assert not (tmp_path / "run" / MODEL_FILE).exists()
+    xs, ys = prompts(1)
+    with torch.no_grad():
+        torch.testing.assert_close(load_model(tmp_path / "run")(xs, ys), stopped.model(xs, ys), rtol=0, atol=0)
+
+
+def test_committed_checkpoints_respect_the_size_limits_and_name_their_command():
+    root = checkpoints.checkpoints_root()
+    if not root.is_dir():
+        pytest.skip("no committed checkpoints yet")
+    total = 0
+    for directory in (p for p in root.iterdir() if p.is_dir()):
+        sizes = {p.name: p.stat().st_size for p in directory.rglob("*") if p.is_file()}
+        assert sum(sizes.values()) <= 5 * 2**20, f"{directory.name} is over 5 MB: {sizes}"
+        total += sum(sizes.values())
+        meta = json.loads((directory / META_FILE).read_text())
+        assert meta["command"].startswith("python -m icl_lib.train configs/"), directory.name
+        assert meta["status"] == "finished", directory.name
+        assert (Path(checkpoints.repository_root()) / meta["command"].split()[3]).is_file(), meta["command"]
+    assert total <= 40 * 2**20

@@ -1,0 +1,316 @@
+"""The training loop: schedule, curriculum, determinism, resume bit for bit, config errors, the command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from icl_lib import train as train_module
+from icl_lib.checkpoints import CHECKPOINT_FILE, META_FILE, METRICS_FILE, MODEL_FILE, repository_root
+from icl_lib.devices import make_generator
+from icl_lib.models import make_model
+from icl_lib.tasks import DenseLinear
+from icl_lib.train import Curriculum, TrainConfig, learning_rate, load_config, masked_mse, train
+
+REPO = repository_root()
+TIMING_KEYS = {"steps_per_s", "wall_s"}
+
+
+def tiny_config(**changes) -> TrainConfig:
+    """A GPT small enough that a step takes about a millisecond on one thread."""
+    base = dict(
+        model={"name": "gpt", "n_layers": 1, "width": 16, "n_heads": 2, "token_format": "paired"},
+        task={"name": "linear"},
+        n_dims=3,
+        n_points=5,
+        batch_size=16,
+        steps=6,
+        lr=1e-3,
+        warmup_steps=2,
+        log_every=2,
+        eval_every=3,
+        eval_batch=32,
+        checkpoint_every=3,
+        device="cpu",
+        threads=1,
+    )
+    return TrainConfig(**{**base, **changes})
+
+
+def without_timing(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in record.items() if k not in TIMING_KEYS} for record in history]
+
+
+def assert_same_state(a: dict, b: dict, path: str = "") -> None:
+    """Bitwise equality of nested state dicts (tensors compared with torch.equal)."""
+    assert type(a) is type(b), path
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for key in a:
+            assert_same_state(a[key], b[key], f"{path}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_state(x, y, f"{path}[{i}]")
+    elif isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and torch.equal(a, b), path
+    else:
+        assert a == b, path
+
+
+# ---------------------------------------------------------------- schedule and curriculum
+
+
+def test_learning_rate_warms_up_then_decays_by_cosine_or_stays_constant():
+    config = tiny_config(steps=110, warmup_steps=10, lr=1.0, lr_floor=0.1)
+    assert [learning_rate(config, s) for s in range(3)] == pytest.approx([0.1, 0.2, 0.3])
+    assert learning_rate(config, 9) == pytest.approx(1.0)
+    assert learning_rate(config, 10) == pytest.approx(1.0)
+    assert learning_rate(config, 60) == pytest.approx(0.1 + 0.9 * 0.5)  # halfway through the decay
+    assert learning_rate(config, 109) == pytest.approx(0.1, abs=1e-3)
+    rates = [learning_rate(config, s) for s in range(10, 110)]
+    assert all(a >= b for a, b in zip(rates, rates[1:]))
+    constant = config.replace(lr_schedule="constant")
+    assert learning_rate(constant, 50) == learning_rate(constant, 109) == 1.0
+
+
+def test_garg_curriculum_preset():
+    garg = Curriculum.garg()
+    assert garg.at(0) == garg.at(1999) == (5, 11)
+    assert garg.at(2000) == (6, 13)
+    assert garg.at(2000 * 15) == (20, 41)
+    assert garg.at(10**7) == (20, 41)
+    config = TrainConfig(model={"name": "gpt", "n_layers": 1, "width": 8, "n_heads": 2}, n_dims=20, n_points=41,
+                         curriculum="garg")
+    assert config.curriculum == garg
+
+
+class RecordingTask:
+    """Dense linear regression that keeps the inputs it was asked to label."""
+
+    def __init__(self) -> None:
+        self.inner, self.seen = DenseLinear(), []
+
+    def sample(self, xs, generator):
+        self.seen.append(xs.detach().clone())
+        return self.inner.sample(xs, generator)
+
+    def zero_predictor_error(self, d):
+        return self.inner.zero_predictor_error(d)
+
+
+def test_curriculum_zeroes_the_inactive_coordinates(monkeypatch):
+    task = RecordingTask()
+    monkeypatch.setattr(train_module, "make_task", lambda **options: task)
+    curriculum = {"dims_start": 2, "dims_end": 4, "dims_interval": 2, "points_start": 3, "points_end": 5,
+                  "points_interval": 2}
+    config = tiny_config(n_dims=4, n_points=5, steps=6, curriculum=curriculum, eval_every=0)
+    result = train(config, progress=False)
+    training_batches = [xs for xs in task.seen if xs.shape[0] == config.batch_size]
+    assert len(training_batches) == 6
+    for step, xs in enumerate(training_batches):
+        dims, _ = config.curriculum.at(step)
+        assert xs.shape == (16, 5, 4)  # static shapes: always n_points x n_dims
+        assert torch.all(xs[..., dims:] == 0), f"step {step}: coordinates beyond {dims} not zeroed"
+        assert torch.all(xs[..., :dims] != 0)
+    # the logged normalised error divides by the zero-predictor error at the active dimension
+    for record in (r for r in result.history if "train_loss" in r):
+        assert record["train_normalized_error"] == pytest.approx(record["train_loss"] / record["n_dims"], rel=1e-5)
+    final = result.history[-1]
+    assert len(final["eval_error_by_position"]) == final["n_points"] == config.curriculum.at(5)[1]
+
+
+def test_loss_masking_equals_the_loss_on_the_shorter_prompt():
+    model = make_model({"name": "gpt", "n_layers": 2, "width": 16, "n_heads": 2}, 3, 8, seed=0).double().eval()
+    g = make_generator(0)
+    xs, ys = torch.randn(4, 8, 3, generator=g, dtype=torch.float64), torch.randn(4, 8, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        full = model(xs, ys)
+        for points in (1, 3, 8):
+            short = model(xs[:, :points], ys[:, :points])
+            expected = ((short - ys[:, :points]) ** 2).mean()
+            torch.testing.assert_close(masked_mse(full, ys, torch.tensor(points)), expected.float(), rtol=1e-6, atol=0)
+    # a query-only model's prediction (batch, 1) is compared with the last label
+    assert masked_mse(torch.zeros(4, 1), ys).item() == pytest.approx((ys[:, -1] ** 2).mean().item(), rel=1e-6)
+
+
+# ---------------------------------------------------------------- determinism and resume
+
+
+def test_the_same_seed_gives_the_same_run_and_another_seed_another():
+    a, b = train(tiny_config(), progress=False), train(tiny_config(), progress=False)
+    assert_same_state(a.model.state_dict(), b.model.state_dict())
+    assert without_timing(a.history) == without_timing(b.history)
+    c = train(tiny_config(seed=1), progress=False)
+    assert not torch.equal(a.model.read_in.weight, c.model.read_in.weight)
+
+
+def test_train_leaves_threads_and_global_random_state_as_they_were():
+    threads, state = torch.get_num_threads(), torch.get_rng_state()
+    train(tiny_config(threads=1, steps=2), progress=False)
+    assert torch.get_num_threads() == threads
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_resume_after_an_interruption_equals_an_uninterrupted_run(tmp_path):
+    config = tiny_config(steps=8, checkpoint_every=3, eval_every=1)
+    whole = train(config, tmp_path / "whole", progress=False)
+
+    # interrupted by stop_at (a planned stop, with a checkpoint at step 5), then resumed
+    stopped = train(config, tmp_path / "stopped", progress=False, stop_at=5)
+    assert stopped.step == 5
+    assert json.loads((tmp_path / "stopped" / META_FILE).read_text())["status"] == "stopped"
+    resumed = train(config, tmp_path / "stopped", progress=False)
+
+    # interrupted by an exception at step 5: the checkpoint of step 3 remains, and resuming replays steps 4 and 5
+    def crash(step, model):
+        if step == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path / "crashed", progress=False, hooks=[crash])
+    meta = json.loads((tmp_path / "crashed" / META_FILE).read_text())
+    assert meta["status"] == "interrupted" and meta["steps_done"] == 3
+    crashed = train(config, tmp_path / "crashed", progress=False)
+
+    reference = torch.load(tmp_path / "whole" / CHECKPOINT_FILE, weights_only=True)
+    for run, result in (("stopped", resumed), ("crashed", crashed)):
+        assert result.step == 8
+        assert_same_state(whole.model.state_dict(), result.model.state_dict())
+        state = torch.load(tmp_path / run / CHECKPOINT_FILE, weights_only=True)
+        for key in ("step", "model", "optimizer", "generator", "rng_cpu", "totals", "totals_steps"):
+            assert_same_state(reference[key], state[key], key)
+        assert without_timing(result.history) == without_timing(whole.history)
+        on_disk = [json.loads(line) for line in (tmp_path / run / METRICS_FILE).read_text().splitlines()]
+        assert without_timing(on_disk) == without_timing(whole.history)  # no duplicated records after resuming
+
+    # resuming a finished run does nothing more
+    again = train(config, tmp_path / "whole", progress=False)
+    assert again.step == 8 and without_timing(again.history) == without_timing(whole.history)
+
+
+def test_resume_refuses_a_different_config_but_can_start_afresh(tmp_path):
+    train(tiny_config(steps=2), tmp_path / "run", progress=False)
+    with pytest.raises(ValueError, match="lr"):
+        train(tiny_config(steps=2, lr=2e-3), tmp_path / "run", progress=False)
+    fresh = train(tiny_config(steps=2, lr=2e-3), tmp_path / "run", progress=False, resume=False)
+    assert fresh.step == 2
+    # where and how fast it runs may change
+    train(tiny_config(steps=2, lr=2e-3, eval_every=1, log_every=1), tmp_path / "run", progress=False)
+
+
+def test_lsa_trains_towards_the_zfb_global_minimum():
+    d, n = 2, 10
+    config = TrainConfig(model={"name": "reduced_lsa", "sigma": 0.1}, task={"name": "linear"}, n_dims=d,
+                         n_points=n + 1, batch_size=512, steps=300, lr=0.02, warmup_steps=0, grad_clip=0.0,
+                         eval_every=0, device="cpu", threads=1)
+    model = train(config, progress=False).model
+    gamma_inv = torch.eye(d) * n / (n + d + 1)  # Gamma = (1 + 1/N) I + (d/N) I for Lambda = I
+    error = torch.linalg.matrix_norm(model.product.detach() - gamma_inv) / torch.linalg.matrix_norm(gamma_inv)
+    assert error < 0.1, f"relative error of u U vs Gamma^-1: {error:.3f}"
+
+
+# ---------------------------------------------------------------- configs and their errors
+
+
+@pytest.mark.parametrize(
+    "changes, field",
+    [
+        ({"task": {"name": "quadratic"}}, "task"),
+        ({"task": {"name": "sparse_linear", "k": 9}}, "k"),
+        ({"batch_size": -1}, "batch_size"),
+        ({"n_points": 0}, "n_points"),
+        ({"steps": 2.5}, "steps"),
+        ({"lr": -1e-3}, "lr"),
+        ({"model": {"name": "gpt", "width": 30, "n_heads": 4}}, "model.width"),
+        ({"model": {"name": "gpt", "n_layers": -2}}, "model.n_layers"),
+        ({"model": {"name": "gpt", "token_format": "pairs"}}, "model.token_format"),
+        ({"model": {"name": "bert"}}, "model.name"),
+        ({"lr_schedule": "linear"}, "lr_schedule"),
+        ({"device": "tpu"}, "device"),
+        ({"curriculum": "fast"}, "curriculum"),
+        ({"curriculum": {"dims_start": 2, "dims_end": 9, "points_start": 3, "points_end": 5}}, "curriculum.dims_end"),
+        ({"curriculum": {"dims_start": 2, "dims_end": 3, "points_start": 0, "points_end": 5}},
+         "curriculum.points_start"),
+        ({"model": {"name": "lsa"}, "curriculum": {"dims_start": 2, "dims_end": 3, "points_start": 3, "points_end": 5}},
+         "curriculum"),
+        ({"betas": [0.9, 1.0]}, "betas"),
+        ({"cuda_graph": "yes"}, "cuda_graph"),
+    ],
+)
+def test_bad_config_values_fail_naming_the_field(changes, field):
+    with pytest.raises(ValueError, match=field.replace(".", r"\.")):
+        tiny_config(**changes)
+
+
+def test_unknown_config_fields_fail_and_to_dict_round_trips():
+    with pytest.raises(ValueError, match="stepz"):
+        TrainConfig.from_dict({"stepz": 3})
+    config = tiny_config(curriculum={"dims_start": 2, "dims_end": 3, "points_start": 3, "points_end": 5})
+    data = config.to_dict()
+    json.dumps(data)
+    assert TrainConfig.from_dict(data) == config
+
+
+def test_every_config_in_configs_is_valid_and_the_paper_config_is_the_papers():
+    paths = sorted((REPO / "configs").glob("*.toml"))
+    assert {"garg_dense_linear_laptop.toml", "garg_dense_linear_paper.toml", "lsa_zfb_laptop.toml"} <= {p.name for p in paths}
+    configs = {p.stem: load_config(p) for p in paths}
+    paper = configs["garg_dense_linear_paper"]
+    assert (paper.model["n_layers"], paper.model["width"], paper.model["n_heads"]) == (12, 256, 8)
+    assert (paper.n_dims, paper.n_points, paper.batch_size, paper.steps) == (20, 41, 64, 500_000)
+    assert paper.curriculum == Curriculum.garg() and paper.model["token_format"] == "interleaved"
+    laptop = configs["garg_dense_linear_laptop"]
+    assert (laptop.model["n_layers"], laptop.model["width"], laptop.model["n_heads"]) == (3, 64, 2)
+    assert (laptop.n_dims, laptop.n_points, laptop.batch_size, laptop.steps) == (5, 11, 256, 1500)
+    assert (laptop.lr, laptop.warmup_steps, laptop.lr_schedule, laptop.grad_clip) == (3e-3, 200, "cosine", 1.0)
+    assert laptop.model["token_format"] == "paired"
+
+
+# ---------------------------------------------------------------- the command line
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "icl_lib.train", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_the_command_line_trains_a_tiny_config_end_to_end(tmp_path):
+    out = tmp_path / "run"
+    done = run_cli("configs/tiny_test.toml", "--steps", "4", "--out", str(out), "--device", "cpu", "--no-progress")
+    assert done.returncode == 0, done.stderr
+    for name in (CHECKPOINT_FILE, MODEL_FILE, META_FILE, METRICS_FILE):
+        assert (out / name).is_file(), name
+    meta = json.loads((out / META_FILE).read_text())
+    assert meta["command"] == f"python -m icl_lib.train configs/tiny_test.toml --steps 4 --out {out} --device cpu --no-progress"
+    assert meta["status"] == "finished" and meta["steps_done"] == 4 and meta["config"]["steps"] == 4
+    records = [json.loads(line) for line in (out / METRICS_FILE).read_text().splitlines()]
+    assert records[-1]["step"] == 4 and "eval_normalized_error" in records[-1]
+    assert json.loads(done.stdout.strip().splitlines()[-1])["step"] == 4
+
+
+@pytest.mark.parametrize("args, field", [(("--steps", "-3"), "steps"), (("--device", "gpu"), "device")])
+def test_the_command_line_rejects_bad_values_naming_the_field(tmp_path, args, field):
+    done = run_cli("configs/tiny_test.toml", "--out", str(tmp_path / "run"), *args)
+    assert done.returncode == 2
+    assert field in done.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_command_line_rejects_a_bad_value_in_the_config_file(tmp_path):
+    text = (REPO / "configs" / "tiny_test.toml").read_text().replace("n_heads = 2", "n_heads = 3")
+    (tmp_path / "bad.toml").write_text(text)
+    done = run_cli(str(tmp_path / "bad.toml"), "--out", str(tmp_path / "run"))
+    assert done.returncode == 2 and "model.width must be divisible by n_heads" in done.stderr
+
+
+def test_the_command_line_names_a_missing_config(tmp_path):
+    done = run_cli(str(tmp_path / "nope.toml"))
+    assert done.returncode == 2 and "nope.toml" in done.stderr
