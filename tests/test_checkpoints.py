@@ -114,3 +114,25 @@ def test_committed_checkpoints_respect_the_size_limits_and_name_their_command():
         assert meta["status"] == "finished", directory.name
         assert (Path(checkpoints.repository_root()) / meta["command"].split()[3]).is_file(), meta["command"]
     assert total <= 40 * 2**20
+
+
+def test_committed_dense_linear_model_learned_in_context():
+    """The committed laptop model loads by name and predicts dense linear functions from examples."""
+    if not (checkpoints.checkpoints_root() / "garg_dense_linear_laptop").is_dir():
+        pytest.skip("checkpoints/garg_dense_linear_laptop is not committed")
+    from icl_lib.devices import make_generator
+    from icl_lib.samplers import gaussian_xs
+    from icl_lib.tasks import DenseLinear
+
+    model = load_model("garg_dense_linear_laptop")
+    meta = checkpoints.load_meta("garg_dense_linear_laptop")
+    d, n_points = meta["config"]["n_dims"], meta["config"]["n_points"]
+    generator = make_generator(123)
+    xs = gaussian_xs(512, n_points, d, generator)
+    ys = DenseLinear().sample(xs, generator).ys
+    with torch.no_grad():
+        errors = ((model(xs, ys) - ys) ** 2).mean(0) / d
+    assert errors[0] > 0.8, f"with no example the model cannot beat the zero predictor, got {errors[0]:.3f}"
+    assert errors[2 * d] < 0.06, f"at k = 2d the trained model should be near least squares (0), got {errors[2 * d]:.3f}"
+    recorded = meta["final_metrics"]["eval_error_by_position"][2 * d]
+    assert abs(float(errors[2 * d]) - recorded) < 0.02, f"error at k = 2d {errors[2 * d]:.4f} vs recorded {recorded:.4f}"
