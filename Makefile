@@ -26,10 +26,13 @@ test: $(STAMP)
 	$(BIN)/jupyter-book build . -W -n --keep-going
 	$(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-current-env --sanitize-with tests/nbval_sanitize.cfg
 
-## Time every notebook and the batched lasso; writes the tables in benchmarks/.
+## Time every notebook, the batched lasso and the training loop (on the CPU); writes the tables in benchmarks/.
+## Installs the bench extra first (Hugging Face transformers, for the training loop's reference).
 benchmarks: $(STAMP)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[bench]"
 	$(BIN)/python benchmarks/notebook_times.py
 	$(BIN)/python benchmarks/lasso_vs_sklearn.py
+	$(BIN)/python benchmarks/train_throughput.py
 
 clean:
 	rm -rf _build
