@@ -20,6 +20,7 @@ DEFAULT_RUNS = [
     "checkpoints/garg_dense_linear_laptop",
     "checkpoints/garg_dense_linear_laptop_interleaved",
     "checkpoints/lsa_zfb_laptop",
+    "checkpoints/gpt_short_prompts_laptop",
 ]
 
 
