@@ -5,7 +5,7 @@ Configured by :class:`TrainConfig` (a frozen dataclass; ``configs/*.toml`` spell
 
     python -m icl_lib.train configs/garg_dense_linear_laptop.toml [--device cuda] [--steps 500] [--out DIR]
 
-The loop is "Triton-free" (no ``torch.compile``) and the same code runs on the CPU and on CUDA:
+The loop is "Triton-free" (eager PyTorch, no graph compiler) and the same code runs on the CPU and on CUDA:
 
 * prompts are sampled in batches on the device from the run's own ``torch.Generator`` (no data loader);
 * a step (sample, forward, loss, backward, clip, AdamW) never waits for the host: metrics are summed on the device
