@@ -49,7 +49,7 @@ def summarise(run: Path) -> str:
     else:
         n_context = n_points - 1
         trained = checkpoints.load_model(run)
-        product = (trained.w_pv[d, d] * trained.w_kq[:d, :d]).double()
+        product = trained.product.double()
         gamma_inverse = n_context / (n_context + d + 1) * torch.eye(d, dtype=torch.float64)
         relative = float(torch.linalg.matrix_norm(product.detach() - gamma_inverse) / torch.linalg.matrix_norm(gamma_inverse))
         minimum = (d + 1) / (n_context + d + 1)  # d (d + 1) / (N + d + 1), normalised by d

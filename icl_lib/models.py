@@ -117,6 +117,14 @@ class LinearSelfAttention(nn.Module):
         model.w_pv = nn.Parameter(w_pv.detach().clone())
         return model
 
+    @property
+    def product(self) -> torch.Tensor:
+        """W^PV_{d+1,d+1} W^KQ_{11}: ``(d, d)``, the A = u U of the reduced form; its global minimum is Gamma^{-1}.
+
+        The prediction depends on the other entries too unless they are zero, as they stay from the ZFB initialisation.
+        """
+        return self.w_pv[-1, -1] * self.w_kq[: self.d, : self.d]
+
     def _check_embedding(self, embedding: torch.Tensor) -> int:
         if not isinstance(embedding, torch.Tensor) or embedding.ndim != 3 or embedding.shape[1] != self.d + 1:
             got = tuple(embedding.shape) if isinstance(embedding, torch.Tensor) else type(embedding).__name__

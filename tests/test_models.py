@@ -94,6 +94,8 @@ def test_reduced_lsa_equals_full_lsa_with_block_weights():
     full = LinearSelfAttention.from_weights(w_kq, w_pv)
     torch.testing.assert_close(reduced(xs, ys), full(xs, ys), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(reduced.product, reduced.u * reduced.U)
+    # The full model's product reads the same A = u U off its block weights.
+    torch.testing.assert_close(full.product, torch.full((), -1.3, dtype=torch.float64) * reduced.U, rtol=0, atol=0)
 
 
 def test_zfb_initialisation_and_its_checks():
