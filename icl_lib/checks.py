@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -17,6 +19,17 @@ def nonnegative_int(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"{name} must be a non-negative integer (>= 0), got {value!r}")
     return value
+
+
+def finite_float(name: str, value: object) -> float:
+    """Return ``float(value)`` if it is a finite number (of any sign), else raise ``ValueError``."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a finite number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return number
 
 
 def nonnegative_float(name: str, value: object) -> float:

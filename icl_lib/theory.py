@@ -644,12 +644,7 @@ def simulate_reduced_flow(
     w_kq, w_pv = zfb_init(d, sigma, theta_tensor, dtype=torch.float64)
     big_u, u = w_kq[:d, :d].numpy().copy(), float(w_pv[d, d])
     if u0 is not None:
-        try:
-            u = float(u0)
-        except (TypeError, ValueError):
-            raise ValueError(f"u0 must be a finite number, got {u0!r}") from None
-        if not math.isfinite(u):
-            raise ValueError(f"u0 must be a finite number, got {u0!r}")
+        u = checks.finite_float("u0", u0)
     gamma_n = gamma(lam, n_context)
     dt = t_max / n_steps
     records: list[tuple[float, float, np.ndarray]] = [(0.0, u, big_u.copy())]
@@ -673,12 +668,7 @@ def simulate_reduced_flow(
 def limit_u_squared(c: float, gamma_inv: np.ndarray) -> float:
     """The limit of u(t)^2 along the flow when u^2 - ||U||_F^2 = ``c`` is conserved and u U -> ``gamma_inv: (d, d)``:
     u^2 = (C + sqrt(C^2 + 4 tr(Gamma^{-2}))) / 2 (from u^4 - C u^2 - tr(Gamma^{-2}) = 0). C = 0 gives sqrt(tr Gamma^{-2})."""
-    try:
-        c = float(c)
-    except (TypeError, ValueError):
-        raise ValueError(f"c must be a finite number, got {c!r}") from None
-    if not math.isfinite(c):
-        raise ValueError(f"c must be a finite number, got {c!r}")
+    c = checks.finite_float("c", c)
     inverse = np.asarray(gamma_inv, dtype=np.float64)
     if inverse.ndim != 2 or inverse.shape[0] != inverse.shape[1]:
         raise ValueError(f"gamma_inv must be a square (d, d) matrix, got shape {inverse.shape}")
