@@ -505,3 +505,10 @@ def test_other_bad_arguments_are_rejected_by_name():
         theory.limit_u_squared(float("inf"), np.eye(2))
     with pytest.raises(ValueError, match="gamma_inv"):
         theory.limit_u_squared(0.0, np.ones((2, 3)))
+
+
+def test_non_finite_numbers_are_rejected_by_name():
+    with pytest.raises(ValueError, match=r"^c must be a finite number, got nan"):
+        theory.limit_u_squared(float("nan"), np.eye(2))
+    with pytest.raises(ValueError, match=r"^u0 must be a finite number, got 'x'"):
+        theory.simulate_reduced_flow(np.eye(2), 5, u0="x", n_steps=2)
