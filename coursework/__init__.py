@@ -1,0 +1,7 @@
+"""Coursework tooling of the book: exercise markup (nbgrader's), the student edition and the autograder.
+
+* :mod:`coursework.answers` -- the checks that the exercises' autograded cells call; each says what is wrong.
+* :mod:`coursework.markup` -- converts the book's exercise markup into nbgrader cell metadata (for authors).
+* :mod:`coursework.student_edition` -- ``python -m coursework.student_edition --out _build/student``.
+* :mod:`coursework.grade` -- ``python -m coursework.grade SUBMISSIONS --out grades.csv``.
+"""

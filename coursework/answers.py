@@ -1,0 +1,128 @@
+"""Checks for the exercises' autograded cells: compare an answer with the solution, with a tolerance, and say what
+is wrong (missing, not numbers, shape, not finite, sign, scale, offset, too large or too small), never just "wrong".
+
+Every check raises ``AssertionError`` with a message for the student when the answer is wrong and returns ``None``
+otherwise; the grader shows the message in its feedback column. The expected value never appears in a message.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def _as_array(name: str, answer: Any) -> np.ndarray:
+    """``answer`` as a float array (numbers, lists, numpy arrays, torch tensors, sympy numbers), else a message."""
+    if answer is None:
+        raise AssertionError(f"`{name}` is None: assign your answer to `{name}` (a function without `return` gives None)")
+    if hasattr(answer, "detach"):  # a torch tensor, without importing torch here
+        answer = answer.detach().cpu().numpy()
+    try:
+        array = np.asarray(answer, dtype=float)
+    except (TypeError, ValueError):
+        raise AssertionError(f"`{name}` should hold numbers, got a {type(answer).__name__}: {answer!r:.80}") from None
+    return array
+
+
+def shape(name: str, answer: Any, expected_shape: tuple[int, ...]) -> np.ndarray:
+    """Check that ``answer`` is finite numbers of shape ``expected_shape`` (``()`` for one number); return it as an array."""
+    array = _as_array(name, answer)
+    expected_shape = tuple(expected_shape)
+    if array.shape != expected_shape:
+        hint = ""
+        if array.squeeze().shape == expected_shape:
+            hint = " (extra axes of length 1: squeeze them)"
+        elif array.size == int(np.prod(expected_shape)):
+            hint = " (the right number of entries in another layout: check the order of your loops, or reshape)"
+        elif expected_shape and array.ndim == len(expected_shape):
+            hint = f" (one entry per value of the grid the exercise gives: {expected_shape[0]} values along the first axis)"
+        raise AssertionError(f"`{name}` has shape {array.shape}, expected {expected_shape}{hint}")
+    bad = ~np.isfinite(array)
+    if bad.any():
+        where = np.argwhere(bad)[0].tolist() if array.ndim else []
+        raise AssertionError(
+            f"`{name}` contains {int(bad.sum())} non-finite value(s) (nan or inf), the first at index {where}: "
+            "look for a division by zero or an empty mean"
+        )
+    return array
+
+
+def close(name: str, answer: Any, expected: Any, *, rtol: float, atol: float = 0.0) -> None:
+    """Check ``|answer - expected| <= atol + rtol |expected|`` entrywise, after checking shape and finiteness.
+
+    When the check fails, the message says whether the answer has the wrong sign, is off by a constant factor (a
+    missing normalisation) or by a constant offset, or else where it is too large or too small and by how much.
+    """
+    reference = np.asarray(expected, dtype=float)
+    array = shape(name, answer, reference.shape)
+    allowed = atol + rtol * np.abs(reference)
+    error = array - reference
+    if np.all(np.abs(error) <= allowed):
+        return
+    tolerance = f"relative tolerance {rtol:g}" + (f", absolute tolerance {atol:g}" if atol else "")
+    if np.all(np.abs(array + reference) <= allowed) and np.any(reference != 0):
+        raise AssertionError(f"`{name}` has the wrong sign: it is close to minus the expected value ({tolerance})")
+    norm = float(np.sum(reference * reference))
+    if norm > 0:
+        factor = float(np.sum(array * reference)) / norm  # the least-squares factor c in answer ~ c * expected
+        if factor != 0 and np.all(np.abs(array - factor * reference) <= allowed) and abs(factor - 1) > rtol:
+            raise AssertionError(
+                f"`{name}` is off by a constant factor of about {factor:.3g} (answer / expected): check a normalisation "
+                f"(dividing by d, by the zero predictor's error, by the number of prompts) or a scale factor ({tolerance})"
+            )
+    if reference.size > 1:
+        offset = float(np.mean(error))
+        if np.all(np.abs(error - offset) <= allowed):
+            raise AssertionError(f"`{name}` is off by a constant offset of about {offset:+.3g} at every entry ({tolerance})")
+    wrong = np.abs(error) > allowed
+    worst = int(np.argmax(np.where(wrong, np.abs(error) / np.maximum(allowed, 1e-300), 0.0)))
+    relative = float(np.abs(error.flat[worst]) / max(abs(float(reference.flat[worst])), 1e-300))
+    direction = "too large" if error.flat[worst] > 0 else "too small"
+    where = "" if reference.ndim == 0 else f" at {int(wrong.sum())} of {reference.size} entries, worst at index {np.unravel_index(worst, reference.shape) if reference.ndim > 1 else worst}"
+    raise AssertionError(
+        f"`{name}` is {direction}{where}: off by {relative:.1%} of the expected value ({tolerance})"
+    )
+
+
+def equal(name: str, answer: Any, expected: Any) -> None:
+    """Check that ``answer`` equals ``expected`` exactly (integers, labels): say whether it is too large or too small."""
+    if answer is None:
+        raise AssertionError(f"`{name}` is None: assign your answer to `{name}`")
+    if isinstance(expected, (int, np.integer)) and not isinstance(expected, bool):
+        try:
+            value = float(answer)
+        except (TypeError, ValueError):
+            raise AssertionError(f"`{name}` should be an integer, got a {type(answer).__name__}") from None
+        if value != int(expected):
+            direction = "too large" if value > int(expected) else "too small"
+            raise AssertionError(f"`{name}` = {answer!r} is {direction}")
+        return
+    if answer != expected:
+        raise AssertionError(f"`{name}` = {answer!r} is not the expected answer")
+
+
+def within(name: str, answer: Any, low: float, high: float, why: str) -> None:
+    """Check ``low <= answer <= high`` for one number; ``why`` says what the range means (shown when it fails)."""
+    value = float(shape(name, answer, ()))
+    if not low <= value <= high:
+        direction = "too large" if value > high else "too small"
+        raise AssertionError(f"`{name}` = {value:.4g} is {direction}: {why}")
+
+
+def expression(name: str, answer: Any, expected: Any, *, rtol: float = 1e-9) -> None:
+    """Check a sympy expression in one free symbol against ``expected`` by evaluating both at 1, 2, ..., 10."""
+    free = sorted(getattr(answer, "free_symbols", set()), key=str)
+    free_expected = sorted(getattr(expected, "free_symbols", set()), key=str)
+    if len(free) > 1:
+        raise AssertionError(f"`{name}` should depend on one symbol only, it depends on {[str(s) for s in free]}")
+    points = range(1, 11)
+
+    def values(expr: Any, symbols: list) -> list[float]:
+        return [float(expr.subs(symbols[0], n)) if symbols else float(expr) for n in points]
+
+    try:
+        got = values(answer, free)
+    except (TypeError, ValueError, AttributeError):
+        raise AssertionError(f"`{name}` should be a sympy expression that evaluates to numbers, got {answer!r:.80}") from None
+    close(f"{name} at N = 1..10", got, values(expected, free_expected), rtol=rtol)

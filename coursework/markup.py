@@ -1,0 +1,183 @@
+"""The book's exercise markup, converted mechanically into nbgrader's cell metadata (one source of truth).
+
+Authors write exercises as the chapters do (see the instructor's guide, section "For authors"):
+
+* a markdown cell with a ```` ```{exercise} Title ```` block and ``:label: chN-ex-NAME``;
+* a markdown cell ```` ```{solution-start} chN-ex-NAME ```` (``:class: dropdown``), the solution's markdown and code
+  cells, and a markdown cell ```` ```{solution-end} ````; or, for a text-only answer, a ```` ```{solution} ```` block;
+* optionally, as the last code cell before ``{solution-end}``, an autograded check: a code cell whose first line is
+  ``# Autograded check (N points)``, which calls :mod:`coursework.answers` and may hide its comparison with the
+  solution between ``### BEGIN HIDDEN TESTS`` and ``### END HIDDEN TESTS``.
+
+:func:`convert` gives every such cell nbgrader's metadata (``metadata.nbgrader``, schema version 3): the statement is
+locked, the solution's cells are solution cells (replaced by a stub in the student edition), the check is a locked
+grade cell worth N points. It splits a cell that holds both a directive and other text, so that each solution cell
+holds solution text only. It is idempotent: converting a converted notebook changes nothing.
+
+    python -m coursework.markup notebooks/03_*.ipynb     # converts in place, prints what it marked
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nbformat
+
+SCHEMA_VERSION = 3
+CHECK_HEADER = re.compile(r"^# Autograded check \((\d+) points?\)")
+_EXERCISE = re.compile(r"```\{exercise\}[^\n]*\n(?:[^\n]*\n)*?:label:\s*(\S+)")
+_DIRECTIVE_START = re.compile(r"^```\{(solution-start|solution-end|solution)\}", re.MULTILINE)
+_SOLUTION_START = re.compile(r"^```\{solution-start\}\s*(\S+)")
+_SOLUTION_END = re.compile(r"^```\{solution-end\}")
+_SOLUTION_BLOCK = re.compile(r"^```\{solution\}\s*(\S+)")
+
+
+@dataclass
+class Exercise:
+    """One exercise of a notebook: its label, solution cells, check cell (if autograded) and points."""
+
+    label: str
+    solution_ids: list[str] = field(default_factory=list)
+    check_id: str | None = None
+    points: int = 0
+
+
+def is_solution_start(cell: dict) -> bool:
+    """True for the markdown cell that opens a solution's dropdown (``{solution-start}``)."""
+    return cell["cell_type"] == "markdown" and bool(_SOLUTION_START.match(cell["source"].lstrip()))
+
+
+def is_solution_end(cell: dict) -> bool:
+    """True for the markdown cell that closes a solution's dropdown (``{solution-end}``)."""
+    return cell["cell_type"] == "markdown" and bool(_SOLUTION_END.match(cell["source"].lstrip()))
+
+
+def nbgrader_meta(cell: dict) -> dict:
+    """The cell's nbgrader metadata, ``{}`` if it has none."""
+    return cell.get("metadata", {}).get("nbgrader", {})
+
+
+def _split_at_directives(cell: dict) -> list[dict]:
+    """Split a markdown cell before each solution directive, so that each piece holds one kind of content."""
+    if cell["cell_type"] != "markdown":
+        return [cell]
+    source = cell["source"]
+    starts = [m.start() for m in _DIRECTIVE_START.finditer(source)]
+    cuts = sorted({0, *starts})
+    pieces = [source[a:b].strip("\n") for a, b in zip(cuts, cuts[1:] + [len(source)])]
+    pieces = [p for p in pieces if p.strip()]
+    # a {solution-end} directive is two lines; text after it in the same cell belongs to the next piece
+    expanded: list[str] = []
+    for piece in pieces:
+        if _SOLUTION_END.match(piece):
+            fence_end = piece.find("```", 3)
+            head, tail = piece[: fence_end + 3], piece[fence_end + 3 :].strip("\n")
+            expanded += [head] + ([tail] if tail.strip() else [])
+        else:
+            expanded.append(piece)
+    if len(expanded) <= 1:
+        return [cell]
+    out = []
+    for i, piece in enumerate(expanded):
+        new = copy.deepcopy(cell)
+        new["source"] = piece
+        if i:
+            new["id"] = f"{cell.get('id', 'cell')}-{i}"[:64]
+        out.append(new)
+    return out
+
+
+def _mark(cell: dict, grade_id: str, *, solution: bool, grade: bool, locked: bool, points: int | None = None) -> None:
+    meta = {"grade": grade, "grade_id": grade_id, "locked": locked, "schema_version": SCHEMA_VERSION, "solution": solution}
+    if points is not None:
+        meta["points"] = points
+    cell.setdefault("metadata", {})["nbgrader"] = meta
+
+
+def convert(nb: nbformat.NotebookNode) -> tuple[nbformat.NotebookNode, list[Exercise]]:
+    """Return a copy of ``nb`` with nbgrader metadata on every exercise's cells, and the exercises found.
+
+    Raises ``ValueError`` (naming the cell) for markup it cannot read: a solution outside an exercise, a
+    ``{solution-start}`` without ``{solution-end}``, a label that does not match its exercise, or a check cell
+    that is not the last code cell of its solution.
+    """
+    nb = copy.deepcopy(nb)
+    cells = [piece for cell in nb.cells for piece in _split_at_directives(cell)]
+    exercises: list[Exercise] = []
+    current: Exercise | None = None
+    inside = False
+    n_solution = 0
+    for index, cell in enumerate(cells):
+        where = f"cell {index} (id {cell.get('id')!r})"
+        source = cell["source"]
+        if cell["cell_type"] == "markdown" and (match := _EXERCISE.search(source)):
+            if inside:
+                raise ValueError(f"{where}: an exercise starts inside the solution of {current.label}")
+            current = Exercise(label=match.group(1))
+            exercises.append(current)
+            n_solution = 0
+            _mark(cell, f"{current.label}-statement", solution=False, grade=False, locked=True)
+        elif is_solution_start(cell):
+            label = _SOLUTION_START.match(source.lstrip()).group(1)
+            if current is None or label != current.label:
+                raise ValueError(f"{where}: solution-start for {label!r} does not follow its exercise")
+            inside = True
+            cell.get("metadata", {}).pop("nbgrader", None)
+        elif is_solution_end(cell):
+            if not inside:
+                raise ValueError(f"{where}: solution-end without solution-start")
+            inside = False
+            cell.get("metadata", {}).pop("nbgrader", None)
+        elif cell["cell_type"] == "markdown" and (match := _SOLUTION_BLOCK.match(source.lstrip())):
+            if current is None or match.group(1) != current.label:
+                raise ValueError(f"{where}: solution for {match.group(1)!r} does not follow its exercise")
+            n_solution += 1
+            grade_id = f"{current.label}-solution-{n_solution}"
+            _mark(cell, grade_id, solution=True, grade=False, locked=False)
+            current.solution_ids.append(grade_id)
+        elif inside:
+            if cell["cell_type"] == "code" and (check := CHECK_HEADER.match(source)):
+                if current.check_id is not None:
+                    raise ValueError(f"{where}: a second check cell in {current.label}")
+                current.check_id, current.points = f"{current.label}-check", int(check.group(1))
+                _mark(cell, current.check_id, solution=False, grade=True, locked=True, points=current.points)
+            else:
+                if current.check_id is not None and cell["cell_type"] == "code":
+                    raise ValueError(f"{where}: solution code after the check cell of {current.label}")
+                n_solution += 1
+                grade_id = f"{current.label}-solution-{n_solution}"
+                _mark(cell, grade_id, solution=True, grade=False, locked=False)
+                current.solution_ids.append(grade_id)
+        elif nbgrader_meta(cell):
+            cell["metadata"].pop("nbgrader")  # metadata left over from an earlier layout
+    if inside:
+        raise ValueError(f"the solution of {current.label} has no solution-end")
+    nb.cells = cells
+    return nb, exercises
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Convert notebooks in place and list their exercises."""
+    parser = argparse.ArgumentParser(description="Give the exercises of chapter notebooks nbgrader's metadata, in place.")
+    parser.add_argument("notebooks", nargs="+", type=Path)
+    args = parser.parse_args(argv)
+    for path in args.notebooks:
+        nb = nbformat.read(path, as_version=4)
+        converted, exercises = convert(nb)
+        nbformat.validate(converted)
+        changed = converted != nb
+        if changed:
+            nbformat.write(converted, path)
+        print(f"{path}: {'converted' if changed else 'already converted'}")
+        for ex in exercises:
+            kind = f"autograded, {ex.points} points" if ex.check_id else "graded by hand"
+            print(f"  {ex.label}: {len(ex.solution_ids)} solution cell(s), {kind}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
