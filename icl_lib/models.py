@@ -258,6 +258,7 @@ class LinearTransformer(nn.Module):
 # ---------------------------------------------------------------- GPT-2-style decoder (Garg et al.)
 
 TOKEN_FORMATS = ("interleaved", "paired")
+ATTENTION_KINDS = ("softmax", "momentum")
 
 
 @dataclass(frozen=True)
@@ -266,6 +267,8 @@ class GPTConfig:
 
     ``token_format``: ``"interleaved"`` (Garg et al.: x_i, then (y_i, 0, ..., 0)) or ``"paired"`` (the book's
     variant: (x_i, 0), then (x_i, y_i); see :mod:`icl_lib.prompts`). ``n_points`` is the longest prompt.
+    ``attention``: ``"softmax"`` (causal softmax attention) or ``"momentum"`` (Dai et al.'s momentum attention,
+    softmax attention plus sum_{i<t} momentum^(t-i) v_i; see :func:`momentum_term`) with ``momentum`` in (0, 1).
     """
 
     n_dims: int
@@ -275,6 +278,8 @@ class GPTConfig:
     n_heads: int = 8
     token_format: str = "interleaved"
     dropout: float = 0.0
+    attention: str = "softmax"
+    momentum: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("n_dims", "n_points", "n_layers", "width", "n_heads"):
@@ -285,6 +290,12 @@ class GPTConfig:
         dropout = checks.unit_interval("dropout", self.dropout)
         if dropout == 1:
             raise ValueError("dropout must lie in [0, 1), got 1")
+        checks.choice("attention", self.attention, ATTENTION_KINDS)
+        momentum = checks.unit_interval("momentum", self.momentum)
+        if self.attention == "momentum" and not 0 < momentum < 1:
+            raise ValueError(f"momentum must lie in (0, 1) when attention = 'momentum', got {self.momentum!r}")
+        if self.attention == "softmax" and momentum != 0:
+            raise ValueError(f"momentum must be 0 when attention = 'softmax' (it is unused), got {self.momentum!r}")
 
     @classmethod
     def paper(cls, n_dims: int = 20, n_points: int = 41, **changes) -> GPTConfig:
@@ -304,12 +315,33 @@ class GPTConfig:
         return self.n_dims + (self.token_format == "paired")
 
 
+def momentum_term(values: torch.Tensor, momentum: float) -> torch.Tensor:
+    """Dai et al.'s momentum term m_t = sum_{i<t} momentum^(t-i) v_i: ``(..., T, head_dim) -> (..., T, head_dim)``.
+
+    Computed in linear time by the recursion m_1 = 0, m_t = momentum (m_{t-1} + v_{t-1}) over the sequence axis
+    (the second last); position t sees only values before it, so the term is causal.
+    """
+    if not isinstance(values, torch.Tensor) or values.ndim < 2:
+        got = tuple(values.shape) if isinstance(values, torch.Tensor) else type(values).__name__
+        raise ValueError(f"values must be a tensor of shape (..., T, head_dim), got {got}")
+    momentum = checks.unit_interval("momentum", momentum)
+    steps = [torch.zeros_like(values[..., 0, :])]
+    for t in range(1, values.shape[-2]):
+        steps.append(momentum * (steps[-1] + values[..., t - 1, :]))
+    return torch.stack(steps, dim=-2)
+
+
 class CausalSelfAttention(nn.Module):
-    """Multi-head causal self-attention through ``F.scaled_dot_product_attention(is_causal=True)``."""
+    """Multi-head causal self-attention through ``F.scaled_dot_product_attention(is_causal=True)``.
+
+    With ``config.attention == "momentum"`` each head's output gets Dai et al.'s momentum term
+    sum_{i<t} eta^(t-i) v_i (:func:`momentum_term`, eta = ``config.momentum``) before the output projection.
+    """
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.n_heads, self.dropout = config.n_heads, config.dropout
+        self.momentum = config.momentum if config.attention == "momentum" else 0.0
         self.qkv = nn.Linear(config.width, 3 * config.width)
         self.proj = nn.Linear(config.width, config.width)
 
@@ -319,6 +351,8 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.qkv(h).split(width, dim=-1)
         q, k, v = (t.view(batch, length, self.n_heads, width // self.n_heads).transpose(1, 2) for t in (q, k, v))
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
+        if self.momentum:
+            out = out + momentum_term(v, self.momentum)
         return self.proj(out.transpose(1, 2).reshape(batch, length, width))
 
 

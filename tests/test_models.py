@@ -298,3 +298,41 @@ def test_make_model_rejects_unknown_names_and_options():
         make_model({"name": "lsa"}, 3, 1)
     with pytest.raises(ValueError, match="n_dims"):
         make_model({"name": "gpt"}, -3, 5)
+
+
+# ---------------------------------------------------------------- momentum attention (chapter 3)
+
+
+def test_momentum_term_recursion_equals_the_explicit_sum():
+    from icl_lib.models import momentum_term
+
+    values = torch.randn(2, 3, 7, 4, generator=make_generator(0), dtype=torch.float64)
+    eta = 0.7
+    explicit = torch.zeros_like(values)
+    for t in range(7):
+        for i in range(t):
+            explicit[..., t, :] += eta ** (t - i) * values[..., i, :]
+    torch.testing.assert_close(momentum_term(values, eta), explicit, rtol=1e-12, atol=1e-12)
+    assert momentum_term(values, eta)[..., 0, :].abs().max() == 0
+
+
+def test_momentum_gpt_is_softmax_gpt_plus_the_momentum_term_and_stays_causal():
+    xs, ys = random_prompt(3, 6, 4, dtype=torch.float32)
+    spec = {"name": "gpt", "n_layers": 1, "width": 16, "n_heads": 2, "token_format": "paired"}
+    plain = make_model(spec, 4, 6, seed=0).eval()
+    default = make_model({**spec, "attention": "softmax"}, 4, 6, seed=0).eval()
+    momentum = make_model({**spec, "attention": "momentum", "momentum": 0.5}, 4, 6, seed=0).eval()
+    assert torch.equal(plain(xs, ys), default(xs, ys)), "the default must stay the plain model, bit for bit"
+    assert not torch.allclose(plain(xs, ys), momentum(xs, ys))
+    changed = ys.clone()
+    changed[:, 3:] += 1.0
+    torch.testing.assert_close(momentum(xs, ys)[:, :4], momentum(xs, changed)[:, :4])
+
+
+def test_momentum_config_is_checked():
+    with pytest.raises(ValueError, match="attention must be one of 'softmax', 'momentum'"):
+        GPTConfig(n_dims=2, n_points=3, attention="linear")
+    with pytest.raises(ValueError, match=r"momentum must lie in \(0, 1\)"):
+        GPTConfig(n_dims=2, n_points=3, attention="momentum", momentum=0.0)
+    with pytest.raises(ValueError, match="momentum must be 0 when attention = 'softmax'"):
+        GPTConfig(n_dims=2, n_points=3, momentum=0.5)

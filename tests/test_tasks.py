@@ -225,7 +225,8 @@ def test_same_seed_same_function_different_seed_different(name, options):
 
 
 def test_registry_names_every_class():
-    assert set(TASKS) == {"linear", "sparse_linear", "noisy_linear", "relu_net", "sinusoid", "mixture", "convex"}
+    assert set(TASKS) == {"linear", "sparse_linear", "noisy_linear", "relu_net", "sinusoid", "mixture", "convex",
+                          "linear_classification"}
     assert TASKS["sparse_linear"] is SparseLinear
 
 
@@ -239,7 +240,7 @@ def test_make_task_builds_classes_and_nested_components():
 
 
 def test_make_task_rejects_unknown_name():
-    with pytest.raises(ValueError, match=r"name must be one of 'linear', .*'convex'; got 'quadratic'"):
+    with pytest.raises(ValueError, match=r"name must be one of 'linear', .*'convex'.*; got 'quadratic'"):
         make_task("quadratic")
 
 
@@ -318,3 +319,16 @@ def test_sinusoid_options_checked():
         Sinusoid(amplitude=0.0)
     with pytest.raises(ValueError, match=r"^freq_min must be a finite number >= 0"):
         Sinusoid(freq_min=-1.0)
+
+
+def test_linear_classification_labels_are_signs_of_a_linear_function():
+    from icl_lib.tasks import LinearClassification
+
+    g = make_generator(0)
+    xs = torch.randn(64, 9, 4, generator=g)
+    sample = make_task("linear_classification").sample(xs, make_generator(1))
+    scores = torch.einsum("bnd,bd->bn", xs, sample.params["w"])
+    assert set(sample.ys.unique().tolist()) <= {-1.0, 1.0}
+    assert torch.equal(sample.ys, torch.where(scores >= 0, 1.0, -1.0))
+    assert LinearClassification().zero_predictor_error(4) == 1.0
+    assert 0.4 < (sample.ys > 0).float().mean().item() < 0.6

@@ -1,0 +1,182 @@
+"""Attention's dual form (Dai et al. 2023) and von Oswald et al.'s gradient-descent construction.
+
+Relaxed linear attention (softmax and its scaling dropped) of a query vector q over tokens t_1, ..., t_n with key
+and value projections W_K: (d_k, d_in), W_V: (d_v, d_in) is
+
+    F(q) = sum_j (W_V t_j)(W_K t_j)^T q = W q,     W = sum_j (W_V t_j)(W_K t_j)^T : (d_v, d_k).
+
+Split the tokens into demonstrations x'_1..x'_m and query-side tokens x_1..x_n: W = W_ZSL + Delta W_ICL with
+W_ZSL from the query side (:func:`zero_shot_weights`) and Delta W_ICL = sum_i (W_V x'_i)(W_K x'_i)^T from the
+demonstrations (:func:`icl_weight_update`). A linear layer trained by SGD has the same form
+(:func:`sgd_linear_layer`, :func:`linear_layer_as_attention`).
+
+von Oswald et al.'s construction (:func:`gd_layer_weights`) sets a :class:`icl_lib.models.LinearTransformer` layer
+to one step of (preconditioned) gradient descent on the in-context loss (1/2N) sum_i (<w, x_i> - y_i)^2;
+:func:`gd_steps_prediction` is the reference it is checked against.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from icl_lib import checks
+from icl_lib.models import LinearTransformer
+
+
+def _matrix(name: str, value: object) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor) or value.ndim != 2:
+        got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        raise ValueError(f"{name} must be a 2-d tensor (a matrix), got {got}")
+    return value
+
+
+def _tokens(name: str, value: object, d_in: int) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor) or value.ndim != 2 or value.shape[1] != d_in:
+        got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        raise ValueError(f"{name} must have shape (n_tokens, d_in) with d_in = {d_in}, got {got}")
+    return value
+
+
+def _projections(w_k: torch.Tensor, w_v: torch.Tensor) -> int:
+    _matrix("w_k", w_k)
+    _matrix("w_v", w_v)
+    if w_k.shape[1] != w_v.shape[1]:
+        raise ValueError(f"w_k and w_v must read the same input size, got {tuple(w_k.shape)} and {tuple(w_v.shape)}")
+    return w_k.shape[1]
+
+
+def outer_product_sum(w_k: torch.Tensor, w_v: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """sum_j (W_V t_j)(W_K t_j)^T: ``w_k: (d_k, d_in)``, ``w_v: (d_v, d_in)``, ``tokens: (n, d_in) -> (d_v, d_k)``."""
+    d_in = _projections(w_k, w_v)
+    tokens = _tokens("tokens", tokens, d_in)
+    return (tokens @ w_v.T).T @ (tokens @ w_k.T)
+
+
+def zero_shot_weights(w_k: torch.Tensor, w_v: torch.Tensor, query_tokens: torch.Tensor) -> torch.Tensor:
+    """W_ZSL = W_V X (W_K X)^T from the query-side tokens ``(n, d_in)``: ``(d_v, d_k)``."""
+    return outer_product_sum(w_k, w_v, query_tokens)
+
+
+def icl_weight_update(w_k: torch.Tensor, w_v: torch.Tensor, demonstrations: torch.Tensor) -> torch.Tensor:
+    """Delta W_ICL = sum_i (W_V x'_i)(W_K x'_i)^T from the demonstration tokens ``(m, d_in)``: ``(d_v, d_k)``."""
+    return outer_product_sum(w_k, w_v, demonstrations)
+
+
+def relaxed_linear_attention(
+    w_k: torch.Tensor, w_v: torch.Tensor, tokens: torch.Tensor, queries: torch.Tensor
+) -> torch.Tensor:
+    """W_V T^T (W_K T^T)^T q for every query, computed as attention (scores, then weighted values).
+
+    ``tokens: (n, d_in)`` (demonstrations and query side together), ``queries: (n_q, d_k)`` -> ``(n_q, d_v)``.
+    Entry j of the scores is (W_K t_j)^T q: no softmax, no scaling (Dai et al.'s relaxation).
+    """
+    d_in = _projections(w_k, w_v)
+    tokens = _tokens("tokens", tokens, d_in)
+    queries = _tokens("queries", queries, w_k.shape[0])
+    scores = queries @ (tokens @ w_k.T).T  # (n_q, n): (W_K t_j)^T q
+    return scores @ (tokens @ w_v.T)  # (n_q, d_v)
+
+
+def sgd_linear_layer(
+    w0: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor, learning_rate: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SGD on a linear layer F(x) = W x, one step per example in order, on the loss (1/2)||W x_i - t_i||^2.
+
+    ``w0: (d_out, d_in)``, ``inputs: (m, d_in)``, ``targets: (m, d_out)``. Step i adds e_i x_i^T with the error signal
+    e_i = -learning_rate (W_{i-1} x_i - t_i). Returns ``(W_m, signals)``, ``signals: (m, d_out)`` holding the e_i, so
+    that W_m = W_0 + sum_i e_i x_i^T (:func:`linear_layer_as_attention`).
+    """
+    w0 = _matrix("w0", w0)
+    inputs = _tokens("inputs", inputs, w0.shape[1])
+    if not isinstance(targets, torch.Tensor) or tuple(targets.shape) != (inputs.shape[0], w0.shape[0]):
+        got = tuple(targets.shape) if isinstance(targets, torch.Tensor) else type(targets).__name__
+        raise ValueError(f"targets must have shape (m, d_out) = {(inputs.shape[0], w0.shape[0])}, got {got}")
+    learning_rate = checks.positive_float("learning_rate", learning_rate)
+    weights, signals = w0.clone(), []
+    for x, t in zip(inputs, targets):
+        signal = -learning_rate * (weights @ x - t)
+        weights = weights + torch.outer(signal, x)
+        signals.append(signal)
+    return weights, torch.stack(signals)
+
+
+def linear_layer_as_attention(
+    w0: torch.Tensor, inputs: torch.Tensor, signals: torch.Tensor, queries: torch.Tensor
+) -> torch.Tensor:
+    """W_0 q + sum_i e_i (x_i^T q): the trained layer as linear attention with keys x_i and values e_i.
+
+    ``w0: (d_out, d_in)``, ``inputs: (m, d_in)``, ``signals: (m, d_out)``, ``queries: (n_q, d_in)`` -> ``(n_q, d_out)``.
+    """
+    w0 = _matrix("w0", w0)
+    inputs = _tokens("inputs", inputs, w0.shape[1])
+    signals = _tokens("signals", signals, w0.shape[0])
+    queries = _tokens("queries", queries, w0.shape[1])
+    if signals.shape[0] != inputs.shape[0]:
+        raise ValueError(f"signals must have one row per input ({inputs.shape[0]}), got {signals.shape[0]}")
+    return queries @ w0.T + (queries @ inputs.T) @ signals
+
+
+# ---------------------------------------------------------------- von Oswald et al.: layers that take GD steps
+
+
+def gd_layer_weights(
+    d: int, learning_rate: float, preconditioner: torch.Tensor | None = None, dtype: torch.dtype = torch.float64
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(P, Q)``, both ``(d + 1, d + 1)``, of a :class:`icl_lib.models.LinearAttentionLayer` taking one GD step.
+
+    P = [[0, 0], [0, -learning_rate]], Q = [[A, 0], [0, 0]] with A = ``preconditioner: (d, d)`` (identity if None). On
+    tokens (x_i, r_i) the layer maps r_j to r_j - learning_rate (1/N) sum_i r_i x_i^T A x_j: the residuals of
+    w + learning_rate A^T (1/N) sum_i r_i x_i, a preconditioned GD step (A symmetric).
+    """
+    d = checks.positive_int("d", d)
+    learning_rate = checks.finite_float("learning_rate", learning_rate)
+    if preconditioner is None:
+        preconditioner = torch.eye(d, dtype=dtype)
+    if not isinstance(preconditioner, torch.Tensor) or tuple(preconditioner.shape) != (d, d):
+        got = tuple(preconditioner.shape) if isinstance(preconditioner, torch.Tensor) else type(preconditioner).__name__
+        raise ValueError(f"preconditioner must have shape (d, d) = {(d, d)}, got {got}")
+    p = torch.zeros(d + 1, d + 1, dtype=dtype)
+    p[d, d] = -learning_rate
+    q = torch.zeros(d + 1, d + 1, dtype=dtype)
+    q[:d, :d] = preconditioner.to(dtype)
+    return p, q
+
+
+def gd_transformer(
+    d: int, learning_rates: Sequence[float], preconditioner: torch.Tensor | None = None
+) -> LinearTransformer:
+    """A float64 :class:`LinearTransformer` whose layer l takes a GD step of size ``learning_rates[l]`` from w = 0."""
+    if isinstance(learning_rates, (int, float)) or len(learning_rates) < 1:
+        raise ValueError(f"learning_rates must be a non-empty sequence of step sizes, got {learning_rates!r}")
+    model = LinearTransformer(d, n_layers=len(learning_rates)).double()
+    with torch.no_grad():
+        for layer, rate in zip(model.layers, learning_rates):
+            p, q = gd_layer_weights(d, rate, preconditioner)
+            layer.P.copy_(p)
+            layer.Q.copy_(q)
+    return model
+
+
+def gd_steps_prediction(
+    xs: torch.Tensor, ys: torch.Tensor, learning_rates: Sequence[float], preconditioner: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Prediction <w_K, x_q> after K steps w <- w - eta_k A grad L(w) from w = 0, L(w) = (1/2N) sum_i (<w, x_i> - y_i)^2.
+
+    ``xs: (batch, N + 1, d)``, ``ys: (batch, N + 1)``: the last point is the query (its label is not read). Computed in
+    float64 with explicit weight vectors (the reference for :func:`gd_transformer`). Returns ``(batch,)``.
+    """
+    batch, n_points, d = checks.prompt_tensors(xs, ys)
+    if n_points < 2:
+        raise ValueError(f"the prompt needs N >= 1 examples and a query, got n_points = {n_points}")
+    if isinstance(learning_rates, (int, float)) or len(learning_rates) < 1:
+        raise ValueError(f"learning_rates must be a non-empty sequence of step sizes, got {learning_rates!r}")
+    x, y = xs[:, :-1].double(), ys[:, :-1].double()
+    a = torch.eye(d, dtype=torch.float64) if preconditioner is None else preconditioner.double()
+    w = torch.zeros(batch, d, dtype=torch.float64)
+    for rate in learning_rates:
+        residual = torch.einsum("bnd,bd->bn", x, w) - y
+        gradient = torch.einsum("bn,bnd->bd", residual, x) / (n_points - 1)
+        w = w - checks.finite_float("learning_rate", rate) * gradient @ a.T
+    return torch.einsum("bd,bd->b", w, xs[:, -1].double())

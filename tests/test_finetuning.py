@@ -1,0 +1,151 @@
+"""ICL vs fine-tuning: the explicit forward pass against the model, fine-tuning against torch.optim.SGD on a copy,
+and every metric against hand-computed cases and scipy."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import scipy.stats
+import torch
+
+from icl_lib import finetuning as ft
+from icl_lib.devices import make_generator
+from icl_lib.models import make_model
+from icl_lib.tasks import LinearClassification
+
+SPEC = {"name": "gpt", "n_layers": 2, "width": 16, "n_heads": 2, "token_format": "paired"}
+
+
+def prompts(batch=4, n_points=5, d=3, seed=0):
+    g = make_generator(seed)
+    xs = torch.randn(batch, n_points, d, generator=g)
+    return xs, LinearClassification().sample(xs, g).ys
+
+
+@pytest.mark.parametrize("changes", [{}, {"attention": "momentum", "momentum": 0.6}, {"token_format": "interleaved"}])
+def test_trace_equals_the_model(changes):
+    model = make_model({**SPEC, **changes}, 3, 5, seed=0).eval()
+    xs, ys = prompts()
+    result = ft.trace(model, ft.icl_tokens(model, xs, ys))
+    torch.testing.assert_close(result.predictions, model(xs, ys), rtol=1e-5, atol=1e-6)
+    maps = result.attention_maps[0]
+    torch.testing.assert_close(maps.sum(-1), torch.ones_like(maps[..., 0]))
+    assert (maps.triu(1) == 0).all(), "attention must be causal"
+
+
+def test_zero_shot_tokens_hide_every_label():
+    model = make_model(SPEC, 3, 5, seed=0)
+    xs, ys = prompts()
+    assert (ft.zero_shot_tokens(model, xs, ys)[..., -1] == 0).all()
+    assert (ft.icl_tokens(model, xs, ys)[:, 1::2, -1] == ys).all()
+
+
+def test_finetuning_equals_sgd_on_a_copy_of_the_model():
+    model = make_model(SPEC, 3, 5, seed=1).eval()
+    xs, ys = prompts(batch=2, seed=2)
+    rate = 0.05
+    deltas = ft.finetune_key_value(model, xs, ys, rate)
+    width = model.config.width
+    for b in range(2):  # the reference: a copy of the model, SGD on its k, v rows only, one step per demonstration
+        ref = copy.deepcopy(model)
+        params = [blk.attn.qkv.weight for blk in ref.blocks] + [blk.attn.qkv.bias for blk in ref.blocks]
+        optimizer = torch.optim.SGD(params, lr=rate)
+        for i in range(xs.shape[1] - 1):
+            optimizer.zero_grad()
+            loss = (ref(xs[b : b + 1], torch.zeros_like(ys[b : b + 1]))[0, i] - ys[b, i]) ** 2
+            loss.backward()
+            for p in params:
+                p.grad[:width] = 0  # the query rows stay fixed
+            optimizer.step()
+        for layer, (blk, blk0) in enumerate(zip(ref.blocks, model.blocks)):
+            change = (blk.attn.qkv.weight - blk0.attn.qkv.weight).detach()
+            assert change[:width].abs().max() == 0
+            torch.testing.assert_close(deltas[layer].weight[b], change[width:], rtol=1e-4, atol=1e-6)
+            torch.testing.assert_close(deltas[layer].bias[b], (blk.attn.qkv.bias - blk0.attn.qkv.bias)[width:].detach(),
+                                       rtol=1e-4, atol=1e-6)
+
+
+def test_zero_learning_rate_is_zero_shot_and_random_control_has_the_same_norms():
+    model = make_model(SPEC, 3, 5, seed=0).eval()
+    xs, ys = prompts()
+    c = ft.compare(model, xs, ys, 0.0, make_generator(0))
+    torch.testing.assert_close(c.ft, c.zsl)
+    deltas = ft.finetune_key_value(model, xs, ys, 0.1)
+    random = ft.random_deltas_like(deltas, make_generator(3))
+    for a, b in zip(deltas, random):
+        torch.testing.assert_close(a.weight.norm(dim=(1, 2)), b.weight.norm(dim=(1, 2)))
+        torch.testing.assert_close(a.bias.norm(dim=1), b.bias.norm(dim=1))
+
+
+def test_rec2ftp_by_hand():
+    t, f = True, False
+    zsl = torch.tensor([f, f, f, f, t, t])
+    ftc = torch.tensor([t, t, t, f, t, f])
+    icl = torch.tensor([t, f, t, t, f, f])
+    # FT right and ZSL wrong: examples 0, 1, 2; ICL right on 0 and 2 -> 2/3
+    assert ft.rec2ftp(zsl, icl, ftc) == pytest.approx(2 / 3)
+    assert math.isnan(ft.rec2ftp(torch.tensor([t]), torch.tensor([t]), torch.tensor([t])))
+    with pytest.raises(ValueError, match="zsl_correct must be a 1-d bool tensor"):
+        ft.rec2ftp(torch.tensor([1, 0]), icl, ftc)
+
+
+def test_correct_and_accuracy_by_hand():
+    predictions = torch.tensor([0.3, -0.1, 0.0, -2.0])
+    labels = torch.tensor([1.0, 1.0, 1.0, -1.0])
+    assert ft.correct(predictions, labels).tolist() == [True, False, True, True]
+    assert ft.accuracy(predictions, labels) == pytest.approx(0.75)
+
+
+def test_sim_aou_and_sim_am_by_hand():
+    h_zsl = torch.tensor([[1.0, 1.0]])
+    h_icl = torch.tensor([[2.0, 1.0]])  # update (1, 0)
+    h_ft = torch.tensor([[2.0, 2.0]])  # update (1, 1): cosine 1/sqrt(2)
+    assert ft.sim_aou(h_zsl, h_icl, h_ft) == pytest.approx(1 / math.sqrt(2))
+    assert ft.sim_aou(h_zsl, h_icl, torch.tensor([[1.0, 3.0]])) == pytest.approx(0.0)
+    maps_a = torch.tensor([[0.5, 0.5], [1.0, 0.0]])
+    maps_b = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    assert ft.sim_am(maps_a, maps_b) == pytest.approx((1 / math.sqrt(2) + 1) / 2)
+    assert ft.cosine_similarity(torch.zeros(3), torch.ones(3)).item() == 0.0
+
+
+def test_kendall_tau_by_hand_and_against_scipy():
+    # a = (1, 2, 3), b = (1, 3, 2): pairs (1,2) C, (1,3) C, (2,3) D -> (2 - 1) / 3
+    assert ft.kendall_tau(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([1.0, 3.0, 2.0])).item() == pytest.approx(1 / 3)
+    assert ft.kendall_tau(torch.arange(5.0), -torch.arange(5.0)).item() == pytest.approx(-1.0)
+    rng = np.random.default_rng(0)
+    for n in (4, 7, 20):
+        a, b = rng.normal(size=n), rng.normal(size=n)
+        b[:2] = b[2]  # ties: tau-b
+        a[3] = a[4 % n] if n > 4 else a[3]
+        expected = scipy.stats.kendalltau(a, b).statistic
+        assert ft.kendall_tau(torch.tensor(a), torch.tensor(b)).item() == pytest.approx(expected, abs=1e-12)
+    rows = torch.tensor(rng.normal(size=(3, 6)))
+    other = torch.tensor(rng.normal(size=(3, 6)))
+    batched = ft.kendall_tau(rows, other)
+    for i in range(3):
+        assert batched[i].item() == pytest.approx(scipy.stats.kendalltau(rows[i], other[i]).statistic, abs=1e-12)
+    assert math.isnan(ft.kendall_tau(torch.ones(4), torch.arange(4.0)).item())
+    with pytest.raises(ValueError, match="n >= 2"):
+        ft.kendall_tau(torch.ones(1), torch.ones(1))
+
+
+def test_demonstration_attention_averages_layers_and_heads():
+    maps = torch.zeros(1, 2, 2, 4)
+    maps[0, 0, 0] = torch.tensor([0.2, 0.3, 0.1, 0.4])
+    maps[0, 1, 1] = torch.tensor([0.6, 0.1, 0.1, 0.2])
+    torch.testing.assert_close(ft.demonstration_attention(maps), torch.tensor([[0.2, 0.1, 0.05]]))
+
+
+def test_bad_inputs_raise_value_errors():
+    with pytest.raises(ValueError, match="model must be an icl_lib.models.GPT"):
+        ft.zero_deltas(torch.nn.Linear(2, 2), 3)
+    model = make_model(SPEC, 3, 5, seed=0)
+    with pytest.raises(ValueError, match="tokens must have shape"):
+        ft.trace(model, torch.zeros(2, 4, 7))
+    with pytest.raises(ValueError, match="learning_rate must be a finite number >= 0"):
+        ft.finetune_key_value(model, *prompts(), -1.0)
+    with pytest.raises(ValueError, match="a and b must be tensors of one shape"):
+        ft.cosine_similarity(torch.ones(2), torch.ones(3))
