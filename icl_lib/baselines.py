@@ -282,3 +282,71 @@ def dense_sparse_posterior_probability(
     prior ``p_sparse``).
     """
     return _dense_sparse_posterior(xs, ys, p_sparse, k_sparse, noise_std)[1]
+
+
+def relu_net_init(
+    batch: int, n_points: int, d: int, hidden: int, generator: torch.Generator, dtype: torch.dtype = torch.float32
+) -> dict[str, torch.Tensor]:
+    """Initial weights of :func:`relu_net_gd`'s networks, one per prompt and prefix length k.
+
+    ``first: (batch, n_points, d, hidden)`` ~ N(0, 1/d), ``first_bias: (batch, n_points, hidden)`` = 0,
+    ``second: (batch, n_points, hidden)`` ~ N(0, 1/hidden), ``second_bias: (batch, n_points)`` = 0.
+    """
+    for name, value in (("batch", batch), ("n_points", n_points), ("d", d), ("hidden", hidden)):
+        checks.positive_int(name, value)
+    device = generator.device
+    first = torch.randn(batch, n_points, d, hidden, generator=generator, device=device, dtype=dtype) / math.sqrt(d)
+    second = torch.randn(batch, n_points, hidden, generator=generator, device=device, dtype=dtype) / math.sqrt(hidden)
+    return {
+        "first": first,
+        "first_bias": torch.zeros(batch, n_points, hidden, device=device, dtype=dtype),
+        "second": second,
+        "second_bias": torch.zeros(batch, n_points, device=device, dtype=dtype),
+    }
+
+
+def relu_net_gd(
+    xs: torch.Tensor,
+    ys: torch.Tensor,
+    hidden: int = 100,
+    steps: int = 100,
+    learning_rate: float = 1e-2,
+    seed: int = 0,
+) -> torch.Tensor:
+    """A two-layer ReLU network fitted by gradient descent (Adam, full batch) to the first k examples, for each k.
+
+    For every prompt and every k >= 1, a network f(x) = sum_j a_j relu(<v_j, x> + c_j) + b with ``hidden`` units,
+    initialised by :func:`relu_net_init` from ``seed``, takes ``steps`` Adam steps of size ``learning_rate`` on
+    (1/k) sum_{i<k} (f(x_i) - y_i)^2 and predicts ``ys[:, k]`` from ``xs[:, k]`` (Garg et al.'s "2-layer NN, GD"
+    baseline). All ``batch * n_points`` networks train at once: their losses are summed, so each network's gradient
+    is its own, and Adam acts coordinate-wise, so each runs its own Adam. Computed in float32 (not float64 like the
+    other baselines: it is by far the most expensive). ``xs: (batch, n, d)``, ``ys: (batch, n)`` -> ``(batch, n)``.
+    """
+    batch, n_points, d = checks.prompt_tensors(xs, ys)
+    hidden = checks.positive_int("hidden", hidden)
+    steps = checks.nonnegative_int("steps", steps)
+    learning_rate = checks.nonnegative_float("learning_rate", learning_rate)
+    generator = torch.Generator(device=xs.device).manual_seed(checks.nonnegative_int("seed", seed))
+    x32, y32 = xs.detach().to(torch.float32), ys.detach().to(torch.float32)
+    params = {k: v.requires_grad_() for k, v in relu_net_init(batch, n_points, d, hidden, generator).items()}
+    # mask[k, i] = 1 if example i is among the first k (i < k), weighted 1/k: each network's loss is a mean.
+    counts = torch.arange(n_points, device=xs.device, dtype=torch.float32)
+    mask = torch.ones(n_points, n_points, device=xs.device).tril(diagonal=-1) / counts.clamp_min(1)[:, None]
+
+    def forward(inputs: torch.Tensor) -> torch.Tensor:
+        """``inputs: (batch, m, d)`` -> outputs of every network ``(batch, n_points, m)``."""
+        pre = torch.einsum("bmd,bkdh->bkmh", inputs, params["first"]) + params["first_bias"][:, :, None, :]
+        return torch.einsum("bkmh,bkh->bkm", torch.relu(pre), params["second"]) + params["second_bias"][..., None]
+
+    with torch.enable_grad():
+        optimizer = torch.optim.Adam(list(params.values()), lr=learning_rate)
+        for _ in range(steps):
+            optimizer.zero_grad(set_to_none=True)
+            loss = (((forward(x32) - y32[:, None, :]) ** 2) * mask).sum()
+            loss.backward()
+            optimizer.step()
+    with torch.no_grad():
+        outputs = forward(x32)  # (batch, k, m): network k at input m
+        preds = torch.diagonal(outputs, dim1=1, dim2=2)  # network k at its query x_k
+        preds = preds * (counts > 0)  # no example: predict 0
+    return preds.to(xs.dtype)

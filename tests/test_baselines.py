@@ -553,3 +553,65 @@ def test_module_exports_the_documented_baselines():
     for name in ("least_squares", "ridge", "bayes_linear", "oracle_least_squares", "averaging", "gd_one_step", "knn",
                  "lasso", "bayes_dense_sparse_mixture", "dense_sparse_posterior_probability"):
         assert callable(getattr(baselines, name))
+
+
+# ================================================================= two-layer ReLU network fitted by GD
+
+
+def _relu_net_reference(xs, ys, hidden, steps, learning_rate, seed):
+    """One network per prompt and prefix k, each an nn.Sequential trained by its own torch.optim.Adam, in a loop."""
+    batch, n_points, d = xs.shape
+    init = baselines.relu_net_init(batch, n_points, d, hidden, torch.Generator().manual_seed(seed))
+    preds = torch.zeros(batch, n_points)
+    for b in range(batch):
+        for k in range(1, n_points):
+            net = torch.nn.Sequential(torch.nn.Linear(d, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 1))
+            with torch.no_grad():
+                net[0].weight.copy_(init["first"][b, k].T)
+                net[0].bias.copy_(init["first_bias"][b, k])
+                net[2].weight.copy_(init["second"][b, k][None, :])
+                net[2].bias.copy_(init["second_bias"][b, k][None])
+            optimizer = torch.optim.Adam(net.parameters(), lr=learning_rate)
+            for _ in range(steps):
+                optimizer.zero_grad()
+                loss = ((net(xs[b, :k].float())[:, 0] - ys[b, :k].float()) ** 2).mean()
+                loss.backward()
+                optimizer.step()
+            with torch.no_grad():
+                preds[b, k] = net(xs[b, k : k + 1].float())[0, 0]
+    return preds
+
+
+def test_relu_net_gd_matches_one_network_per_prompt_and_prefix_trained_in_a_loop():
+    g = make_generator(11)
+    xs = torch.randn(3, 5, 2, generator=g)
+    ys = torch.sin(xs.sum(-1)) + torch.randn(3, 5, generator=g) * 0.1
+    got = baselines.relu_net_gd(xs, ys, hidden=8, steps=30, learning_rate=0.05, seed=4)
+    expected = _relu_net_reference(xs, ys, hidden=8, steps=30, learning_rate=0.05, seed=4)
+    assert torch.all(got[:, 0] == 0), "with no example the prediction must be 0"
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_relu_net_gd_uses_only_the_examples_before_each_query():
+    g = make_generator(12)
+    xs = torch.randn(2, 6, 3, generator=g)
+    ys = torch.randn(2, 6, generator=g)
+    base = baselines.relu_net_gd(xs, ys, hidden=4, steps=5, seed=0)
+    changed = ys.clone()
+    changed[:, 3:] += 10.0  # labels from position 3 on: predictions 0..3 must not move
+    torch.testing.assert_close(baselines.relu_net_gd(xs, changed, hidden=4, steps=5, seed=0)[:, :4], base[:, :4])
+
+
+def test_relu_net_gd_fits_its_examples_and_rejects_bad_options():
+    g = make_generator(13)
+    xs = torch.randn(4, 9, 2, generator=g)
+    ys = torch.relu(xs[..., 0]) - torch.relu(-xs[..., 1])
+    # Fitting (the query appended as an extra example, i.e. repeated) drives the error at the query down.
+    doubled_xs, doubled_ys = xs.repeat_interleave(2, dim=1), ys.repeat_interleave(2, dim=1)
+    fit = baselines.relu_net_gd(doubled_xs, doubled_ys, hidden=32, steps=300, learning_rate=0.02)
+    seen = ((fit[:, 1::2] - doubled_ys[:, 1::2]) ** 2)[:, 2:].mean()
+    assert seen < 0.05 * (ys**2).mean(), f"a network fitted to the query's own label should recover it, error {seen:.4f}"
+    with pytest.raises(ValueError, match="hidden"):
+        baselines.relu_net_gd(xs, ys, hidden=0)
+    with pytest.raises(ValueError, match="learning_rate"):
+        baselines.relu_net_gd(xs, ys, learning_rate=-1.0)

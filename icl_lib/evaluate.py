@@ -1,0 +1,346 @@
+"""Evaluate a trained model against the baselines on the same prompts, and store the result as a file.
+
+* :func:`evaluate_model`: error curves (normalised error against the number of in-context examples k, with
+  bootstrap bands) of a model and of named baselines (:data:`ESTIMATORS`), on one batch of prompts drawn from a
+  function class, optionally shifted (:mod:`icl_lib.shifts`);
+* :func:`write_result` / :func:`read_result`: a JSON file holding the curves (k, mean, lower, upper), the run's
+  config, the task, the shift, the number of prompts, the seed, the git commit, the device, the wall time, the date
+  and the exact command;
+* :func:`available_results`: the stored result files under ``results/``.
+
+From the command line (``RUN`` is a checkpoint name under ``checkpoints/`` or a run directory)::
+
+    python -m icl_lib.evaluate RUN --task NAME [--task-option KEY=VALUE ...] [--shift NAME]
+        [--shift-option KEY=VALUE ...] [--prompts N] [--seed S] [--device D] --out results/NAME.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from icl_lib import baselines, checkpoints, checks, evaluation, shifts, tasks
+from icl_lib.devices import make_generator
+from icl_lib.evaluation import ErrorCurve
+from icl_lib.samplers import gaussian_xs
+
+RESULT_FORMAT = "icl_lib-result/1"
+
+# Each estimator: (xs, ys, params, options) -> preds (batch, n_points); params are the sampled functions' params.
+Estimator = Callable[[torch.Tensor, torch.Tensor, Mapping[str, torch.Tensor], Mapping[str, Any]], torch.Tensor]
+
+
+def _oracle(xs: torch.Tensor, ys: torch.Tensor, params: Mapping[str, torch.Tensor], options: Mapping) -> torch.Tensor:
+    if "support" not in params:
+        raise ValueError("estimator 'oracle' needs a sparse task (its params hold no 'support')")
+    return baselines.oracle_least_squares(xs, ys, params["support"])
+
+
+ESTIMATORS: dict[str, Estimator] = {
+    "least_squares": lambda xs, ys, p, o: baselines.least_squares(xs, ys),
+    "ridge": lambda xs, ys, p, o: baselines.ridge(xs, ys, penalty=o.get("penalty", 0.1)),
+    "lasso": lambda xs, ys, p, o: baselines.lasso(xs, ys, alpha=o.get("alpha", 1e-3)),
+    "knn": lambda xs, ys, p, o: baselines.knn(xs, ys, n_neighbors=o.get("n_neighbors", 3)),
+    "averaging": lambda xs, ys, p, o: baselines.averaging(xs, ys),
+    "oracle": _oracle,
+    "relu_net_gd": lambda xs, ys, p, o: baselines.relu_net_gd(xs, ys, **o),
+}
+# Names for plots (icl_lib.plotting colours estimators by these).
+LABELS = {
+    "transformer": "transformer",
+    "least_squares": "least squares",
+    "ridge": "ridge",
+    "lasso": "lasso",
+    "knn": "k-NN (3)",
+    "averaging": "averaging",
+    "oracle": "oracle least squares",
+    "relu_net_gd": "2-layer ReLU net, GD",
+}
+DEFAULT_ESTIMATORS = ("least_squares", "lasso", "knn", "averaging")
+
+
+def results_root() -> Path:
+    """Where paper-scale result files live: ``<repository>/results``."""
+    return checkpoints.repository_root() / "results"
+
+
+def labelled(curves: Mapping[str, ErrorCurve]) -> dict[str, ErrorCurve]:
+    """The same curves keyed by their plot names (:data:`LABELS`), for :func:`icl_lib.plotting.plot_error_curves`."""
+    return {LABELS.get(name, name): curve for name, curve in curves.items()}
+
+
+def _as_task(task: Any) -> Any:
+    if isinstance(task, str):
+        return tasks.make_task(task)
+    if isinstance(task, Mapping):
+        spec = dict(task)
+        if "name" not in spec:
+            raise ValueError(f"task given as a dict needs a 'name' (one of {list(tasks.TASKS)}), got {spec}")
+        return tasks.make_task(spec.pop("name"), **spec)
+    if isinstance(task, tuple(tasks.TASKS.values())):
+        return task
+    raise ValueError(f"task must be a function class, a name ({list(tasks.TASKS)}) or a dict, got {task!r}")
+
+
+def _as_shift(shift: Any) -> shifts.Shift | None:
+    if shift is None or isinstance(shift, shifts.Shift):
+        return shift
+    if isinstance(shift, str):
+        return shifts.make_shift(shift)
+    if isinstance(shift, Mapping):
+        spec = dict(shift)
+        if "name" not in spec:
+            raise ValueError(f"shift given as a dict needs a 'name' (one of {list(shifts.SHIFTS)}), got {spec}")
+        return shifts.make_shift(spec.pop("name"), **spec)
+    raise ValueError(f"shift must be None, a Shift, a name ({list(shifts.SHIFTS)}) or a dict, got {shift!r}")
+
+
+def _predict_in_chunks(predict: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], xs: torch.Tensor,
+                       ys: torch.Tensor, chunk: int) -> torch.Tensor:
+    return torch.cat([predict(xs[i : i + chunk], ys[i : i + chunk]) for i in range(0, xs.shape[0], chunk)])
+
+
+def _predictions(predict: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], prompts: shifts.ShiftedPrompts,
+                 chunk: int) -> torch.Tensor:
+    """``(batch, n_points)``: entry k predicts the query at k from the first k examples."""
+    if not prompts.has_queries:
+        return _predict_in_chunks(predict, prompts.xs, prompts.ys, chunk)
+    columns = []
+    for k in range(prompts.xs.shape[1]):
+        xs = torch.cat((prompts.xs[:, :k], prompts.query_xs[:, k : k + 1]), dim=1)
+        ys = torch.cat((prompts.ys[:, :k], prompts.query_ys[:, k : k + 1]), dim=1)
+        columns.append(_predict_in_chunks(predict, xs, ys, chunk)[:, k])
+    return torch.stack(columns, dim=1)
+
+
+@torch.no_grad()
+def evaluate_model(
+    model: nn.Module | None,
+    task: Any,
+    *,
+    n_dims: int,
+    n_points: int,
+    n_prompts: int,
+    seed: int,
+    shift: Any = None,
+    estimators: Sequence[str] = DEFAULT_ESTIMATORS,
+    estimator_options: Mapping[str, Mapping[str, Any]] | None = None,
+    device: str | torch.device | None = None,
+    chunk: int = 512,
+    n_bootstrap: int = 1000,
+) -> dict[str, ErrorCurve]:
+    """Error curves of ``model`` ("transformer") and of each named baseline on the same ``n_prompts`` prompts.
+
+    ``task``: a function class, its name, or a dict ``{"name": ..., **options}``. Prompts have ``n_points`` points of
+    ``n_dims`` coordinates, drawn with :func:`icl_lib.samplers.gaussian_xs` from ``make_generator(seed)`` on
+    ``device`` (default: the model's device, else the CPU), then shifted by ``shift`` (a :class:`icl_lib.shifts.Shift`,
+    its name, a dict, or None). ``estimators``: names in :data:`ESTIMATORS`, with options from ``estimator_options``
+    (``{"lasso": {"alpha": 0.01}}``). ``model`` may be None (baselines only). Errors are divided by the task's
+    zero-predictor error times the shift's ``variance``; an orthogonal-query shift stops at ``n_points = n_dims``.
+    Returns ``{"transformer": ..., "least_squares": ..., ...}`` in that order.
+    """
+    checks.positive_int("n_dims", n_dims)
+    n_points = checks.positive_int("n_points", n_points)
+    checks.positive_int("n_prompts", n_prompts)
+    checks.positive_int("chunk", chunk)
+    function_class = _as_task(task)
+    shift = _as_shift(shift)
+    estimator_options = dict(estimator_options or {})
+    for name in list(estimators) + list(estimator_options):
+        checks.choice("estimators", name, tuple(ESTIMATORS))
+    if device is None:
+        device = next(model.parameters()).device if model is not None else torch.device("cpu")
+    device = torch.device(device)
+    if shift is not None and shift.max_points(n_dims) is not None:
+        n_points = min(n_points, shift.max_points(n_dims))
+    generator = make_generator(seed, device)
+    xs = gaussian_xs(n_prompts, n_points, n_dims, generator)
+    if shift is None:
+        sample = function_class.sample(xs, generator)
+        prompts, params = shifts.ShiftedPrompts(xs=xs, ys=sample.ys), sample.params
+    else:
+        prompts = shift.apply(xs, function_class, generator)
+        params = prompts.params
+    targets = prompts.query_ys if prompts.has_queries else prompts.ys
+    normalizer = function_class.zero_predictor_error(n_dims) * prompts.variance
+
+    predictors: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {}
+    if model is not None:
+        was_training = model.training
+        model.eval()
+        predictors["transformer"] = lambda a, b: model(a.to(device), b.to(device)).float()
+    for name in estimators:
+        options = estimator_options.get(name, {})
+        predictors[name] = (lambda est, opts: lambda a, b: est(a, b, params, opts))(ESTIMATORS[name], options)
+    curves = {}
+    try:
+        for name, predict in predictors.items():
+            # The oracle needs the params row by row, so it runs in one chunk.
+            size = n_prompts if name == "oracle" else chunk
+            preds = _predictions(predict, prompts, size)
+            curves[name] = evaluation.error_curve(preds, targets, normalizer, n_bootstrap=n_bootstrap, seed=seed)
+    finally:
+        if model is not None:
+            model.train(was_training)
+    return curves
+
+
+# ---------------------------------------------------------------- result files
+
+
+def _curve_to_json(curve: ErrorCurve) -> dict[str, Any]:
+    return {"k": curve.k.tolist(), "mean": curve.mean.tolist(), "lower": np.asarray(curve.low).tolist(),
+            "upper": np.asarray(curve.high).tolist(), "n_prompts": curve.n_prompts}
+
+
+def write_result(
+    path: str | os.PathLike,
+    curves: Mapping[str, ErrorCurve],
+    *,
+    run: Mapping[str, Any],
+    task: Mapping[str, Any],
+    provenance: Mapping[str, Any],
+) -> Path:
+    """Write a result file (JSON, atomically) and return its path.
+
+    ``run``: what was evaluated (for a trained model, its ``meta.json``: name, config, command, git commit, device,
+    wall time of training); ``task``: the task spec ``{"name": ..., **options}``; ``provenance``: how the evaluation
+    was made (``n_prompts``, ``seed``, ``shift``, ``command``, ``device``, ``wall_time_s``, ...). The git commit and the
+    date are added to ``provenance`` when missing.
+    """
+    if not curves:
+        raise ValueError("curves must hold at least one error curve")
+    for name, curve in curves.items():
+        if not isinstance(curve, ErrorCurve):
+            raise ValueError(f"curves[{name!r}] must be an ErrorCurve, got {type(curve).__name__}")
+    provenance = dict(provenance)
+    if "git_commit" not in provenance:
+        provenance["git_commit"], provenance["git_dirty"] = checkpoints.git_commit()
+    provenance.setdefault("date", datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    data = {
+        "format": RESULT_FORMAT,
+        "curves": {name: _curve_to_json(curve) for name, curve in curves.items()},
+        "run": dict(run),
+        "task": dict(task),
+        "provenance": provenance,
+    }
+    json.dumps(data)  # fail here, not half-way through the write, on values JSON cannot hold
+    return checkpoints.write_json_atomic(data, path)
+
+
+def read_result(path: str | os.PathLike) -> tuple[dict[str, ErrorCurve], dict[str, Any]]:
+    """The curves and the rest of a file written by :func:`write_result`: ``(curves, {"run", "task", "provenance"})``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"result file {str(path)!r} does not exist")
+    data = json.loads(path.read_text())
+    if data.get("format") != RESULT_FORMAT:
+        raise ValueError(f"{path} has format {data.get('format')!r}; this library reads {RESULT_FORMAT!r}")
+    curves = {
+        name: ErrorCurve(mean=np.asarray(c["mean"], dtype=float), low=np.asarray(c["lower"], dtype=float),
+                         high=np.asarray(c["upper"], dtype=float), n_prompts=int(c["n_prompts"]))
+        for name, c in data["curves"].items()
+    }
+    return curves, {key: data[key] for key in ("run", "task", "provenance")}
+
+
+def available_results(pattern: str = "*.json", root: str | os.PathLike | None = None) -> list[Path]:
+    """Sorted result files under ``results/`` (or ``root``) whose names match the glob ``pattern``."""
+    root = Path(root) if root is not None else results_root()
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.glob(pattern) if p.is_file())
+
+
+# ---------------------------------------------------------------- command line
+
+
+def _parse_options(pairs: Sequence[str], flag: str) -> dict[str, Any]:
+    """``["k=3", "noise_std=0.5", "name=x"]`` -> ``{"k": 3, "noise_std": 0.5, "name": "x"}`` (JSON values, else strings)."""
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{flag} must look like KEY=VALUE, got {pair!r}")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m icl_lib.evaluate RUN --task NAME ... --out results/NAME.json``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="python -m icl_lib.evaluate",
+                                     description="Error curves of a trained run against the baselines, as a JSON file.")
+    parser.add_argument("run", help="a checkpoint name under checkpoints/ or a run directory")
+    parser.add_argument("--task", required=True, help=f"function class: one of {list(tasks.TASKS)}")
+    parser.add_argument("--task-option", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--shift", help=f"distribution shift: one of {list(shifts.SHIFTS)}")
+    parser.add_argument("--shift-option", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--estimators", default=",".join(DEFAULT_ESTIMATORS),
+                        help=f"comma-separated baselines from {list(ESTIMATORS)} ('' for none)")
+    parser.add_argument("--estimator-option", action="append", default=[], metavar="NAME.KEY=VALUE")
+    parser.add_argument("--prompts", type=int, default=1280, help="number of prompts (default 1280)")
+    parser.add_argument("--points", type=int, help="prompt length (default: the run's n_points)")
+    parser.add_argument("--dims", type=int, help="input dimension (default: the run's n_dims)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", help="'cpu', 'cuda' or 'cuda:N' (default: CUDA when available)")
+    parser.add_argument("--out", required=True, help="the result file, e.g. results/garg_dense_linear_paper.json")
+    args = parser.parse_args(argv)
+    try:
+        task_spec = {"name": args.task, **_parse_options(args.task_option, "--task-option")}
+        _as_task(task_spec)
+        shift_spec = {"name": args.shift, **_parse_options(args.shift_option, "--shift-option")} if args.shift else None
+        _as_shift(shift_spec)
+        estimators = tuple(e for e in args.estimators.split(",") if e)
+        estimator_options: dict[str, dict[str, Any]] = {}
+        for key, value in _parse_options(args.estimator_option, "--estimator-option").items():
+            name, _, option = key.partition(".")
+            checks.choice("--estimator-option", name, tuple(ESTIMATORS))
+            estimator_options.setdefault(name, {})[option] = value
+        device = torch.device(args.device) if args.device else (
+            torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
+        meta = checkpoints.load_meta(args.run)
+        model = checkpoints.load_model(args.run, device=device)
+    except ValueError as error:
+        parser.error(str(error))
+    config = meta["config"]
+    n_dims = args.dims or config["n_dims"]
+    n_points = args.points or config["n_points"]
+    started = time.perf_counter()
+    curves = evaluate_model(model, task_spec, n_dims=n_dims, n_points=n_points, n_prompts=args.prompts,
+                            seed=args.seed, shift=shift_spec, estimators=estimators,
+                            estimator_options=estimator_options, device=device)
+    wall = time.perf_counter() - started
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or
+                                                                                    platform.machine())
+    provenance = {
+        "command": "python -m icl_lib.evaluate " + shlex.join(argv),
+        "n_prompts": args.prompts, "seed": args.seed, "n_dims": n_dims, "n_points": n_points,
+        "shift": shift_spec, "estimators": list(estimators), "estimator_options": estimator_options,
+        "device": str(device), "device_name": device_name, "torch_version": torch.__version__,
+        "wall_time_s": round(wall, 3),
+    }
+    path = write_result(args.out, curves, run=meta, task=task_spec, provenance=provenance)
+    summary = {name: [round(float(v), 4) for v in curve.mean] for name, curve in curves.items()}
+    print(json.dumps({"out": str(path), "wall_time_s": round(wall, 3), "mean": summary}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
