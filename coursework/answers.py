@@ -64,7 +64,7 @@ def close(name: str, answer: Any, expected: Any, *, rtol: float, atol: float = 0
     if np.all(np.abs(array + reference) <= allowed) and np.any(reference != 0):
         raise AssertionError(f"`{name}` has the wrong sign: it is close to minus the expected value ({tolerance})")
     norm = float(np.sum(reference * reference))
-    if norm > 0:
+    if norm > 0 and reference.size > 1:  # for one number every wrong answer is "a factor" off: said below instead
         factor = float(np.sum(array * reference)) / norm  # the least-squares factor c in answer ~ c * expected
         if factor != 0 and np.all(np.abs(array - factor * reference) <= allowed) and abs(factor - 1) > rtol:
             raise AssertionError(
@@ -80,8 +80,10 @@ def close(name: str, answer: Any, expected: Any, *, rtol: float, atol: float = 0
     relative = float(np.abs(error.flat[worst]) / max(abs(float(reference.flat[worst])), 1e-300))
     direction = "too large" if error.flat[worst] > 0 else "too small"
     where = "" if reference.ndim == 0 else f" at {int(wrong.sum())} of {reference.size} entries, worst at index {np.unravel_index(worst, reference.shape) if reference.ndim > 1 else worst}"
+    ratio = float(array.flat[worst] / reference.flat[worst]) if reference.flat[worst] != 0 else 0.0
+    times = f"; about {ratio:.3g} times the expected value: a missing factor?" if ratio >= 2 or 0 < ratio <= 0.5 else ""
     raise AssertionError(
-        f"`{name}` is {direction}{where}: off by {relative:.1%} of the expected value ({tolerance})"
+        f"`{name}` is {direction}{where}: off by {relative:.1%} of the expected value{times} ({tolerance})"
     )
 
 

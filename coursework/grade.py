@@ -64,7 +64,7 @@ def load_chapters(notebooks_dir: Path) -> dict[str, Chapter]:
     chapters = {}
     for path in sorted(Path(notebooks_dir).glob("*.ipynb")):
         nb, exercises = markup.convert(nbformat.read(path, as_version=4))
-        checks = {markup.nbgrader_meta(c)["grade_id"]: c for c in nb.cells if markup.nbgrader_meta(c).get("grade")}
+        checks = {markup.nbgrader_meta(c)["grade_id"]: c for c in nb.cells if markup.is_check(c)}
         chapters[path.name] = Chapter(path, nb, checks, exercises)
     return chapters
 
@@ -81,7 +81,8 @@ def _error_text(cell: dict) -> str | None:
     """``ename: evalue`` of the cell's first error output, without terminal colours; None if it raised nothing."""
     for output in cell.get("outputs", []):
         if output.get("output_type") == "error":
-            return _ANSI.sub("", f"{output.get('ename', 'Error')}: {output.get('evalue', '')}").strip()
+            text = f"{output.get('ename', 'Error')}: {output.get('evalue', '')}".strip().rstrip(":")
+            return _ANSI.sub("", text)
     return None
 
 
@@ -157,7 +158,9 @@ def grade_notebook(path: Path, submission: str, chapters: dict[str, Chapter], ti
             else:
                 feedback = error
                 own = [e for gid in exercise.solution_ids if gid in by_id and (e := _error_text(by_id[gid][1]))]
-                if own:
+                if own and own[0].startswith("NotImplementedError"):
+                    feedback = f"not answered yet (your code still raises NotImplementedError); the check said: {error}"
+                elif own:
                     feedback = f"your code raised {own[0]}; then the check said: {error}"
                 elif error.startswith("NameError"):
                     feedback += " (the answer was not computed: assign it in your code for this exercise)"

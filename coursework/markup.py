@@ -11,7 +11,8 @@ Authors write exercises as the chapters do (see the instructor's guide, section 
 
 :func:`convert` gives every such cell nbgrader's metadata (``metadata.nbgrader``, schema version 3): the statement is
 locked, the solution's cells are solution cells (replaced by a stub in the student edition), the check is a locked
-grade cell worth N points. It splits a cell that holds both a directive and other text, so that each solution cell
+grade cell worth N points (a markdown answer is, as nbgrader requires, a grade cell worth 0 points, for grading
+by hand). It splits a cell that holds both a directive and other text, so that each solution cell
 holds solution text only. It is idempotent: converting a converted notebook changes nothing.
 
     python -m coursework.markup notebooks/03_*.ipynb     # converts in place, prints what it marked
@@ -98,6 +99,20 @@ def _mark(cell: dict, grade_id: str, *, solution: bool, grade: bool, locked: boo
     cell.setdefault("metadata", {})["nbgrader"] = meta
 
 
+def _mark_solution(cell: dict, grade_id: str) -> None:
+    # nbgrader wants a markdown answer to be a (manually graded) grade cell too: 0 points unless an instructor sets some
+    if cell["cell_type"] == "markdown":
+        _mark(cell, grade_id, solution=True, grade=True, locked=False, points=0)
+    else:
+        _mark(cell, grade_id, solution=True, grade=False, locked=False)
+
+
+def is_check(cell: dict) -> bool:
+    """True for an autograded check cell (a locked code grade cell that is not a solution)."""
+    meta = nbgrader_meta(cell)
+    return cell["cell_type"] == "code" and bool(meta.get("grade")) and not meta.get("solution")
+
+
 def convert(nb: nbformat.NotebookNode) -> tuple[nbformat.NotebookNode, list[Exercise]]:
     """Return a copy of ``nb`` with nbgrader metadata on every exercise's cells, and the exercises found.
 
@@ -137,7 +152,7 @@ def convert(nb: nbformat.NotebookNode) -> tuple[nbformat.NotebookNode, list[Exer
                 raise ValueError(f"{where}: solution for {match.group(1)!r} does not follow its exercise")
             n_solution += 1
             grade_id = f"{current.label}-solution-{n_solution}"
-            _mark(cell, grade_id, solution=True, grade=False, locked=False)
+            _mark_solution(cell, grade_id)
             current.solution_ids.append(grade_id)
         elif inside:
             if cell["cell_type"] == "code" and (check := CHECK_HEADER.match(source)):
@@ -150,7 +165,7 @@ def convert(nb: nbformat.NotebookNode) -> tuple[nbformat.NotebookNode, list[Exer
                     raise ValueError(f"{where}: solution code after the check cell of {current.label}")
                 n_solution += 1
                 grade_id = f"{current.label}-solution-{n_solution}"
-                _mark(cell, grade_id, solution=True, grade=False, locked=False)
+                _mark_solution(cell, grade_id)
                 current.solution_ids.append(grade_id)
         elif nbgrader_meta(cell):
             cell["metadata"].pop("nbgrader")  # metadata left over from an earlier layout

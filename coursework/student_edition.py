@@ -82,7 +82,7 @@ def student_notebook(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
             stub = CODE_STUB if cell["cell_type"] == "code" else TEXT_STUB
             source, replaced = _remove_region(cell["source"], BEGIN_SOLUTION, END_SOLUTION, stub)
             cell["source"] = source if replaced else stub
-        if meta.get("grade") and cell["cell_type"] == "code":
+        if markup.is_check(cell):
             cell["source"], _ = _remove_region(cell["source"], BEGIN_HIDDEN, END_HIDDEN, None)
             cell["source"] = cell["source"].rstrip("\n")
         if cell["cell_type"] == "code" and (meta.get("solution") or meta.get("grade")):
