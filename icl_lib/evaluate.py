@@ -90,9 +90,10 @@ def _as_task(task: Any) -> Any:
         if "name" not in spec:
             raise ValueError(f"task given as a dict needs a 'name' (one of {list(tasks.TASKS)}), got {spec}")
         return tasks.make_task(spec.pop("name"), **spec)
-    if isinstance(task, tuple(tasks.TASKS.values())):
-        return task
-    raise ValueError(f"task must be a function class, a name ({list(tasks.TASKS)}) or a dict, got {task!r}")
+    if callable(getattr(task, "sample", None)) and callable(getattr(task, "zero_predictor_error", None)):
+        return task  # a function class of icl_lib.tasks, or one of the reader's own with the same two methods
+    raise ValueError(f"task must be a function class (with sample and zero_predictor_error), a name "
+                     f"({list(tasks.TASKS)}) or a dict, got {task!r}")
 
 
 def _as_shift(shift: Any) -> shifts.Shift | None:
@@ -144,10 +145,10 @@ def evaluate_model(
 ) -> dict[str, ErrorCurve]:
     """Error curves of ``model`` ("transformer") and of each named baseline on the same ``n_prompts`` prompts.
 
-    ``task``: a function class, its name, or a dict ``{"name": ..., **options}``. Prompts have ``n_points`` points of
-    ``n_dims`` coordinates, drawn with :func:`icl_lib.samplers.gaussian_xs` from ``make_generator(seed)`` on
-    ``device`` (default: the model's device, else the CPU), then shifted by ``shift`` (a :class:`icl_lib.shifts.Shift`,
-    its name, a dict, or None). ``estimators``: names in :data:`ESTIMATORS`, with options from ``estimator_options``
+    ``task``: a function class (any object with ``sample`` and ``zero_predictor_error``), its name, or a dict
+    ``{"name": ..., **options}``. Prompts have ``n_points`` points of ``n_dims`` coordinates, drawn with
+    :func:`icl_lib.samplers.gaussian_xs` from ``make_generator(seed)`` on ``device`` (default: the model's device,
+    else the CPU), then shifted by ``shift`` (a :class:`icl_lib.shifts.Shift`, its name, a dict, or None). ``estimators``: names in :data:`ESTIMATORS`, with options from ``estimator_options``
     (``{"lasso": {"alpha": 0.01}}``). ``model`` may be None (baselines only). Errors are divided by the task's
     zero-predictor error times the shift's ``variance``; an orthogonal-query shift stops at ``n_points = n_dims``.
     Returns ``{"transformer": ..., "least_squares": ..., ...}`` in that order.
