@@ -1,10 +1,11 @@
 # The two commands of the README: `make book` and `make test`. Both create .venv on first use.
+# Coursework (book/instructors_guide.md): `make student` and `make grade SUBMISSIONS=folder`.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: book test venv benchmarks clean
+.PHONY: book test venv benchmarks clean student grade
 
 venv: $(STAMP)
 
@@ -12,7 +13,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11 or newer is needed, found " + sys.version.split()[0]'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[book,test]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[book,test,grading]"
 	touch $(STAMP)
 
 ## Build the book: executes every chapter and writes HTML to _build/html (open _build/html/index.html).
@@ -25,6 +26,17 @@ test: $(STAMP)
 	rm -rf _build/html _build/.doctrees
 	$(BIN)/jupyter-book build . -W -n --keep-going
 	$(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-current-env --sanitize-with tests/nbval_sanitize.cfg
+
+## The student edition: the chapters without solutions and their book, in _build/student (HTML in _build/student/_build/html).
+student: $(STAMP)
+	$(BIN)/python -m coursework.student_edition --out _build/student --build
+
+## Grade a folder of submitted notebooks: make grade SUBMISSIONS=folder [GRADES=grades.csv] [TIMEOUT=600].
+SUBMISSIONS ?= submissions
+GRADES ?= grades.csv
+TIMEOUT ?= 600
+grade: $(STAMP)
+	$(BIN)/python -m coursework.grade $(SUBMISSIONS) --out $(GRADES) --timeout $(TIMEOUT)
 
 ## Time every notebook, the batched lasso and the training loop (on the CPU); writes the tables in benchmarks/.
 ## Installs the bench extra first (Hugging Face transformers, for the training loop's reference).
