@@ -604,11 +604,11 @@ def test_relu_net_gd_uses_only_the_examples_before_each_query():
 
 def test_relu_net_gd_fits_its_examples_and_rejects_bad_options():
     g = make_generator(13)
-    xs = torch.randn(4, 9, 2, generator=g)
+    xs = torch.randn(4, 6, 2, generator=g)
     ys = torch.relu(xs[..., 0]) - torch.relu(-xs[..., 1])
     # Fitting (the query appended as an extra example, i.e. repeated) drives the error at the query down.
     doubled_xs, doubled_ys = xs.repeat_interleave(2, dim=1), ys.repeat_interleave(2, dim=1)
-    fit = baselines.relu_net_gd(doubled_xs, doubled_ys, hidden=32, steps=300, learning_rate=0.02)
+    fit = baselines.relu_net_gd(doubled_xs, doubled_ys, hidden=32, steps=100, learning_rate=0.05)
     seen = ((fit[:, 1::2] - doubled_ys[:, 1::2]) ** 2)[:, 2:].mean()
     assert seen < 0.05 * (ys**2).mean(), f"a network fitted to the query's own label should recover it, error {seen:.4f}"
     with pytest.raises(ValueError, match="hidden"):
