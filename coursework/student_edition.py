@@ -14,8 +14,8 @@ as nbgrader's ``generate_assignment`` does:
 
 and, for the book, the ``{solution-start}``/``{solution-end}`` cells are dropped (no empty dropdowns) and the stub and
 check cells carry the tag ``raises-exception``, so the student build executes every chapter, figures included, and
-fails only on an error anywhere else. The student book has its own ``_config.yml`` and ``_toc.yml`` (the book's,
-without the instructor's guide).
+fails only on an error anywhere else. The student book has its own ``_config.yml`` (the book's, with the title
+marked "student edition") and ``_toc.yml`` (the book's).
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ CODE_STUB = "# YOUR CODE HERE\nraise NotImplementedError()"
 TEXT_STUB = "YOUR ANSWER HERE"
 BEGIN_HIDDEN, END_HIDDEN = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
 BEGIN_SOLUTION, END_SOLUTION = "### BEGIN SOLUTION", "### END SOLUTION"
-INSTRUCTOR_ONLY = ("book/instructors_guide",)  # toc entries left out of the student book
+# Toc entries left out of the student book. None: the instructor's guide holds no solution, and other pages may link to it.
+INSTRUCTOR_ONLY: tuple[str, ...] = ()
 
 
 def repository_root() -> Path:
