@@ -184,8 +184,12 @@ def grade_folder(submissions: Path, *, timeout: float = 600.0, notebooks_dir: Pa
     for path in paths:
         name = path.relative_to(submissions).with_suffix("").as_posix()
         print(f"grading {name} ...", file=sys.stderr, flush=True)
-        rows += grade_notebook(path, name, chapters, timeout)
-        total = rows[-1]
+        graded = grade_notebook(path, name, chapters, timeout)
+        rows += graded
+        for row in graded[:-1]:
+            if row.points < row.max_points:
+                print(f"  {row.exercise}: {row.points:g} / {row.max_points:g}: {row.feedback}", file=sys.stderr, flush=True)
+        total = graded[-1]
         print(f"  {total.points:g} / {total.max_points:g} points ({total.feedback})", file=sys.stderr, flush=True)
     return rows
 
