@@ -13,8 +13,8 @@ as nbgrader's ``generate_assignment`` does:
 * outputs are cleared;
 
 and, for the book, the ``{solution-start}``/``{solution-end}`` cells are dropped (no empty dropdowns) and the stub and
-check cells carry the tag ``raises-exception``, so the student build executes every chapter, figures included, and
-fails only on an error anywhere else. The student book has its own ``_config.yml`` (the book's, with the title
+check cells carry the tags ``raises-exception`` and ``remove-output``, so the student build executes every chapter,
+figures included, fails only on an error anywhere else, and shows no traceback of an unsolved exercise. The student book has its own ``_config.yml`` (the book's, with the title
 marked "student edition") and ``_toc.yml`` (the book's).
 """
 
@@ -88,8 +88,9 @@ def student_notebook(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
             cell["source"] = cell["source"].rstrip("\n")
         if cell["cell_type"] == "code" and (meta.get("solution") or meta.get("grade")):
             tags = cell["metadata"].setdefault("tags", [])
-            if "raises-exception" not in tags:
-                tags.append("raises-exception")  # the student build runs the chapter; these cells raise until solved
+            for tag in ("raises-exception", "remove-output"):  # the student build runs the chapter; these raise until solved
+                if tag not in tags:
+                    tags.append(tag)
         cells.append(cell)
     converted.cells = cells
     return converted

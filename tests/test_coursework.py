@@ -194,8 +194,8 @@ def test_student_notebook_of_the_synthetic_chapter():
     assert sources[2] == student_edition.TEXT_STUB and sources[3] == student_edition.CODE_STUB
     assert "### BEGIN HIDDEN TESTS" not in sources[4] and sources[4].endswith('answers.shape("mean_answer", mean_answer, ())')
     assert "Averages are linear." not in "\n".join(sources) and "Because it is." not in "\n".join(sources)
-    assert student.cells[3]["metadata"]["tags"] == ["raises-exception"]
-    assert student.cells[4]["metadata"]["tags"] == ["raises-exception"]
+    assert student.cells[3]["metadata"]["tags"] == ["raises-exception", "remove-output"]
+    assert student.cells[4]["metadata"]["tags"] == ["raises-exception", "remove-output"]
 
 
 def test_student_tree(tmp_path):
