@@ -235,3 +235,10 @@ def test_nbgrader_agrees(path):
               if not markup.is_solution_start(c) and not markup.is_solution_end(c)]
     ours = [c["source"].rstrip("\n") for c in student_edition.student_notebook(converted).cells]
     assert ours == theirs
+
+
+def test_student_edition_command_line(tmp_path, capsys):
+    assert student_edition.main(["--out", str(tmp_path / "student")]) == 0
+    printed = capsys.readouterr().out
+    assert all(f"{p.name}" in printed for p in CHAPTERS)
+    assert sorted(p.name for p in (tmp_path / "student" / "notebooks").iterdir()) == [p.name for p in CHAPTERS]

@@ -169,3 +169,14 @@ def test_bad_arguments(tmp_path):
         grade.grade_folder(tmp_path / "missing")
     with pytest.raises(ValueError, match="timeout must be"):
         grade.grade_folder(tmp_path, timeout=0)
+
+
+def test_command_line(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / "grades" / "grades.csv"
+    assert grade.main([str(tmp_path / "empty"), "--out", str(out), "--timeout", "5"]) == 0
+    assert out.read_text().splitlines() == [",".join(grade.FIELDS)]
+    assert "0 notebook(s)" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        grade.main([str(tmp_path / "missing"), "--out", str(out)])
+    assert "submissions must be a folder" in capsys.readouterr().err
