@@ -205,7 +205,8 @@ def write_csv(rows: list[Row], out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Run submitted notebooks in fresh kernels and write a grade table (CSV).")
+    parser = argparse.ArgumentParser(prog="python -m coursework.grade",
+                                     description="Run submitted notebooks in fresh kernels and write a grade table (CSV).")
     parser.add_argument("submissions", type=Path, help="folder of submitted notebooks (searched recursively)")
     parser.add_argument("--out", type=Path, default=Path("grades.csv"), help="CSV to write (default grades.csv)")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds allowed per notebook (default 600)")

@@ -177,7 +177,8 @@ def convert(nb: nbformat.NotebookNode) -> tuple[nbformat.NotebookNode, list[Exer
 
 def main(argv: list[str] | None = None) -> int:
     """Convert notebooks in place and list their exercises."""
-    parser = argparse.ArgumentParser(description="Give the exercises of chapter notebooks nbgrader's metadata, in place.")
+    parser = argparse.ArgumentParser(prog="python -m coursework.markup",
+                                     description="Give the exercises of chapter notebooks nbgrader's metadata, in place.")
     parser.add_argument("notebooks", nargs="+", type=Path)
     args = parser.parse_args(argv)
     for path in args.notebooks:

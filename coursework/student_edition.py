@@ -143,7 +143,8 @@ def build(out: Path, *, execute: bool = True, strict: bool = True) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Write the student edition (notebooks without solutions) and build its book.")
+    parser = argparse.ArgumentParser(prog="python -m coursework.student_edition",
+                                     description="Write the student edition (notebooks without solutions) and build its book.")
     parser.add_argument("--out", type=Path, default=Path("_build/student"), help="folder to write (emptied first)")
     parser.add_argument("--build", action="store_true", help="also build the student book into OUT/_build/html")
     parser.add_argument("--no-execute", action="store_true", help="build without running the notebooks (no figures)")
