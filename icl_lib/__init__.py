@@ -5,15 +5,21 @@ evaluation -> plotting, and samplers/tasks/prompts -> models -> checkpoints -> t
 for their initialisation.
 
 * ``samplers``: covariates x ~ N(0, c^2 Lambda).
-* ``tasks``: function classes (dense, sparse, noisy linear, ReLU nets, sinusoids, mixtures, convex combinations).
+* ``tasks``: function classes (dense, sparse, noisy linear, ReLU nets, sinusoids, mixtures, convex combinations,
+  in-context linear classification).
 * ``prompts``: prompt encodings (Garg et al.'s interleaved tokens, the pair format, the LSA embedding).
 * ``baselines``: least squares, ridge/Bayes, lasso, oracle, k-NN, averaging, one-step GD, Bayes for mixtures.
 * ``evaluation``: normalised error curves with bootstrap bands.
 * ``plotting``: the house style.
-* ``models``: linear self-attention (Zhang-Frei-Bartlett, full and reduced), von Oswald's linear transformer, a GPT-2-style decoder.
+* ``models``: linear self-attention (Zhang-Frei-Bartlett, full and reduced), von Oswald's linear transformer, a GPT-2-style decoder
+  (softmax or momentum attention).
 * ``checkpoints``: atomic saves, run metadata, and ``load_model(name)`` for the chapters.
 * ``theory``: Zhang-Frei-Bartlett's linear-attention theory in sympy (Isserlis moments, the population loss, its
   global minimum Gamma^{-1}, the gradient flow) and its numeric counterparts.
+* ``dual_form``: attention's dual form (zero-shot weights plus the demonstrations' update), SGD on a linear layer as
+  linear attention, von Oswald et al.'s weights for K steps of (preconditioned) gradient descent.
+* ``finetuning``: zero-shot, in-context and key/value fine-tuning traces of the GPT, and Dai et al.'s metrics
+  (Rec2FTP, SimAOU, SimAM, Kendall) with their random-update control.
 * ``train``: the one training loop (``python -m icl_lib.train CONFIG``), Triton-free, CPU or CUDA.
 """
 
