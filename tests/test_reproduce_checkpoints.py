@@ -12,7 +12,8 @@ import pytest
 
 from icl_lib import checkpoints, train
 
-RUNS = ("garg_dense_linear_laptop", "garg_sparse_linear_laptop", "garg_relu_net_laptop")
+RUNS = ("garg_dense_linear_laptop", "garg_sparse_linear_laptop", "garg_relu_net_laptop",
+        "garg_dense_linear_laptop_interleaved_curriculum")
 STEPS = 50
 
 
