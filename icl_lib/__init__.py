@@ -10,6 +10,10 @@ for their initialisation.
 * ``prompts``: prompt encodings (Garg et al.'s interleaved tokens, the pair format, the LSA embedding).
 * ``baselines``: least squares, ridge/Bayes, lasso, oracle, k-NN, averaging, one-step GD, Bayes for mixtures.
 * ``evaluation``: normalised error curves with bootstrap bands.
+* ``shifts``: Garg et al.'s out-of-distribution prompts (skewed covariance, noisy labels, orthants, orthogonal
+  query, half subspace, scaled inputs and outputs).
+* ``evaluate``: a model and the baselines on shared prompts, stored as result files with their provenance
+  (``python -m icl_lib.evaluate RUN --task NAME --out results/NAME.json``).
 * ``plotting``: the house style.
 * ``models``: linear self-attention (Zhang-Frei-Bartlett, full and reduced), von Oswald's linear transformer, a GPT-2-style decoder
   (softmax or momentum attention).
