@@ -138,6 +138,8 @@ def test_exercise_solution_opens_on_click(browser, site):
         body = solution.find_element(By.CSS_SELECTOR, ":scope > section, :scope > :not(.admonition-title)")
         browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", solution)
         assert not body.is_displayed(), f"{page.name}: the solution is visible before it is opened"
-        solution.find_element(By.CSS_SELECTOR, ".admonition-title").click()
+        # The toggle button, not the title's centre: a one-line title centres on its link to the exercise, and
+        # clicking that link scrolls to the exercise instead of opening the solution.
+        solution.find_element(By.CSS_SELECTOR, ".admonition-title button.toggle-button").click()
         WebDriverWait(browser, 10).until(lambda _: body.is_displayed())
         assert body.is_displayed(), f"{page.name}: clicking the solution's title did not open it"
