@@ -2,12 +2,48 @@
 
 from __future__ import annotations
 
+import platform
+
 import torch
 
 
 def default_device() -> torch.device:
     """The device the chapters train on: ``cuda`` if available, else ``cpu``."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def parse_device(name: object) -> torch.device | None:
+    """``None`` for ``"auto"``, else the ``torch.device`` that ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` names (whether or not
+    CUDA is present here); raises ``ValueError`` naming ``device`` for anything else."""
+    if name == "auto":
+        return None
+    try:
+        device = torch.device(name) if isinstance(name, str) else None
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {name!r}")
+    return device
+
+
+def resolve_device(name: str) -> torch.device:
+    """The device that ``name`` (see :func:`parse_device`) means here (``"auto"``: CUDA when available)."""
+    device = parse_device(name)
+    if device is None:
+        device = default_device()
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device = {name!r} but CUDA is not available here; use 'cpu' or 'auto'")
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name for a CUDA device, else the host's processor (for run metadata)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine()
 
 
 def make_generator(seed: int, device: torch.device | str | None = None) -> torch.Generator:

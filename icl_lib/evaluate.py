@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import sys
 import time
@@ -33,7 +32,7 @@ import torch
 from torch import nn
 
 from icl_lib import baselines, checkpoints, checks, evaluation, shifts, tasks
-from icl_lib.devices import make_generator
+from icl_lib.devices import device_name, make_generator, resolve_device
 from icl_lib.evaluation import ErrorCurve
 from icl_lib.samplers import gaussian_xs
 
@@ -82,14 +81,19 @@ def labelled(curves: Mapping[str, ErrorCurve]) -> dict[str, ErrorCurve]:
     return {LABELS.get(name, name): curve for name, curve in curves.items()}
 
 
+def _from_spec(kind: str, spec: Mapping[str, Any], make: Callable[..., Any], names: Mapping[str, Any]) -> Any:
+    """``make(name, **options)`` for a spec ``{"name": ..., **options}``; ``kind`` names the argument in errors."""
+    spec = dict(spec)
+    if "name" not in spec:
+        raise ValueError(f"{kind} given as a dict needs a 'name' (one of {list(names)}), got {spec}")
+    return make(spec.pop("name"), **spec)
+
+
 def _as_task(task: Any) -> Any:
     if isinstance(task, str):
         return tasks.make_task(task)
     if isinstance(task, Mapping):
-        spec = dict(task)
-        if "name" not in spec:
-            raise ValueError(f"task given as a dict needs a 'name' (one of {list(tasks.TASKS)}), got {spec}")
-        return tasks.make_task(spec.pop("name"), **spec)
+        return _from_spec("task", task, tasks.make_task, tasks.TASKS)
     if callable(getattr(task, "sample", None)) and callable(getattr(task, "zero_predictor_error", None)):
         return task  # a function class of icl_lib.tasks, or one of the reader's own with the same two methods
     raise ValueError(f"task must be a function class (with sample and zero_predictor_error), a name "
@@ -102,10 +106,7 @@ def _as_shift(shift: Any) -> shifts.Shift | None:
     if isinstance(shift, str):
         return shifts.make_shift(shift)
     if isinstance(shift, Mapping):
-        spec = dict(shift)
-        if "name" not in spec:
-            raise ValueError(f"shift given as a dict needs a 'name' (one of {list(shifts.SHIFTS)}), got {spec}")
-        return shifts.make_shift(spec.pop("name"), **spec)
+        return _from_spec("shift", shift, shifts.make_shift, shifts.SHIFTS)
     raise ValueError(f"shift must be None, a Shift, a name ({list(shifts.SHIFTS)}) or a dict, got {shift!r}")
 
 
@@ -314,8 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             name, _, option = key.partition(".")
             checks.choice("--estimator-option", name, tuple(ESTIMATORS))
             estimator_options.setdefault(name, {})[option] = value
-        device = torch.device(args.device) if args.device else (
-            torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
+        device = resolve_device(args.device or "auto")
         meta = checkpoints.load_meta(args.run)
         model = checkpoints.load_model(args.run, device=device)
     except ValueError as error:
@@ -328,13 +328,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                             seed=args.seed, shift=shift_spec, estimators=estimators,
                             estimator_options=estimator_options, device=device)
     wall = time.perf_counter() - started
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or
-                                                                                    platform.machine())
     provenance = {
         "command": "python -m icl_lib.evaluate " + shlex.join(argv),
         "n_prompts": args.prompts, "seed": args.seed, "n_dims": n_dims, "n_points": n_points,
         "shift": shift_spec, "estimators": list(estimators), "estimator_options": estimator_options,
-        "device": str(device), "device_name": device_name, "torch_version": torch.__version__,
+        "device": str(device), "device_name": device_name(device), "torch_version": torch.__version__,
         "wall_time_s": round(wall, 3),
     }
     path = write_result(args.out, curves, run=meta, task=task_spec, provenance=provenance)

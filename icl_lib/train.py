@@ -46,7 +46,7 @@ from torch import nn
 from tqdm import tqdm
 
 from icl_lib import checks, checkpoints, models
-from icl_lib.devices import default_device, make_generator
+from icl_lib.devices import device_name, make_generator, parse_device, resolve_device
 from icl_lib.samplers import gaussian_xs
 from icl_lib.tasks import make_task
 
@@ -167,7 +167,7 @@ class TrainConfig:
         if max(betas) >= 1:
             raise ValueError(f"betas must lie in [0, 1), got {list(self.betas)}")
         object.__setattr__(self, "betas", betas)
-        _parse_device(self.device)
+        parse_device(self.device)
 
         if not isinstance(self.model, Mapping):
             raise ValueError(f"model must be a table with a 'name', got {self.model!r}")
@@ -251,32 +251,6 @@ def load_config(path: str | Path) -> TrainConfig:
         except tomllib.TOMLDecodeError as error:
             raise ValueError(f"{path}: invalid TOML: {error}") from None
     return TrainConfig.from_dict(data)
-
-
-def _parse_device(name: object) -> torch.device | None:
-    """``None`` for "auto", else the torch.device; raises ``ValueError`` naming the field ``device``."""
-    if name == "auto":
-        return None
-    try:
-        device = torch.device(name) if isinstance(name, str) else None
-    except RuntimeError:
-        device = None
-    if device is None or device.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {name!r}")
-    return device
-
-
-def resolve_device(name: str) -> torch.device:
-    """The device a config's ``device`` field names (``"auto"``: CUDA when available)."""
-    device = _parse_device(name)
-    if device is None:
-        device = default_device()
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device = {name!r} but CUDA is not available here; use 'cpu' or 'auto'")
-        if device.index is None:
-            device = torch.device("cuda", torch.cuda.current_device())
-    return device
 
 
 def learning_rate(config: TrainConfig, step: int) -> float:
@@ -565,12 +539,6 @@ def _final_metrics(history: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return final
 
 
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return platform.processor() or platform.machine()
-
-
 def _train(
     config: TrainConfig,
     device: torch.device,
@@ -631,7 +599,7 @@ def _train(
         "git_commit": commit,
         "git_dirty": dirty,
         "device": str(device),
-        "device_name": _device_name(device),
+        "device_name": device_name(device),
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),
         "threads": config.threads,
