@@ -235,10 +235,34 @@ class ConvexCombination:
                 + (1 - self.alpha) ** 2 * self.second.zero_predictor_error(d))  # type: ignore[attr-defined]
 
 
-FunctionClass = DenseLinear | SparseLinear | NoisyLinear | ReluNet | Sinusoid | Mixture | ConvexCombination
+@dataclass(frozen=True)
+class LinearClassification:
+    """Binary labels y = sign(<w, x>) in {-1, +1} with w ~ N(0, I_d) (sign(0) counts as +1).
+
+    Chapter 3's in-context classification family, trained with the same squared-error loop as the regression
+    tasks; a prediction is read as the class sign(prediction). ``zero_predictor_error`` is E[y^2] = 1.
+    """
+
+    name = "linear_classification"
+
+    def sample(self, xs: torch.Tensor, generator: torch.Generator) -> TaskSample:
+        batch, _, d = checks.prompt_tensors(xs)
+        w = _randn(generator, batch, d, like=xs)
+        scores = torch.einsum("bnd,bd->bn", xs, w)
+        return TaskSample(ys=torch.where(scores >= 0, 1.0, -1.0).to(xs.dtype), params={"w": w})
+
+    def zero_predictor_error(self, d: int) -> float:
+        checks.positive_int("d", d)
+        return 1.0
+
+
+FunctionClass = (DenseLinear | SparseLinear | NoisyLinear | ReluNet | Sinusoid | Mixture | ConvexCombination
+                 | LinearClassification)
 
 TASKS: dict[str, type] = {
-    cls.name: cls for cls in (DenseLinear, SparseLinear, NoisyLinear, ReluNet, Sinusoid, Mixture, ConvexCombination)
+    cls.name: cls
+    for cls in (DenseLinear, SparseLinear, NoisyLinear, ReluNet, Sinusoid, Mixture, ConvexCombination,
+                LinearClassification)
 }
 
 
@@ -275,27 +299,3 @@ def make_task(name: str, **options) -> FunctionClass:
                 raise ValueError(f"function class 'convex' needs the option {key!r} (a function class or dict)")
             options[key] = build(options[key])
     return cls(**options)
-
-
-@dataclass(frozen=True)
-class LinearClassification:
-    """Binary labels y = sign(<w, x>) in {-1, +1} with w ~ N(0, I_d) (sign(0) counts as +1).
-
-    Chapter 3's in-context classification family, trained with the same squared-error loop as the regression
-    tasks; a prediction is read as the class sign(prediction). ``zero_predictor_error`` is E[y^2] = 1.
-    """
-
-    name = "linear_classification"
-
-    def sample(self, xs: torch.Tensor, generator: torch.Generator) -> TaskSample:
-        batch, _, d = checks.prompt_tensors(xs)
-        w = _randn(generator, batch, d, like=xs)
-        scores = torch.einsum("bnd,bd->bn", xs, w)
-        return TaskSample(ys=torch.where(scores >= 0, 1.0, -1.0).to(xs.dtype), params={"w": w})
-
-    def zero_predictor_error(self, d: int) -> float:
-        checks.positive_int("d", d)
-        return 1.0
-
-
-TASKS[LinearClassification.name] = LinearClassification
