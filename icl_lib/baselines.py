@@ -16,6 +16,7 @@ import math
 import torch
 
 from icl_lib import checks
+from icl_lib.devices import make_generator
 
 
 def _float64(xs: torch.Tensor, ys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -326,7 +327,7 @@ def relu_net_gd(
     hidden = checks.positive_int("hidden", hidden)
     steps = checks.nonnegative_int("steps", steps)
     learning_rate = checks.nonnegative_float("learning_rate", learning_rate)
-    generator = torch.Generator(device=xs.device).manual_seed(checks.nonnegative_int("seed", seed))
+    generator = make_generator(checks.nonnegative_int("seed", seed), xs.device)
     x32, y32 = xs.detach().to(torch.float32), ys.detach().to(torch.float32)
     params = {k: v.requires_grad_() for k, v in relu_net_init(batch, n_points, d, hidden, generator).items()}
     # mask[k, i] = 1 if example i is among the first k (i < k), weighted 1/k: each network's loss is a mean.
