@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from icl_lib import checks
-from icl_lib.prompts import interleaved_tokens, lsa_embedding, paired_tokens, x_positions
+from icl_lib.prompts import compact_tokens, interleaved_tokens, lsa_embedding, paired_tokens, x_positions
 
 # ---------------------------------------------------------------- Zhang-Frei-Bartlett linear self-attention
 
@@ -257,7 +257,7 @@ class LinearTransformer(nn.Module):
 
 # ---------------------------------------------------------------- GPT-2-style decoder (Garg et al.)
 
-TOKEN_FORMATS = ("interleaved", "paired")
+TOKEN_FORMATS = ("interleaved", "paired", "compact")
 ATTENTION_KINDS = ("softmax", "momentum")
 
 
@@ -266,7 +266,8 @@ class GPTConfig:
     """Size and prompt format of :class:`GPT`. The paper's size (Garg et al.) is 12 layers, width 256, 8 heads.
 
     ``token_format``: ``"interleaved"`` (Garg et al.: x_i, then (y_i, 0, ..., 0)) or ``"paired"`` (the book's
-    variant: (x_i, 0), then (x_i, y_i); see :mod:`icl_lib.prompts`). ``n_points`` is the longest prompt.
+    variant: (x_i, 0), then (x_i, y_i)) or ``"compact"`` (one token (x_i, x_{i-1}, y_{i-1}) per point: half the
+    sequence); see :mod:`icl_lib.prompts`. ``n_points`` is the longest prompt.
     ``attention``: ``"softmax"`` (causal softmax attention) or ``"momentum"`` (Dai et al.'s momentum attention,
     softmax attention plus sum_{i<t} momentum^(t-i) v_i; see :func:`momentum_term`) with ``momentum`` in (0, 1).
     """
@@ -311,8 +312,13 @@ class GPTConfig:
 
     @property
     def token_dim(self) -> int:
-        """Size of a token: d (interleaved) or d + 1 (paired)."""
-        return self.n_dims + (self.token_format == "paired")
+        """Size of a token: d (interleaved), d + 1 (paired) or 2 d + 1 (compact)."""
+        return {"interleaved": self.n_dims, "paired": self.n_dims + 1, "compact": 2 * self.n_dims + 1}[self.token_format]
+
+    @property
+    def tokens_per_point(self) -> int:
+        """Tokens per example: 2 (interleaved, paired) or 1 (compact)."""
+        return 1 if self.token_format == "compact" else 2
 
 
 def momentum_term(values: torch.Tensor, momentum: float) -> torch.Tensor:
@@ -378,7 +384,7 @@ class Block(nn.Module):
 class GPT(nn.Module):
     """GPT-2-style decoder for in-context regression (Garg et al.): read-in, blocks, final LN, read-out.
 
-    Read-in Linear(token_dim, width), learned positional embeddings for 2 n_points positions, pre-LN blocks with
+    Read-in Linear(token_dim, width), learned positional embeddings for every token position, pre-LN blocks with
     causal attention, final LayerNorm, read-out Linear(width, 1) at the x positions. Weights are initialised as in
     GPT-2 (normal, std 0.02; residual projections 0.02 / sqrt(2 n_layers)) from torch's global generator, so build
     it under a seed (:func:`make_model` with ``seed``).
@@ -392,7 +398,7 @@ class GPT(nn.Module):
             raise ValueError(f"config must be a GPTConfig, got {type(config).__name__}")
         self.config = config
         self.read_in = nn.Linear(config.token_dim, config.width)
-        self.positions = nn.Embedding(2 * config.n_points, config.width)
+        self.positions = nn.Embedding(config.tokens_per_point * config.n_points, config.width)
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.ln_f = nn.LayerNorm(config.width)
@@ -410,7 +416,8 @@ class GPT(nn.Module):
             nn.init.zeros_(module.bias)
 
     def tokens(self, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
-        """The input sequence ``(batch, 2 n_points, token_dim)``; xs with fewer than n_dims coordinates are zero-padded."""
+        """The input sequence ``(batch, tokens_per_point * n_points, token_dim)``; xs with fewer than n_dims
+        coordinates are zero-padded."""
         _, n_points, d = checks.prompt_tensors(xs, ys)
         if d > self.config.n_dims:
             raise ValueError(f"xs has d = {d} coordinates, more than the model's n_dims = {self.config.n_dims}")
@@ -418,8 +425,8 @@ class GPT(nn.Module):
             raise ValueError(f"the prompt has {n_points} points, more than the model's n_points = {self.config.n_points}")
         if d < self.config.n_dims:
             xs = F.pad(xs, (0, self.config.n_dims - d))
-        encode = paired_tokens if self.config.token_format == "paired" else interleaved_tokens
-        return encode(xs, ys)
+        encode = {"interleaved": interleaved_tokens, "paired": paired_tokens, "compact": compact_tokens}
+        return encode[self.config.token_format](xs, ys)
 
     def forward(self, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
         """Predictions at every x position: ``(batch, n_points, d), (batch, n_points) -> (batch, n_points)``.
@@ -432,7 +439,9 @@ class GPT(nn.Module):
         h = self.dropout(h)
         for block in self.blocks:
             h = block(h)
-        h = self.ln_f(h[:, x_positions(length // 2)])
+        if self.config.tokens_per_point == 2:
+            h = h[:, x_positions(length // 2)]
+        h = self.ln_f(h)
         return self.read_out(h)[..., 0]
 
 

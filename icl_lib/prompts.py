@@ -5,6 +5,10 @@
 * ``paired_tokens(xs, ys)``: the book's "pair" variant, ``2 n`` tokens in R^(d+1): (x_i, 0) then
   (x_i, y_i). Prediction positions are the same; the y token repeats x_i, which removes the long
   loss plateau of the interleaved format at laptop scale (``BOOK_PLAN.md``, section 6).
+* ``compact_tokens(xs, ys)``: one token per point, ``n`` tokens in R^(2d+1): (x_i, x_{i-1}, y_{i-1}), with
+  zeros for the example before the first. Token i holds its query x_i and the whole previous example, so a causal
+  model reading at token i sees exactly (x_1, y_1, ..., x_{i-1}, y_{i-1}, x_i): half the sequence of the two
+  formats above, for the same information.
 * ``lsa_embedding(xs, ys, x_query)``: Zhang, Frei and Bartlett's matrix
   E = [[x_1 ... x_N x_q], [y_1 ... y_N 0]] in R^((d+1) x (N+1)).
 """
@@ -30,6 +34,14 @@ def paired_tokens(xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
     x_tokens = torch.cat((xs, torch.zeros_like(ys)[..., None]), dim=-1)
     y_tokens = torch.cat((xs, ys[..., None]), dim=-1)
     return torch.stack((x_tokens, y_tokens), dim=2).reshape(batch, 2 * n_points, d + 1)
+
+
+def compact_tokens(xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+    """One token per point: ``(batch, n_points, 2 d + 1)``, token i = (x_i, x_{i-1}, y_{i-1}), zeros before x_1."""
+    batch, n_points, d = checks.prompt_tensors(xs, ys)
+    previous = torch.cat((xs, ys[..., None]), dim=-1)[:, :-1]  # (batch, n_points - 1, d + 1)
+    previous = torch.cat((torch.zeros_like(previous[:, :1]), previous), dim=1)  # shifted right by one point
+    return torch.cat((xs, previous), dim=-1)
 
 
 def x_positions(n_points: int) -> slice:

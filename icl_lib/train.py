@@ -94,7 +94,7 @@ class Curriculum:
 
 
 CURRICULUM_PRESETS: dict[str, Callable[[], Curriculum]] = {"garg": Curriculum.garg}
-LR_SCHEDULES = ("cosine", "constant")
+LR_SCHEDULES = ("cosine", "constant", "wsd")
 # Fields that may change when a run is resumed: they decide where and how fast it runs, not what it learns.
 RESUMABLE_CHANGES = frozenset(
     {"device", "threads", "autocast", "cuda_graph", "log_every", "eval_every", "eval_batch", "checkpoint_every"}
@@ -113,7 +113,9 @@ class TrainConfig:
       (:func:`icl_lib.models.make_model`); ``task``: ``{"name": ..., **options}`` (:func:`icl_lib.tasks.make_task`).
     * ``n_dims``, ``n_points``: the (largest) prompt shape; every batch has this shape.
     * ``lr`` with ``warmup_steps`` of linear warm-up, then ``lr_schedule`` ``"cosine"`` (a half cosine from ``lr``
-      that would reach ``lr_floor * lr`` one step after the last) or ``"constant"``. AdamW with ``betas`` and
+      that would reach ``lr_floor * lr`` one step after the last), ``"constant"``, or ``"wsd"`` (warm-up, stable,
+      decay: constant, then a linear fall to ``lr_floor * lr`` over the last ``decay_fraction`` of the steps, so
+      that learning is never slowed before the end). AdamW with ``betas`` and
       decoupled ``weight_decay`` on matrices only.
     * ``grad_clip``: global gradient-norm clipping (0 = off). ``curriculum``: a :class:`Curriculum`, ``"garg"``, a
       dict of its fields, or None.
@@ -134,6 +136,7 @@ class TrainConfig:
     warmup_steps: int = 200
     lr_schedule: str = "cosine"
     lr_floor: float = 0.0
+    decay_fraction: float = 0.2
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.0
     grad_clip: float = 1.0
@@ -155,6 +158,7 @@ class TrainConfig:
             checks.nonnegative_int(name, getattr(self, name))
         checks.positive_float("lr", self.lr)
         checks.unit_interval("lr_floor", self.lr_floor)
+        checks.unit_interval("decay_fraction", self.decay_fraction)
         checks.choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         checks.nonnegative_float("weight_decay", self.weight_decay)
         checks.nonnegative_float("grad_clip", self.grad_clip)
@@ -254,11 +258,19 @@ def load_config(path: str | Path) -> TrainConfig:
 
 
 def learning_rate(config: TrainConfig, step: int) -> float:
-    """The learning rate of step ``step`` (0-based): linear warm-up, then cosine to ``lr_floor * lr`` or constant."""
+    """The learning rate of step ``step`` (0-based): linear warm-up, then cosine to ``lr_floor * lr``, constant, or
+    constant followed by a linear decay to ``lr_floor * lr`` over the last ``decay_fraction`` of the steps (wsd)."""
     if step < config.warmup_steps:
         return config.lr * (step + 1) / config.warmup_steps
     if config.lr_schedule == "constant":
         return config.lr
+    if config.lr_schedule == "wsd":
+        decay_steps = config.decay_fraction * config.steps
+        remaining = config.steps - step  # 1 at the last step
+        if remaining > decay_steps:
+            return config.lr
+        floor = config.lr_floor * config.lr
+        return floor + (config.lr - floor) * remaining / decay_steps
     progress = min(1.0, (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps))
     floor = config.lr_floor * config.lr
     return floor + (config.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
@@ -522,6 +534,8 @@ def train(
 
 def _check_resumable(stored: Mapping[str, Any], config: TrainConfig) -> None:
     current = config.to_dict()
+    defaults = TrainConfig().to_dict()  # a field added since the checkpoint was written counts as its default
+    stored = {**{k: v for k, v in defaults.items() if k not in stored}, **stored}
     differing = sorted(k for k in set(stored) | set(current) if k not in RESUMABLE_CHANGES and stored.get(k) != current.get(k))
     if differing:
         changes = ", ".join(f"{k}: {stored.get(k)!r} -> {current.get(k)!r}" for k in differing)
