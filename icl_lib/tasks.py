@@ -55,27 +55,39 @@ class DenseLinear:
 
 @dataclass(frozen=True)
 class SparseLinear:
-    """f(x) = <w, x> where w has ``k`` non-zero N(0, 1) coordinates on a uniformly random support."""
+    """f(x) = <w, x> where w has ``k`` non-zero N(0, 1) coordinates on a uniformly random support.
+
+    During a curriculum only the first ``active_dims`` coordinates of x are non-zero; ``sample(..., active_dims=m)``
+    then draws the support among those m coordinates (all of them when k >= m), as Garg et al.'s ``valid_coords``
+    does, so that every prompt keeps min(k, m) active terms. ``active_dims`` may be a 0-dim device tensor (the
+    training step's, read without a host sync); the random draws are the same with or without it.
+    """
 
     k: int = 3
     name = "sparse_linear"
+    takes_active_dims = True
 
     def __post_init__(self) -> None:
         checks.positive_int("k", self.k)
 
-    def sample(self, xs: torch.Tensor, generator: torch.Generator) -> TaskSample:
+    def sample(self, xs: torch.Tensor, generator: torch.Generator,
+               active_dims: torch.Tensor | int | None = None) -> TaskSample:
         batch, _, d = checks.prompt_tensors(xs)
         if self.k > d:
             raise ValueError(f"k must be at most d = {d} (k of d coordinates are non-zero), got k = {self.k}")
-        order = _rand(generator, batch, d, like=xs).argsort(dim=1)
+        scores = _rand(generator, batch, d, like=xs)  # uniform on [0, 1): the support is the k smallest
+        if active_dims is not None:
+            scores = scores + 2.0 * (torch.arange(d, device=xs.device) >= active_dims).to(scores.dtype)  # inactive last
+        order = scores.argsort(dim=1)
         support = torch.zeros(batch, d, dtype=torch.bool, device=xs.device)
         support.scatter_(1, order[:, : self.k], True)
         w = _randn(generator, batch, d, like=xs) * support
         return TaskSample(ys=torch.einsum("bnd,bd->bn", xs, w), params={"w": w, "support": support})
 
     def zero_predictor_error(self, d: int) -> float:
+        """E[f(x)^2] = k, or d when only d < k coordinates are active (a curriculum's early prompts)."""
         checks.positive_int("d", d)
-        return float(self.k)
+        return float(min(self.k, d))
 
 
 @dataclass(frozen=True)
@@ -188,7 +200,13 @@ class Mixture:
         if abs(sum(self.weights) - 1.0) > 1e-6:
             raise ValueError(f"weights must sum to 1, got {list(self.weights)} (sum {sum(self.weights)})")
 
-    def sample(self, xs: torch.Tensor, generator: torch.Generator) -> TaskSample:
+    @property
+    def takes_active_dims(self) -> bool:
+        """Whether a component draws differently under a curriculum (see :meth:`SparseLinear.sample`)."""
+        return any(getattr(c, "takes_active_dims", False) for c in self.components)
+
+    def sample(self, xs: torch.Tensor, generator: torch.Generator,
+               active_dims: torch.Tensor | int | None = None) -> TaskSample:
         batch, _, _ = checks.prompt_tensors(xs)
         # Inverse-CDF draw against Python-float thresholds: no host-to-device copy, so a CUDA graph can hold it.
         uniform = torch.rand(batch, generator=generator, device=xs.device, dtype=torch.float64)
@@ -198,7 +216,8 @@ class Mixture:
         ys = torch.zeros(xs.shape[:2], device=xs.device, dtype=xs.dtype)
         params: dict[str, torch.Tensor] = {"component": component}
         for i, function_class in enumerate(self.components):
-            drawn = function_class.sample(xs, generator)
+            extra = {"active_dims": active_dims} if getattr(function_class, "takes_active_dims", False) else {}
+            drawn = function_class.sample(xs, generator, **extra)
             ys = torch.where((component == i)[:, None], drawn.ys, ys)
             params.update({f"{i}.{key}": value for key, value in drawn.params.items()})
         return TaskSample(ys=ys, params=params)

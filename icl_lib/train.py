@@ -316,6 +316,11 @@ def masked_mse(
     return (errors * weights).sum() / (weights.sum() * errors.shape[0])
 
 
+def _active_dims_option(task: Any, curriculum: bool, dims: torch.Tensor | int) -> dict[str, Any]:
+    """``{"active_dims": dims}`` for a task that draws among the active coordinates under a curriculum, else ``{}``."""
+    return {"active_dims": dims} if curriculum and getattr(task, "takes_active_dims", False) else {}
+
+
 def _make_step(
     model: nn.Module,
     task: Any,
@@ -329,12 +334,13 @@ def _make_step(
     dim_index = torch.arange(config.n_dims, device=device)
     sequence = getattr(model, "predicts_every_position", False)
     parameters = [p for p in model.parameters() if p.requires_grad]
+    active = _active_dims_option(task, config.curriculum is not None, state.dims)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
         xs = gaussian_xs(config.batch_size, config.n_points, config.n_dims, generator)
         xs = xs * (dim_index < state.dims).to(xs.dtype)  # zero the coordinates beyond the active dimension
-        ys = task.sample(xs, generator).ys
+        ys = task.sample(xs, generator, **active).ys
         with _autocast(device, config.autocast):
             preds = model(xs, ys)
         loss = masked_mse(preds, ys, state.points if sequence else None)
@@ -459,7 +465,7 @@ def evaluate(
     try:
         xs = gaussian_xs(batch_size, n_points, n_dims, generator)
         xs = xs * (torch.arange(n_dims, device=device) < active_dims).to(xs.dtype)
-        ys = task.sample(xs, generator).ys
+        ys = task.sample(xs, generator, **_active_dims_option(task, active_dims < n_dims, active_dims)).ys
         with _autocast(device, autocast):
             preds = model(xs, ys)
     finally:

@@ -172,7 +172,7 @@ def test_linear_transformer_context_excludes_the_query():
 # ---------------------------------------------------------------- GPT
 
 
-@pytest.mark.parametrize("token_format", ["interleaved", "paired"])
+@pytest.mark.parametrize("token_format", ["interleaved", "paired", "compact"])
 def test_gpt_is_causal_changing_later_tokens_never_changes_earlier_predictions(token_format):
     n_points, d = 6, 3
     model = tiny_gpt(token_format, d, n_points).eval()
@@ -224,6 +224,7 @@ def test_gpt_paper_size_has_about_9_5m_parameters():
     [
         {"name": "gpt", "n_layers": 2, "width": 16, "n_heads": 4, "token_format": "interleaved"},
         {"name": "gpt", "n_layers": 2, "width": 16, "n_heads": 4, "token_format": "paired"},
+        {"name": "gpt", "n_layers": 2, "width": 16, "n_heads": 4, "token_format": "compact"},
         {"name": "lsa"},
         {"name": "reduced_lsa"},
         {"name": "linear_transformer", "n_layers": 3, "init_std": 0.2},

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from icl_lib.devices import make_generator
-from icl_lib.prompts import interleaved_tokens, lsa_embedding, paired_tokens, x_positions
+from icl_lib.prompts import compact_tokens, interleaved_tokens, lsa_embedding, paired_tokens, x_positions
 
 
 def random_prompt(batch: int, n_points: int, d: int, seed: int = 0):
@@ -74,6 +74,19 @@ def test_paired_tokens_element_by_element():
     assert torch.equal(tokens[2, 7, :4], xs[2, 3]) and tokens[2, 7, 4] == ys[2, 3]
 
 
+def test_compact_tokens_hold_the_query_and_the_previous_example():
+    xs, ys = random_prompt(3, 5, 4, seed=2)
+    tokens = compact_tokens(xs, ys)
+    assert tokens.shape == (3, 5, 9) and tokens.dtype == xs.dtype
+    x, y = xs.numpy(), ys.numpy()
+    expected = np.zeros((3, 5, 9))
+    for i in range(5):
+        expected[:, i, :4] = x[:, i]
+        if i > 0:
+            expected[:, i, 4:8], expected[:, i, 8] = x[:, i - 1], y[:, i - 1]
+    np.testing.assert_array_equal(tokens.numpy(), expected)
+
+
 def test_lsa_embedding_matches_numpy_construction():
     xs, ys = random_prompt(2, 6, 3, seed=2)
     x_query = torch.randn(2, 3, generator=make_generator(3), dtype=torch.float64)
@@ -116,7 +129,7 @@ def test_encodings_do_not_modify_their_inputs():
 # ---------------------------------------------------------------- bad input
 
 
-@pytest.mark.parametrize("encode", [interleaved_tokens, paired_tokens])
+@pytest.mark.parametrize("encode", [interleaved_tokens, paired_tokens, compact_tokens])
 def test_token_encodings_reject_bad_shapes(encode):
     xs, ys = random_prompt(2, 3, 4)
     with pytest.raises(ValueError, match=r"xs must be a tensor of shape \(batch, n_points, d\), got \(3, 4\)"):

@@ -84,6 +84,23 @@ def test_sparse_linear_support_is_uniform_over_coordinates():
     np.testing.assert_allclose(frequency, k / d, atol=0.025)
 
 
+def test_sparse_linear_with_active_dims_draws_the_same_uniforms_and_keeps_the_support_among_them():
+    d, k, batch, active = 8, 2, 4000, 3
+    xs = xs_for(batch, 4, d)
+    free = SparseLinear(k=k).sample(xs, make_generator(5))
+    full = SparseLinear(k=k).sample(xs, make_generator(5), active_dims=torch.tensor(d))
+    assert torch.equal(free.params["support"], full.params["support"])  # all active: the same draw
+    masked = SparseLinear(k=k).sample(xs, make_generator(5), active_dims=torch.tensor(active))
+    support = masked.params["support"].numpy()
+    assert np.all(support.sum(1) == k) and not support[:, active:].any()
+    # uniform over the k-subsets of the active coordinates: each is in with probability k / active (sd ~ 0.007)
+    np.testing.assert_allclose(support[:, :active].mean(0), k / active, atol=0.03)
+    # fewer active coordinates than k: all of them are in the support
+    few = SparseLinear(k=k).sample(xs, make_generator(5), active_dims=1).params["support"].numpy()
+    assert np.all(few[:, 0]) and np.all(few.sum(1) == k)
+    assert SparseLinear(k=k).zero_predictor_error(1) == 1.0 and SparseLinear(k=k).zero_predictor_error(d) == k
+
+
 def test_noisy_linear_noise_is_the_residual_with_the_given_std():
     xs = xs_for(400, 50, 3)
     sample = NoisyLinear(noise_std=0.3).sample(xs, make_generator(4))

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -15,7 +16,7 @@ from icl_lib import train as train_module
 from icl_lib.checkpoints import CHECKPOINT_FILE, META_FILE, METRICS_FILE, MODEL_FILE, repository_root
 from icl_lib.devices import make_generator
 from icl_lib.models import make_model
-from icl_lib.tasks import DenseLinear
+from icl_lib.tasks import DenseLinear, SparseLinear
 from icl_lib.train import Curriculum, TrainConfig, learning_rate, load_config, masked_mse, train
 
 REPO = repository_root()
@@ -78,6 +79,18 @@ def test_learning_rate_warms_up_then_decays_by_cosine_or_stays_constant():
     assert all(a >= b for a, b in zip(rates, rates[1:]))
     constant = config.replace(lr_schedule="constant")
     assert learning_rate(constant, 50) == learning_rate(constant, 109) == 1.0
+
+
+def test_wsd_schedule_is_constant_then_falls_linearly_over_the_last_fraction():
+    config = tiny_config(steps=100, warmup_steps=10, lr=1.0, lr_floor=0.0, lr_schedule="wsd", decay_fraction=0.2)
+    assert learning_rate(config, 0) == pytest.approx(0.1)
+    assert [learning_rate(config, s) for s in (10, 50, 80)] == [1.0, 1.0, 1.0]  # 20 steps left: not yet decaying
+    # the last 20 steps fall linearly: 19/20, 18/20, ..., 1/20 (step s leaves 100 - s steps)
+    assert [learning_rate(config, s) for s in range(81, 100)] == pytest.approx([(100 - s) / 20 for s in range(81, 100)])
+    floored = config.replace(lr_floor=0.5)
+    assert learning_rate(floored, 99) == pytest.approx(0.5 + 0.5 / 20)
+    with pytest.raises(ValueError, match="decay_fraction"):
+        config.replace(decay_fraction=1.5)
 
 
 def test_garg_curriculum_preset():
@@ -314,3 +327,28 @@ def test_the_command_line_rejects_a_bad_value_in_the_config_file(tmp_path):
 def test_the_command_line_names_a_missing_config(tmp_path):
     done = run_cli(str(tmp_path / "nope.toml"))
     assert done.returncode == 2 and "nope.toml" in done.stderr
+
+
+def test_a_sparse_task_under_a_curriculum_draws_its_support_among_the_active_coordinates():
+    recorded = []
+
+    class RecordingSparse(SparseLinear):
+        def sample(self, xs, generator, active_dims=None):
+            drawn = super().sample(xs, generator, active_dims=active_dims)
+            recorded.append((xs.detach().clone(), drawn.params["support"].clone()))
+            return drawn
+
+    task = RecordingSparse(k=2)
+    curriculum = {"dims_start": 3, "dims_end": 6, "dims_interval": 2, "points_start": 5, "points_end": 5}
+    config = tiny_config(n_dims=6, n_points=5, steps=6, curriculum=curriculum, eval_every=0)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train_module, "make_task", lambda **options: task)
+        train(config, progress=False)
+    batches = [(xs, support) for xs, support in recorded if xs.shape[0] == config.batch_size]
+    assert len(batches) == 6
+    for step, (xs, support) in enumerate(batches):
+        dims, _ = config.curriculum.at(step)
+        support = support.numpy()
+        assert np.all(support.sum(1) == 2) and not support[:, dims:].any(), f"step {step}: support outside {dims} dims"
+        active_terms = (np.abs(xs.numpy()).sum(1) > 0) & support  # coordinates that both vary and carry weight
+        assert np.all(active_terms.sum(1) == 2), f"step {step}: a prompt lost a term to a zeroed coordinate"
