@@ -20,8 +20,9 @@ from icl_lib.devices import make_generator
 
 
 def _float64(xs: torch.Tensor, ys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The prompt in float64, once checked: shapes, and finite values (a nan would fail deep in a solver or pass)."""
     checks.prompt_tensors(xs, ys)
-    return xs.to(torch.float64), ys.to(torch.float64)
+    return checks.finite_tensor("xs", xs).to(torch.float64), checks.finite_tensor("ys", ys).to(torch.float64)
 
 
 def _prefix_moments(xs: torch.Tensor, ys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -324,6 +325,8 @@ def relu_net_gd(
     other baselines: it is by far the most expensive). ``xs: (batch, n, d)``, ``ys: (batch, n)`` -> ``(batch, n)``.
     """
     batch, n_points, d = checks.prompt_tensors(xs, ys)
+    checks.finite_tensor("xs", xs)
+    checks.finite_tensor("ys", ys)
     hidden = checks.positive_int("hidden", hidden)
     steps = checks.nonnegative_int("steps", steps)
     learning_rate = checks.nonnegative_float("learning_rate", learning_rate)

@@ -1,10 +1,24 @@
-"""Argument checks shared by the library: each error names the argument and what it accepts."""
+"""Argument checks shared by the library: each error names the argument and what it accepts.
+
+They run where data enters the library (factories, command lines, loaders, samplers, estimators), never on the
+values of a tensor inside the training step: a check there must stay on Python values and shapes (no host sync).
+"""
 
 from __future__ import annotations
 
 import math
+import os
+import tempfile
+from pathlib import Path
 
 import torch
+
+
+def _number(value: object) -> float:
+    """``float(value)`` for a real number; TypeError for strings and booleans, which ``float`` would accept."""
+    if isinstance(value, (str, bytes, bool)):
+        raise TypeError(type(value).__name__)
+    return float(value)  # type: ignore[arg-type]
 
 
 def positive_int(name: str, value: object) -> int:
@@ -24,7 +38,7 @@ def nonnegative_int(name: str, value: object) -> int:
 def finite_float(name: str, value: object) -> float:
     """Return ``float(value)`` if it is a finite number (of any sign), else raise ``ValueError``."""
     try:
-        number = float(value)  # type: ignore[arg-type]
+        number = _number(value)
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be a finite number, got {value!r}") from None
     if not math.isfinite(number):
@@ -35,7 +49,7 @@ def finite_float(name: str, value: object) -> float:
 def nonnegative_float(name: str, value: object) -> float:
     """Return ``float(value)`` if it is a finite number >= 0, else raise ``ValueError``."""
     try:
-        number = float(value)  # type: ignore[arg-type]
+        number = _number(value)
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be a number >= 0, got {value!r}") from None
     if not number >= 0 or number == float("inf"):
@@ -54,7 +68,7 @@ def positive_float(name: str, value: object) -> float:
 def unit_interval(name: str, value: object) -> float:
     """Return ``float(value)`` if it lies in [0, 1], else raise ``ValueError``."""
     try:
-        number = float(value)  # type: ignore[arg-type]
+        number = _number(value)
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be a number in [0, 1], got {value!r}") from None
     if not 0 <= number <= 1:  # also rejects nan
@@ -82,3 +96,44 @@ def choice(name: str, value: object, accepted: tuple[str, ...]) -> str:
     if value not in accepted:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, accepted))}; got {value!r}")
     return value  # type: ignore[return-value]
+
+
+def generator(name: str, value: object) -> torch.Generator:
+    """Return ``value`` if it is a ``torch.Generator``, else raise ``ValueError`` (None would mean the global RNG)."""
+    if not isinstance(value, torch.Generator):
+        raise ValueError(f"{name} must be a torch.Generator (icl_lib.devices.make_generator(seed)), got {value!r}")
+    return value
+
+
+def finite_tensor(name: str, value: torch.Tensor) -> torch.Tensor:
+    """Return ``value`` if every entry is finite, else raise ``ValueError`` (a host sync: not for the training step)."""
+    if not bool(torch.isfinite(value).all()):
+        raise ValueError(f"{name} must hold finite numbers, got {int((~torch.isfinite(value)).sum())} nan or inf entries")
+    return value
+
+
+def _failure(error: OSError) -> str:
+    return error.strerror or str(error)
+
+
+def writable_directory(name: str, path: str | os.PathLike) -> Path:
+    """Create the directory ``path`` if needed and check that files can be written in it; ``ValueError`` if not."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{name} must be a directory, got {str(path)!r}, which is a file")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        raise ValueError(f"{name} must be a directory that can be written, got {str(path)!r} ({_failure(error)})") from None
+    return path
+
+
+def writable_file(name: str, path: str | os.PathLike) -> Path:
+    """Check that the file ``path`` can be written (its directory is created if needed); ``ValueError`` if not."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{name} must be a file path, got {str(path)!r}, which is a directory")
+    writable_directory(f"the directory of {name}", path.parent)
+    return path

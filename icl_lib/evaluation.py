@@ -79,6 +79,8 @@ def error_curve(
     """
     normalizer = checks.positive_float("normalizer", normalizer)
     errors = squared_errors(preds, ys) / normalizer
+    if errors.shape[0] == 0:
+        raise ValueError("preds and ys must hold at least one prompt (batch >= 1), got an empty batch")
     low, high = bootstrap_band(errors, n_bootstrap=n_bootstrap, level=level, seed=seed)
     mean = errors.mean(dim=0).cpu().numpy()
     return ErrorCurve(mean=mean, low=low, high=high, n_prompts=errors.shape[0])

@@ -33,7 +33,7 @@ def gaussian_xs(
     checks.positive_int("n_points", n_points)
     checks.positive_int("d", d)
     scale = checks.nonnegative_float("scale", scale)
-    device = generator.device
+    device = checks.generator("generator", generator).device
     z = torch.randn(batch, n_points, d, generator=generator, device=device, dtype=dtype)
     if cov is not None:
         z = z @ cov_sqrt(cov, d, batch).to(device=device, dtype=dtype).transpose(-1, -2)

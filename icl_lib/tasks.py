@@ -31,11 +31,21 @@ class TaskSample:
 
 
 def _randn(generator: torch.Generator, *shape: int, like: torch.Tensor) -> torch.Tensor:
+    checks.generator("generator", generator)  # None would draw from the global RNG
     return torch.randn(*shape, generator=generator, device=like.device, dtype=like.dtype)
 
 
 def _rand(generator: torch.Generator, *shape: int, like: torch.Tensor) -> torch.Tensor:
+    checks.generator("generator", generator)
     return torch.rand(*shape, generator=generator, device=like.device, dtype=like.dtype)
+
+
+def _function_class(name: str, value: object) -> object:
+    """Return ``value`` if it has the two methods of a function class, else raise ``ValueError`` naming ``name``."""
+    if not (callable(getattr(value, "sample", None)) and callable(getattr(value, "zero_predictor_error", None))):
+        raise ValueError(f"{name} must be a function class (with sample and zero_predictor_error, e.g. DenseLinear()), "
+                         f"got {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -189,8 +199,12 @@ class Mixture:
     name = "mixture"
 
     def __post_init__(self) -> None:
-        if len(self.components) < 1:
-            raise ValueError("components must hold at least one function class")
+        if not isinstance(self.components, (tuple, list)) or len(self.components) < 1:
+            raise ValueError(f"components must hold at least one function class (a tuple), got {self.components!r}")
+        for i, component in enumerate(self.components):
+            _function_class(f"components[{i}]", component)
+        if not isinstance(self.weights, (tuple, list)):
+            raise ValueError(f"weights must be a tuple of numbers, one per component, got {self.weights!r}")
         if len(self.weights) != len(self.components):
             raise ValueError(
                 f"weights must have one entry per component ({len(self.components)}), got {len(self.weights)}"
@@ -240,6 +254,8 @@ class ConvexCombination:
     name = "convex"
 
     def __post_init__(self) -> None:
+        _function_class("first", self.first)
+        _function_class("second", self.second)
         checks.unit_interval("alpha", self.alpha)
 
     def sample(self, xs: torch.Tensor, generator: torch.Generator) -> TaskSample:

@@ -354,6 +354,9 @@ def check_minimum_loss(d: int, lambda_kind: str = "diagonal") -> bool:
 
 def identity_minimum_loss(d: int | sp.Expr, n: sp.Expr | None = None) -> sp.Expr:
     """d (d + 1) / (N + d + 1): the minimum at Lambda = I_d (d may be a Symbol; N defaults to a positive Symbol)."""
+    for name, value in (("d", d), ("n", n)):
+        if value is not None and not (isinstance(value, sp.Expr) and not value.is_number):
+            checks.positive_int(name, int(value) if isinstance(value, sp.Integer) else value)
     n = sp.Symbol("N", positive=True) if n is None else n
     return d * (d + 1) / (n + d + 1)
 
