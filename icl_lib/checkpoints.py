@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import subprocess
 import tempfile
 from collections.abc import Callable, Mapping
@@ -29,6 +30,7 @@ from typing import IO, Any
 import torch
 from torch import nn
 
+from icl_lib.devices import resolve_device
 from icl_lib.models import make_model
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -97,9 +99,37 @@ def write_json_atomic(data: Any, path: str | os.PathLike) -> Path:
     return atomic_write(path, lambda file: file.write(text.encode()))
 
 
-def load_file(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """``torch.load(path, map_location, weights_only=True)``."""
-    return torch.load(path, map_location=map_location, weights_only=True)
+def _reason(error: BaseException, limit: int = 300) -> str:
+    """An error's message on one line, cut at ``limit`` characters (torch's messages run over many lines)."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def remove_leftovers(directory: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that a killed :func:`atomic_write` left in ``directory``; return them."""
+    names = (CHECKPOINT_FILE, MODEL_FILE, META_FILE, METRICS_FILE)
+    leftovers = [p for name in names for p in Path(directory).glob(f".{name}.*.tmp") if p.is_file()]
+    for path in leftovers:
+        path.unlink(missing_ok=True)
+    return leftovers
+
+
+def load_file(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(path, map_location, weights_only=True)``; an empty, truncated or foreign file, or one that holds
+    more than plain data, raises ``ValueError`` naming it."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, ValueError, AttributeError, TypeError) as error:
+        raise ValueError(f"{path} is not a readable torch file ({_reason(error)})") from None
+
+
+def _load_stored(path: Path) -> dict:
+    """:func:`load_file` of a dict in this library's ``FORMAT`` (``ValueError`` for anything else)."""
+    stored = load_file(path)
+    if not isinstance(stored, dict) or stored.get("format") != FORMAT:
+        found = stored.get("format") if isinstance(stored, dict) else type(stored).__name__
+        raise ValueError(f"{path} has format {found!r}; this library reads {FORMAT!r}")
+    return stored
 
 
 # ---------------------------------------------------------------- run directories
@@ -115,9 +145,10 @@ def load_training_state(directory: str | os.PathLike) -> dict | None:
     path = Path(directory) / CHECKPOINT_FILE
     if not path.exists():
         return None
-    state = load_file(path)
-    if state.get("format") != FORMAT:
-        raise ValueError(f"{path} has format {state.get('format')!r}; this library reads {FORMAT!r}")
+    state = _load_stored(path)
+    missing = sorted({"config", "step", "model", "optimizer", "generator", "rng_cpu", "totals", "totals_steps", "wall_s"} - set(state))
+    if missing:
+        raise ValueError(f"{path} is not a training checkpoint (it lacks {missing})")
     return state
 
 
@@ -168,6 +199,8 @@ def read_metrics(directory: str | os.PathLike) -> list[dict]:
 
 def resolve(name_or_path: str | os.PathLike) -> Path:
     """The run directory of ``name_or_path``: an existing directory, or ``<repository>/checkpoints/<name>``."""
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise ValueError(f"name_or_path must be a checkpoint name or a path (str or Path), got {name_or_path!r}")
     path = Path(name_or_path)
     if path.is_dir():
         return path
@@ -190,32 +223,62 @@ def load_meta(name_or_path: str | os.PathLike) -> dict:
     path = resolve(name_or_path) / META_FILE
     if not path.exists():
         raise ValueError(f"{path} does not exist (the run has written no checkpoint yet)")
-    return json.loads(path.read_text())
+    try:
+        meta = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON ({error})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
+        raise ValueError(f"{path} is not a run's meta.json (it needs a 'config' table)")
+    return meta
 
 
-def load_model(name_or_path: str | os.PathLike, device: str | torch.device | None = None) -> nn.Module:
-    """Rebuild a trained model from its run directory (by name or path), in eval mode on ``device`` (default CPU).
-
-    Reads ``model.pt`` if the run finished, else the latest ``checkpoint.pt``; a path to either file also works.
-    """
+def _stored_model(name_or_path: str | os.PathLike) -> tuple[Path, dict, dict]:
+    """``(file, model_config, weights)`` of a run's ``model.pt``, else its ``checkpoint.pt`` (or of the file named)."""
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise ValueError(f"name_or_path must be a checkpoint name or a path (str or Path), got {name_or_path!r}")
     path = Path(name_or_path)
     if path.is_file():
         files = [path]
     else:
         directory = resolve(name_or_path)
         files = [directory / MODEL_FILE, directory / CHECKPOINT_FILE]
-    for file in files:
-        if file.exists():
-            stored = load_file(file)
-            if stored.get("format") != FORMAT:
-                raise ValueError(f"{file} has format {stored.get('format')!r}; this library reads {FORMAT!r}")
+    for file in (f for f in files if f.exists()):
+        stored = _load_stored(file)
+        try:
             if "model_config" in stored:
                 model_config, weights = stored["model_config"], stored["state_dict"]
             else:  # a training checkpoint
                 config = stored["config"]
                 model_config = {"spec": config["model"], "n_dims": config["n_dims"], "n_points": config["n_points"]}
                 weights = stored["model"]
-            model = make_model(model_config["spec"], model_config["n_dims"], model_config["n_points"])
-            model.load_state_dict(weights)
-            return model.to(device if device is not None else "cpu").eval()
+        except (KeyError, TypeError):
+            raise ValueError(f"{file} holds no model (neither 'model_config' and 'state_dict' nor a checkpoint's "
+                             f"'config' and 'model')") from None
+        return file, model_config, weights
     raise ValueError(f"no {MODEL_FILE} or {CHECKPOINT_FILE} in {files[0].parent}")
+
+
+def model_config(name_or_path: str | os.PathLike) -> dict:
+    """``{"spec", "n_dims", "n_points"}`` of the model :func:`load_model` would load (without building it)."""
+    return dict(_stored_model(name_or_path)[1])
+
+
+def load_model(name_or_path: str | os.PathLike, device: str | torch.device | None = None) -> nn.Module:
+    """Rebuild a trained model from its run directory (by name or path), in eval mode on ``device`` (default CPU).
+
+    Reads ``model.pt`` if the run finished, else the latest ``checkpoint.pt``; a path to either file also works.
+    ``device``: None (the CPU), a ``torch.device``, or a name that :func:`icl_lib.devices.resolve_device` accepts.
+    """
+    if device is None:
+        device = torch.device("cpu")
+    elif isinstance(device, str):
+        device = resolve_device(device)
+    elif not isinstance(device, torch.device):
+        raise ValueError(f"device must be None, a torch.device or 'auto', 'cpu', 'cuda', 'cuda:N', got {device!r}")
+    file, config, weights = _stored_model(name_or_path)
+    try:
+        model = make_model(config["spec"], config["n_dims"], config["n_points"])
+        model.load_state_dict(weights)
+    except (KeyError, TypeError, RuntimeError, ValueError) as error:
+        raise ValueError(f"{file}: its weights do not fit its model config {config!r} ({_reason(error)})") from None
+    return model.to(device).eval()
