@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from icl_lib import baselines, checkpoints, checks, evaluation, shifts, tasks
+from icl_lib import baselines, checkpoints, checks, evaluation, models, shifts, tasks
 from icl_lib.devices import device_name, make_generator, resolve_device
 from icl_lib.evaluation import ErrorCurve
 from icl_lib.samplers import gaussian_xs
@@ -44,7 +44,7 @@ Estimator = Callable[[torch.Tensor, torch.Tensor, Mapping[str, torch.Tensor], Ma
 
 def _oracle(xs: torch.Tensor, ys: torch.Tensor, params: Mapping[str, torch.Tensor], options: Mapping) -> torch.Tensor:
     if "support" not in params:
-        raise ValueError("estimator 'oracle' needs a sparse task (its params hold no 'support')")
+        raise ValueError("it needs a sparse task (its params hold no 'support')")
     return baselines.oracle_least_squares(xs, ys, params["support"])
 
 
@@ -56,6 +56,16 @@ ESTIMATORS: dict[str, Estimator] = {
     "averaging": lambda xs, ys, p, o: baselines.averaging(xs, ys),
     "oracle": _oracle,
     "relu_net_gd": lambda xs, ys, p, o: baselines.relu_net_gd(xs, ys, **o),
+}
+# The options each estimator takes (``estimator_options``, ``--estimator-option NAME.KEY=VALUE``).
+ESTIMATOR_OPTIONS: dict[str, tuple[str, ...]] = {
+    "least_squares": (),
+    "ridge": ("penalty",),
+    "lasso": ("alpha",),
+    "knn": ("n_neighbors",),
+    "averaging": (),
+    "oracle": (),
+    "relu_net_gd": ("hidden", "steps", "learning_rate", "seed"),
 }
 # Names for plots (icl_lib.plotting colours estimators by these).
 LABELS = {
@@ -128,6 +138,30 @@ def _predictions(predict: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], 
     return torch.stack(columns, dim=1)
 
 
+def _dry_run(function_class: Any, estimators: Sequence[str], options: Mapping[str, Any], n_dims: int) -> None:
+    """Fail before any prompt is predicted on a task that does not fit ``n_dims`` (sparsity k > d), on unknown
+    estimator options and on bad option values: the task and each estimator run once on a two-point prompt of
+    zeros, with a generator of their own (the evaluation's random draws are untouched)."""
+    for name, given in options.items():
+        if not isinstance(given, Mapping):
+            raise ValueError(f"estimator_options[{name!r}] must be a dict of options, got {given!r}")
+        unknown = sorted(set(given) - set(ESTIMATOR_OPTIONS[name]))
+        if unknown:
+            raise ValueError(f"unknown option(s) {unknown} for estimator {name!r}; accepted: "
+                             f"{list(ESTIMATOR_OPTIONS[name]) or 'none'}")
+    xs = torch.zeros(1, 2, n_dims)
+    try:
+        params = function_class.sample(xs, make_generator(0)).params
+        function_class.zero_predictor_error(n_dims)
+    except ValueError as error:
+        raise ValueError(f"task at n_dims = {n_dims}: {error}") from None
+    for name in estimators:
+        try:
+            ESTIMATORS[name](xs, torch.zeros(1, 2), params, options.get(name, {}))
+        except ValueError as error:
+            raise ValueError(f"estimator {name!r}: {error}") from None
+
+
 @torch.no_grad()
 def evaluate_model(
     model: nn.Module | None,
@@ -163,6 +197,7 @@ def evaluate_model(
     estimator_options = dict(estimator_options or {})
     for name in list(estimators) + list(estimator_options):
         checks.choice("estimators", name, tuple(ESTIMATORS))
+    _dry_run(function_class, estimators, estimator_options, n_dims)
     if device is None:
         device = next(model.parameters()).device if model is not None else torch.device("cpu")
     device = torch.device(device)
@@ -305,24 +340,59 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="the result file, e.g. results/garg_dense_linear_paper.json")
     args = parser.parse_args(argv)
     try:
-        task_spec = {"name": args.task, **_parse_options(args.task_option, "--task-option")}
-        _as_task(task_spec)
-        shift_spec = {"name": args.shift, **_parse_options(args.shift_option, "--shift-option")} if args.shift else None
-        _as_shift(shift_spec)
-        estimators = tuple(e for e in args.estimators.split(",") if e)
-        estimator_options: dict[str, dict[str, Any]] = {}
-        for key, value in _parse_options(args.estimator_option, "--estimator-option").items():
-            name, _, option = key.partition(".")
-            checks.choice("--estimator-option", name, tuple(ESTIMATORS))
-            estimator_options.setdefault(name, {})[option] = value
-        device = resolve_device(args.device or "auto")
-        meta = checkpoints.load_meta(args.run)
-        model = checkpoints.load_model(args.run, device=device)
-    except ValueError as error:
-        parser.error(str(error))
-    config = meta["config"]
-    n_dims = args.dims or config["n_dims"]
-    n_points = args.points or config["n_points"]
+        return _run(args, argv)
+    except (ValueError, OSError) as error:
+        parser.exit(2, f"error: {' '.join(str(error).split())}\n")
+    except KeyboardInterrupt:
+        parser.exit(130, f"error: interrupted; nothing was written to {args.out}: run the same command again\n")
+
+
+def _prompt_shape(args: argparse.Namespace, run: Mapping[str, Any]) -> tuple[int, int]:
+    """``(n_dims, n_points)`` from ``--dims`` and ``--points`` (default: the run's), checked against the model."""
+    every_position = models.MODELS[run["spec"]["name"]].predicts_every_position
+    n_dims = run["n_dims"] if args.dims is None else checks.positive_int("--dims", args.dims)
+    n_points = run["n_points"] if args.points is None else checks.positive_int("--points", args.points)
+    if every_position and n_dims > run["n_dims"]:
+        raise ValueError(f"--dims must be between 1 and the run's n_dims = {run['n_dims']}, got {n_dims}")
+    if not every_position and n_dims != run["n_dims"]:
+        raise ValueError(f"--dims must be the run's n_dims = {run['n_dims']} (a {run['spec']['name']!r} model reads "
+                         f"that many coordinates), got {n_dims}")
+    if every_position and n_points > run["n_points"]:
+        raise ValueError(f"--points must be between 1 and the run's n_points = {run['n_points']}, got {n_points}")
+    if not every_position and n_points < 2:
+        raise ValueError(f"--points must be >= 2 (examples and a query), got {n_points}")
+    return n_dims, n_points
+
+
+def _run(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    """The command line's work, once its arguments are parsed; bad input raises ``ValueError``."""
+    checks.positive_int("--prompts", args.prompts)
+    task_spec = {"name": args.task, **_parse_options(args.task_option, "--task-option")}
+    _as_task(task_spec)
+    shift_spec = {"name": args.shift, **_parse_options(args.shift_option, "--shift-option")} if args.shift else None
+    _as_shift(shift_spec)
+    estimators = tuple(e for e in args.estimators.split(",") if e)
+    for name in estimators:
+        checks.choice("--estimators", name, tuple(ESTIMATORS))
+    estimator_options: dict[str, dict[str, Any]] = {}
+    for key, value in _parse_options(args.estimator_option, "--estimator-option").items():
+        name, _, option = key.partition(".")
+        checks.choice("--estimator-option", name, tuple(ESTIMATORS))
+        if option not in ESTIMATOR_OPTIONS[name]:
+            raise ValueError(f"--estimator-option {key!r}: {name!r} takes the options "
+                             f"{list(ESTIMATOR_OPTIONS[name]) or 'none'}, got {option!r}")
+        estimator_options.setdefault(name, {})[option] = value
+    out = checks.writable_file("--out", args.out)
+    device = resolve_device(args.device or "auto")
+    meta = checkpoints.load_meta(args.run)
+    run = checkpoints.model_config(args.run)
+    stored = {"spec": meta["config"].get("model"), "n_dims": meta["config"].get("n_dims"),
+              "n_points": meta["config"].get("n_points")}
+    if stored != run:
+        raise ValueError(f"{checkpoints.resolve(args.run) / checkpoints.META_FILE} disagrees with the model it "
+                         f"describes: {stored} in meta.json, {run} in the weights; restore meta.json or retrain the run")
+    n_dims, n_points = _prompt_shape(args, run)
+    model = checkpoints.load_model(args.run, device=device)
     started = time.perf_counter()
     curves = evaluate_model(model, task_spec, n_dims=n_dims, n_points=n_points, n_prompts=args.prompts,
                             seed=args.seed, shift=shift_spec, estimators=estimators,
@@ -335,7 +405,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "device": str(device), "device_name": device_name(device), "torch_version": torch.__version__,
         "wall_time_s": round(wall, 3),
     }
-    path = write_result(args.out, curves, run=meta, task=task_spec, provenance=provenance)
+    path = write_result(out, curves, run=meta, task=task_spec, provenance=provenance)
     summary = {name: [round(float(v), 4) for v in curve.mean] for name, curve in curves.items()}
     print(json.dumps({"out": str(path), "wall_time_s": round(wall, 3), "mean": summary}))
     return 0
