@@ -493,6 +493,7 @@ class TrainResult:
     metrics: dict[str, Any]
     history: list[dict[str, Any]]
     out_dir: Path | None
+    already_finished: bool = False  # out_dir held this run, finished: nothing was trained or written
 
 
 Hook = Callable[[int, nn.Module], Mapping[str, Any] | None]
@@ -511,11 +512,16 @@ def train(
     """Train the model ``config`` describes; with ``out_dir``, write checkpoints, ``meta.json`` and ``metrics.jsonl``.
 
     * ``resume``: continue from ``out_dir/checkpoint.pt`` if there is one (the config must match, except for the
-      fields in ``RESUMABLE_CHANGES``); ``False`` starts afresh and overwrites.
+      fields in ``RESUMABLE_CHANGES``). A directory that holds this config's finished run is left as it is
+      (``already_finished``; a run killed after its last checkpoint is completed), and one that holds any other run,
+      or an unreadable checkpoint, is refused with ``ValueError``. ``False`` starts afresh and overwrites.
     * ``hooks``: ``hook(step, model) -> dict | None`` called at every evaluation (model in eval mode, no grad);
       what it returns is added to the metrics record.
     * ``stop_at``: stop after this step with a checkpoint, as an interruption would; a later call resumes.
     * ``command``: recorded in ``meta.json`` (the CLI passes its own command line).
+
+    A metric that is not finite when it is read (at a log or an evaluation: the step itself never syncs) stops the
+    run with ``FloatingPointError``; the last checkpoint stays and ``meta.json`` says "diverged".
 
     The CPU thread count is pinned to ``config.threads`` and the global random state is forked for the duration
     of the call, so the caller's settings are left as they were.
@@ -524,6 +530,8 @@ def train(
         config = TrainConfig.from_dict(config)
     if stop_at is not None:
         checks.positive_int("stop_at", stop_at)
+    if out_dir is not None:
+        out_dir = checks.writable_directory("out_dir", out_dir)
     device = resolve_device(config.device)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)
@@ -538,17 +546,78 @@ def train(
         torch.set_num_threads(previous_threads)
 
 
-def _check_resumable(stored: Mapping[str, Any], config: TrainConfig) -> None:
+# How to get past a run directory that cannot be resumed, in every message that refuses one.
+WAY_OUT = "start over with --fresh (resume=False), which discards it, or choose another --out (out_dir)"
+
+
+def _config_changes(stored: Mapping[str, Any], config: TrainConfig) -> str:
+    """The fields (outside ``RESUMABLE_CHANGES``) in which ``config`` differs from a stored config, or ``""``."""
     current = config.to_dict()
     defaults = TrainConfig().to_dict()  # a field added since the checkpoint was written counts as its default
     stored = {**{k: v for k, v in defaults.items() if k not in stored}, **stored}
     differing = sorted(k for k in set(stored) | set(current) if k not in RESUMABLE_CHANGES and stored.get(k) != current.get(k))
-    if differing:
-        changes = ", ".join(f"{k}: {stored.get(k)!r} -> {current.get(k)!r}" for k in differing)
-        raise ValueError(
-            f"cannot resume: the checkpoint's config differs in {changes}. Start afresh (resume=False, --fresh) "
-            f"or write to another directory."
-        )
+    return ", ".join(f"{k}: {stored.get(k)!r} -> {current.get(k)!r}" for k in differing)
+
+
+def _run_name(out_dir: Path) -> str:
+    """How messages name the run in ``out_dir``: its directory and, from ``meta.json`` when readable, its status."""
+    try:
+        meta = checkpoints.load_meta(out_dir)
+    except ValueError:
+        return f"the run in {out_dir}"
+    return f"the run in {out_dir} ({meta.get('status')}, {meta.get('steps_done')} of {meta.get('steps')} steps)"
+
+
+def _resumable_state(out_dir: Path, config: TrainConfig) -> dict | None:
+    """The training state of ``config`` in ``out_dir``'s checkpoint, or None if there is no checkpoint.
+
+    Refuses (``ValueError`` naming the run and :data:`WAY_OUT`) an unreadable checkpoint and one of another config.
+    """
+    try:
+        stored = checkpoints.load_training_state(out_dir)
+    except ValueError as error:
+        raise ValueError(f"cannot resume {_run_name(out_dir)}: {error}; {WAY_OUT}") from None
+    if stored is not None:
+        changes = _config_changes(stored["config"], config)
+        if changes:
+            raise ValueError(f"cannot resume {_run_name(out_dir)}: its config differs in {changes}; {WAY_OUT}")
+    return stored
+
+
+def _finished_without_checkpoint(out_dir: Path, config: TrainConfig) -> int | None:
+    """For a directory with no checkpoint: the steps of ``config``'s finished run if it holds one (the layout of the
+    committed runs: ``model.pt`` and ``meta.json``), None if it holds no run; any other run is refused."""
+    held = [name for name in (checkpoints.MODEL_FILE, checkpoints.META_FILE) if (out_dir / name).exists()]
+    if not held:
+        return None
+    try:
+        meta = checkpoints.load_meta(out_dir)
+    except ValueError as error:
+        raise ValueError(f"{out_dir} holds {held} and no {checkpoints.CHECKPOINT_FILE} ({error}); {WAY_OUT}") from None
+    changes = _config_changes(meta["config"], config)
+    if changes:
+        raise ValueError(f"{_run_name(out_dir)} is another run: its config differs in {changes}; {WAY_OUT}")
+    if meta.get("status") != "finished" or checkpoints.MODEL_FILE not in held:
+        raise ValueError(f"{_run_name(out_dir)} has no {checkpoints.CHECKPOINT_FILE} to resume from; {WAY_OUT}")
+    return meta["steps_done"]
+
+
+def _on_disk_as_finished(out_dir: Path) -> bool:
+    """Whether ``out_dir`` holds ``model.pt`` and a ``meta.json`` that says "finished"."""
+    try:
+        return (out_dir / checkpoints.MODEL_FILE).exists() and checkpoints.load_meta(out_dir).get("status") == "finished"
+    except ValueError:
+        return False
+
+
+def _non_finite(record: Mapping[str, Any]) -> list[str]:
+    """The keys of ``record`` whose value (a number or a list of numbers) holds a nan or an infinity."""
+    def finite(value: Any) -> bool:
+        if isinstance(value, list):
+            return all(finite(v) for v in value)
+        return not isinstance(value, float) or math.isfinite(value)
+
+    return [key for key, value in record.items() if not finite(value)]
 
 
 def _final_metrics(history: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -570,6 +639,13 @@ def _train(
     command: str | None,
 ) -> TrainResult:
     task = make_task(**config.task)
+    stored = _resumable_state(out_dir, config) if (out_dir is not None and resume) else None
+    if out_dir is not None and resume and stored is None:
+        finished_steps = _finished_without_checkpoint(out_dir, config)
+        if finished_steps is not None:
+            history = checkpoints.read_metrics(out_dir)
+            return TrainResult(model=checkpoints.load_model(out_dir, device=device), config=config, step=finished_steps,
+                               metrics=_final_metrics(history), history=history, out_dir=out_dir, already_finished=True)
     torch.default_generator.manual_seed(derive_seed(config.seed, "global"))  # dropout, inside fork_rng
     if device.type == "cuda":
         torch.cuda.manual_seed(derive_seed(config.seed, "global"))
@@ -588,20 +664,27 @@ def _train(
     step, logged_steps, wall_before = 0, 0, 0.0
     history: list[dict[str, Any]] = []
 
-    stored = checkpoints.load_training_state(out_dir) if (out_dir is not None and resume) else None
     if stored is not None:
-        _check_resumable(stored["config"], config)
-        model.load_state_dict(stored["model"])
-        optimizer.load_state_dict(stored["optimizer"])
-        generator.set_state(stored["generator"])
-        torch.set_rng_state(stored["rng_cpu"])
-        if device.type == "cuda" and "rng_cuda" in stored:
-            torch.cuda.set_rng_state(stored["rng_cuda"], device)
-        state.totals.copy_(stored["totals"])
+        try:
+            model.load_state_dict(stored["model"])
+            optimizer.load_state_dict(stored["optimizer"])
+            generator.set_state(stored["generator"])
+            torch.set_rng_state(stored["rng_cpu"])
+            if device.type == "cuda" and "rng_cuda" in stored:
+                torch.cuda.set_rng_state(stored["rng_cuda"], device)
+            state.totals.copy_(stored["totals"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as error:
+            reason = " ".join(str(error).split())[:300]
+            raise ValueError(f"cannot resume {_run_name(out_dir)}: its {checkpoints.CHECKPOINT_FILE} does not fit "
+                             f"its config ({reason}); {WAY_OUT}") from None
         step, logged_steps, wall_before = stored["step"], stored["totals_steps"], stored["wall_s"]
         history = [r for r in checkpoints.read_metrics(out_dir) if r["step"] <= step]
+        if step >= config.steps and _on_disk_as_finished(out_dir):
+            return TrainResult(model=model.eval(), config=config, step=step, metrics=_final_metrics(history),
+                               history=history, out_dir=out_dir, already_finished=True)
+    checkpoint_step = step if stored is not None else None
     if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        checkpoints.remove_leftovers(out_dir)
         if stored is None:
             for stale in (checkpoints.CHECKPOINT_FILE, checkpoints.MODEL_FILE, checkpoints.META_FILE):
                 (out_dir / stale).unlink(missing_ok=True)
@@ -679,6 +762,9 @@ def _train(
                dynamic_ncols=True, file=sys.stderr)
     last_log_time, last_log_step = time.perf_counter(), step
     try:
+        if out_dir is not None and step >= config.steps:  # killed after the last checkpoint, before model.pt or meta
+            checkpoints.save_model_file(out_dir, model, config.model, config.n_dims, config.n_points)
+            write_meta("finished", step)
         while step < config.steps and (stop_at is None or step < stop_at):
             lr = learning_rate(config, step)
             _set_lr(optimizer, lr, lr_tensor)
@@ -719,6 +805,14 @@ def _train(
                             record.update(hook(step, model) or {})
                 finally:
                     model.train(was_training)
+            if _non_finite(record):
+                kept = (f"the last good checkpoint, step {checkpoint_step}, stays in {out_dir}"
+                        if checkpoint_step is not None and out_dir is not None else "no checkpoint was written")
+                raise FloatingPointError(
+                    f"training diverged: {', '.join(_non_finite(record))} not finite at logged step {step} "
+                    f"(lr = {config.lr}); {kept}; lower lr (or raise warmup_steps) and start over "
+                    f"with --fresh (resume=False)"
+                )
             if record:
                 record = {"step": step, **record}
                 history.append(record)
@@ -729,13 +823,14 @@ def _train(
                 (config.checkpoint_every and step % config.checkpoint_every == 0) or last or step == stop_at
             ):
                 save_checkpoint()
+                checkpoint_step = step
                 if last:
                     checkpoints.save_model_file(out_dir, model, config.model, config.n_dims, config.n_points)
                 write_meta("finished" if last else ("stopped" if step == stop_at else "running"), step)
-    except BaseException:
+    except BaseException as error:
         if out_dir is not None and (out_dir / checkpoints.META_FILE).exists():
             meta = checkpoints.load_meta(out_dir)
-            meta["status"] = "interrupted"
+            meta["status"] = "diverged" if isinstance(error, FloatingPointError) else "interrupted"
             checkpoints.write_meta(out_dir, meta)
         raise
     finally:
@@ -767,6 +862,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--fresh", action="store_true", help="start afresh even if the run directory has a checkpoint")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
+    out_dir = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     try:
         config = load_config(args.config)
         overrides = {k: getattr(args, k) for k in ("device", "steps", "threads", "seed") if getattr(args, k) is not None}
@@ -774,15 +870,33 @@ def main(argv: Sequence[str] | None = None) -> int:
             config = config.replace(**overrides)
         if args.stop_at is not None:
             checks.positive_int("--stop-at", args.stop_at)
-    except ValueError as error:
-        parser.error(str(error))
-    out_dir = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
-    command = "python -m icl_lib.train " + shlex.join(argv)
-    result = train(config, out_dir, resume=not args.fresh, progress=not args.no_progress, stop_at=args.stop_at,
-                   command=command)
+        checks.writable_directory("--out", out_dir)
+        command = "python -m icl_lib.train " + shlex.join(argv)
+        result = train(config, out_dir, resume=not args.fresh, progress=not args.no_progress, stop_at=args.stop_at,
+                       command=command)
+    except (ValueError, OSError, FloatingPointError) as error:
+        parser.exit(2, f"error: {' '.join(str(error).split())}\n")
+    except KeyboardInterrupt:
+        parser.exit(130, f"error: interrupted; {_resume_hint(out_dir, args.fresh)}\n")
+    if result.already_finished:
+        print(f"{out_dir} already holds this finished run ({result.step} steps): nothing to do "
+              f"(--fresh trains it again, discarding it)", file=sys.stderr)
     summary = {k: v for k, v in result.metrics.items() if not isinstance(v, list)}
-    print(json.dumps({"out_dir": str(out_dir), "step": result.step, **summary}))
+    metrics_step = summary.pop("step", None)
+    status = "finished" if result.step >= config.steps else "stopped"
+    print(json.dumps({"out_dir": str(out_dir), "status": status, "step": result.step, "metrics_step": metrics_step,
+                      **summary}))
     return 0
+
+
+def _resume_hint(out_dir: Path, fresh: bool) -> str:
+    """What an interrupted command line says: the checkpoint kept in ``out_dir`` and how to resume from it."""
+    command = "the same command without --fresh" if fresh else "the same command"
+    try:
+        meta = checkpoints.load_meta(out_dir)
+    except ValueError:
+        return f"no checkpoint was written yet: run {command} to start again"
+    return f"{out_dir} keeps its checkpoint of step {meta.get('steps_done')}: run {command} to resume"
 
 
 if __name__ == "__main__":
