@@ -1,0 +1,417 @@
+"""Bad input, table-driven: each probe is one row, so that the next failure found is one line to add.
+
+* :data:`CLI_ERRORS`: a command line of ``python -m icl_lib.train`` or ``python -m icl_lib.evaluate``, run
+  in-process through ``main(argv)``, that must end with exit code 2 and one line on stderr, ``error: ...``, naming
+  the argument, the value and what is accepted (never a traceback);
+* :data:`LIBRARY_ERRORS`: a call of a public function that must raise ``ValueError`` with a given message;
+* then the behaviours that are not errors: a finished run is never overwritten and a rerun after a kill at any
+  point finishes the run; SIGINT runs in a subprocess.
+
+Every run directory lives under ``tmp_path``: nothing here writes under ``checkpoints/``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from icl_lib import baselines, checkpoints, evaluate, evaluation, models, samplers, tasks, theory
+from icl_lib import train as train_module
+from icl_lib.checkpoints import CHECKPOINT_FILE, META_FILE, METRICS_FILE, MODEL_FILE, repository_root
+from icl_lib.devices import make_generator
+from icl_lib.train import TrainConfig, load_config, train
+
+REPO = repository_root()
+TINY = REPO / "configs" / "tiny_test.toml"  # 6 steps, checkpoints at 3 and 6, logs every 2
+CUDA = torch.cuda.is_available()
+
+
+def tiny_toml(tmp: Path, changes: dict[str, str]) -> Path:
+    """``tmp/bad.toml``: ``configs/tiny_test.toml`` with whole lines replaced (``{'lr = 1e-3': 'lr = 2e-3'}``)."""
+    text = TINY.read_text()
+    for old, new in changes.items():
+        assert f"\n{old}\n" in text, f"no line {old!r} in tiny_test.toml"
+        text = text.replace(f"\n{old}\n", f"\n{new}\n")
+    (tmp / "bad.toml").write_text(text)
+    return tmp / "bad.toml"
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished run of tiny_test.toml (with its checkpoint), trained once for the module; copy it to change it."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    train(load_config(TINY), out, progress=False, command="python -m icl_lib.train configs/tiny_test.toml")
+    return out
+
+
+@pytest.fixture
+def run(finished: Path, tmp_path: Path) -> Path:
+    """A private copy of the finished run."""
+    return Path(shutil.copytree(finished, tmp_path / "run"))
+
+
+def digest(directory: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir()) if p.is_file()}
+
+
+def call_cli(main: Callable[[list[str]], int], argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
+    """``main(argv)`` in-process: ``(exit code, stdout, stderr)``."""
+    try:
+        code = main(argv)
+    except SystemExit as exit_:
+        code = exit_.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+# ---------------------------------------------------------------- the table of command lines
+
+# Setups change the run directory (or write a file) before the command runs; they return nothing.
+
+
+def truncate(name: str) -> Callable[[Path, Path], None]:
+    def setup(run: Path, tmp: Path) -> None:
+        data = (run / name).read_bytes()
+        (run / name).write_bytes(data[: len(data) // 2])
+    return setup
+
+
+def empty(name: str) -> Callable[[Path, Path], None]:
+    return lambda run, tmp: (run / name).write_bytes(b"")
+
+
+def foreign(name: str) -> Callable[[Path, Path], None]:
+    return lambda run, tmp: torch.save({"weights": torch.zeros(3)}, run / name)
+
+
+def edit_meta(**changes: object) -> Callable[[Path, Path], None]:
+    def setup(run: Path, tmp: Path) -> None:
+        meta = json.loads((run / META_FILE).read_text())
+        meta["config"].update(changes)
+        (run / META_FILE).write_text(json.dumps(meta))
+    return setup
+
+
+def without_checkpoint(status: str) -> Callable[[Path, Path], None]:
+    """The committed runs' layout (model.pt and meta.json, no checkpoint.pt), with meta.json's status set."""
+    def setup(run: Path, tmp: Path) -> None:
+        (run / CHECKPOINT_FILE).unlink()
+        meta = json.loads((run / META_FILE).read_text())
+        (run / META_FILE).write_text(json.dumps({**meta, "status": status}))
+    return setup
+
+
+def bad_toml(changes: dict[str, str], then: Callable[[Path, Path], None] | None = None) -> Callable[[Path, Path], None]:
+    def setup(run: Path, tmp: Path) -> None:
+        tiny_toml(tmp, changes)
+        if then is not None:
+            then(run, tmp)
+    return setup
+
+
+def no_setup(run: Path, tmp: Path) -> None:
+    pass
+
+
+TRAIN = ["{tiny}", "--out", "{run}", "--no-progress"]
+EVALUATE = ["{run}", "--task", "linear", "--prompts", "16", "--estimators", "least_squares", "--out", "{tmp}/r.json"]
+
+# (id, "train" | "evaluate", argv with {tiny} {run} {tmp} {file}, setup, expected message after "error: ")
+CLI_ERRORS = [
+    ("train --device cuda without CUDA", "train", TRAIN + ["--device", "cuda"], no_setup,
+     r"device = 'cuda' but CUDA is not available here; use 'cpu' or 'auto'"),
+    ("train --device gpu", "train", TRAIN + ["--device", "gpu"], no_setup,
+     r"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got 'gpu'"),
+    ("train --steps -3", "train", TRAIN + ["--steps", "-3"], no_setup, r"steps must be a positive integer"),
+    ("train --stop-at 0", "train", TRAIN + ["--stop-at", "0"], no_setup, r"--stop-at must be a positive integer"),
+    ("train --out /sys/run", "train", ["{tiny}", "--out", "/sys/run"], no_setup,
+     r"--out must be a directory that can be written, got '/sys/run'"),
+    ("train --out naming a file", "train", ["{tiny}", "--out", "{file}"], no_setup,
+     r"--out must be a directory, got '.*', which is a file"),
+    ("train --steps 8 into a 6-step run", "train", TRAIN + ["--steps", "8"], no_setup,
+     r"cannot resume the run in .* \(finished, 6 of 6 steps\): its config differs in steps: 6 -> 8; start over "
+     r"with --fresh"),
+    ("train on a truncated checkpoint.pt", "train", TRAIN, truncate(CHECKPOINT_FILE),
+     r"cannot resume .*checkpoint.pt is not a readable torch file .*; start over with --fresh"),
+    ("train on an empty checkpoint.pt", "train", TRAIN, empty(CHECKPOINT_FILE),
+     r"checkpoint.pt is not a readable torch file \(EOFError\); start over with --fresh"),
+    ("train on a foreign checkpoint.pt", "train", TRAIN, foreign(CHECKPOINT_FILE),
+     r"checkpoint.pt has format None; this library reads 'icl_lib/1'; start over with --fresh"),
+    ("train with noise_std = \"0.5\"", "train", ["{tmp}/bad.toml", "--out", "{run}"],
+     bad_toml({'name = "linear"': 'name = "noisy_linear"\nnoise_std = "0.5"'}),
+     r"task: noise_std must be a number >= 0, got '0.5'"),
+    ("train a config of another run into a finished run without checkpoint", "train",
+     ["{tmp}/bad.toml", "--out", "{run}", "--no-progress"], bad_toml({"lr = 1e-3": "lr = 2e-3"}, without_checkpoint("finished")),
+     r"the run in .* \(finished, 6 of 6 steps\) is another run: its config differs in lr: 0.001 -> 0.002; start over "
+     r"with --fresh \(resume=False\), which discards it, or choose another --out"),
+    ("train into an unfinished run without checkpoint", "train", TRAIN, without_checkpoint("running"),
+     r"the run in .* \(running, 6 of 6 steps\) has no checkpoint.pt to resume from; start over with --fresh"),
+    ("train with lr = 1e30 (diverges)", "train", ["{tmp}/bad.toml", "--out", "{tmp}/diverged", "--no-progress"],
+     bad_toml({"lr = 1e-3": "lr = 1e30"}),
+     r"training diverged: train_loss, train_normalized_error not finite at logged step 2 \(lr = 1e\+30\); no checkpoint "
+     r"was written; lower lr"),
+    ("evaluate --prompts 0", "evaluate", EVALUATE + ["--prompts", "0"], no_setup,
+     r"--prompts must be a positive integer \(>= 1\), got 0"),
+    ("evaluate --prompts -4", "evaluate", EVALUATE + ["--prompts", "-4"], no_setup,
+     r"--prompts must be a positive integer \(>= 1\), got -4"),
+    ("evaluate --dims 7 beyond the run", "evaluate", EVALUATE + ["--dims", "7"], no_setup,
+     r"--dims must be between 1 and the run's n_dims = 3, got 7"),
+    ("evaluate --dims 0", "evaluate", EVALUATE + ["--dims", "0"], no_setup, r"--dims must be a positive integer"),
+    ("evaluate --points 50", "evaluate", EVALUATE + ["--points", "50"], no_setup,
+     r"--points must be between 1 and the run's n_points = 5, got 50"),
+    ("evaluate --points 0", "evaluate", EVALUATE + ["--points", "0"], no_setup, r"--points must be a positive integer"),
+    ("evaluate --estimators lasso,bogus", "evaluate", EVALUATE + ["--estimators", "lasso,bogus"], no_setup,
+     r"--estimators must be one of 'least_squares', .*'relu_net_gd'; got 'bogus'"),
+    ("evaluate knn.n_neighbors=0", "evaluate", EVALUATE + ["--estimators", "knn", "--estimator-option",
+                                                             "knn.n_neighbors=0"], no_setup,
+     r"estimator 'knn': n_neighbors must be a positive integer \(>= 1\), got 0"),
+    ("evaluate an unknown estimator option", "evaluate", EVALUATE + ["--estimators", "lasso", "--estimator-option",
+                                                                       "lasso.alpah=0.1"], no_setup,
+     r"--estimator-option 'lasso.alpah': 'lasso' takes the options \['alpha'\], got 'alpah'"),
+    ("evaluate sparse k = 10 > d", "evaluate", EVALUATE + ["--task", "sparse_linear", "--task-option", "k=10"],
+     no_setup, r"task at n_dims = 3: k must be at most d = 3"),
+    ("evaluate --out unwritable", "evaluate", EVALUATE + ["--out", "/sys/r.json"], no_setup,
+     r"the directory of --out must be a directory that can be written, got '/sys'"),
+    ("evaluate --out a directory", "evaluate", EVALUATE + ["--out", "{tmp}"], no_setup,
+     r"--out must be a file path, got '.*', which is a directory"),
+    ("evaluate a truncated model.pt", "evaluate", EVALUATE, truncate(MODEL_FILE),
+     r"model.pt is not a readable torch file"),
+    ("evaluate a foreign model.pt", "evaluate", EVALUATE, foreign(MODEL_FILE),
+     r"model.pt has format None; this library reads 'icl_lib/1'"),
+    ("evaluate a corrupt meta.json", "evaluate", EVALUATE, lambda run, tmp: (run / META_FILE).write_text("{"),
+     r"meta.json is not valid JSON"),
+    ("evaluate a tampered meta.json", "evaluate", EVALUATE, edit_meta(n_dims=7),
+     r"meta.json disagrees with the model it describes: .*'n_dims': 7.* in meta.json, .*'n_dims': 3.* in the weights"),
+    ("evaluate --device cuda without CUDA", "evaluate", EVALUATE + ["--device", "cuda"], no_setup,
+     r"device = 'cuda' but CUDA is not available here"),
+]
+
+
+@pytest.mark.parametrize("command, argv, setup, message", [pytest.param(
+    *row[1:], id=row[0], marks=[pytest.mark.skipif(CUDA, reason="CUDA is available")] if "without CUDA" in row[0] else []
+) for row in CLI_ERRORS])
+def test_a_bad_command_line_fails_with_one_line(command, argv, setup, message, run, tmp_path, capsys):
+    (tmp_path / "a_file").write_text("")
+    setup(run, tmp_path)
+    before = digest(run)
+    argv = [a.format(tiny=TINY, run=run, tmp=tmp_path, file=tmp_path / "a_file") for a in argv]
+    main = train_module.main if command == "train" else evaluate.main
+    code, out, err = call_cli(main, argv, capsys)
+    assert code == 2, err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert re.search(message, lines[0]), lines[0]
+    assert digest(run) == before, "a refused command changed the run directory"
+    if command == "train" and "diverge" in message:
+        records = (tmp_path / "diverged" / METRICS_FILE).read_text()
+        assert "NaN" not in records and "Infinity" not in records
+
+
+def test_argument_syntax_errors_print_the_usage_line_then_one_error(capsys):
+    code, _, err = call_cli(train_module.main, [str(TINY), "--steps", "many"], capsys)
+    assert code == 2 and err.startswith("usage: ") and "argument --steps: invalid int value: 'many'" in err
+
+
+# ---------------------------------------------------------------- the table of library calls
+
+
+def nan_prompt() -> tuple[torch.Tensor, torch.Tensor]:
+    xs, ys = torch.randn(2, 4, 3, generator=make_generator(0)), torch.randn(2, 4, generator=make_generator(1))
+    ys[0, 1] = math.nan
+    return xs, ys
+
+
+def model_file_of_another_shape(run: Path) -> Path:
+    """model.pt whose config says n_dims = 4 while its weights are for 3."""
+    stored = torch.load(run / MODEL_FILE, weights_only=True)
+    stored["model_config"]["n_dims"] = 4
+    torch.save(stored, run / "other.pt")
+    return run / "other.pt"
+
+
+# (id, call(run, tmp), expected ValueError message)
+LIBRARY_ERRORS = [
+    ("load_model on an empty model.pt", lambda run, tmp: (empty(MODEL_FILE)(run, tmp), checkpoints.load_model(run)),
+     r"model.pt is not a readable torch file \(EOFError\)"),
+    ("load_model on a foreign model.pt", lambda run, tmp: (foreign(MODEL_FILE)(run, tmp), checkpoints.load_model(run)),
+     r"model.pt has format None"),
+    ("load_model on a model.pt of another shape",
+     lambda run, tmp: checkpoints.load_model(model_file_of_another_shape(run)),
+     r"other.pt: its weights do not fit its model config .* \(Error\(s\) in loading state_dict for GPT: .*size mismatch"),
+    ("load_model device='bogus'", lambda run, tmp: checkpoints.load_model(run, device="bogus"),
+     r"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got 'bogus'"),
+    ("load_model(None)", lambda run, tmp: checkpoints.load_model(None),
+     r"name_or_path must be a checkpoint name or a path \(str or Path\), got None"),
+    ("load_meta on a corrupt meta.json",
+     lambda run, tmp: ((run / META_FILE).write_text("not json"), checkpoints.load_meta(run)), r"meta.json is not valid JSON"),
+    ("gaussian_xs(generator=None)", lambda run, tmp: samplers.gaussian_xs(2, 3, 4, None),
+     r"generator must be a torch.Generator"),
+    ("DenseLinear().sample(xs, None)", lambda run, tmp: tasks.DenseLinear().sample(torch.zeros(1, 2, 3), None),
+     r"generator must be a torch.Generator"),
+    ("Mixture(components=(1,))", lambda run, tmp: tasks.Mixture(components=(1,), weights=(1.0,)),
+     r"components\[0\] must be a function class \(with sample and zero_predictor_error"),
+    ("make_task noise_std='0.5'", lambda run, tmp: tasks.make_task("noisy_linear", noise_std="0.5"),
+     r"noise_std must be a number >= 0, got '0.5'"),
+    ("TrainConfig task noise_std='0.5'",
+     lambda run, tmp: TrainConfig(task={"name": "noisy_linear", "noise_std": "0.5"}),
+     r"task: noise_std must be a number >= 0, got '0.5'"),
+    ("least_squares on nan", lambda run, tmp: baselines.least_squares(*nan_prompt()),
+     r"ys must hold finite numbers, got 1 nan or inf entries"),
+    ("lasso on nan", lambda run, tmp: baselines.lasso(*nan_prompt(), alpha=0.1), r"ys must hold finite numbers"),
+    ("ridge on nan", lambda run, tmp: baselines.ridge(*nan_prompt(), penalty=0.1), r"ys must hold finite numbers"),
+    ("knn on nan", lambda run, tmp: baselines.knn(*nan_prompt()), r"ys must hold finite numbers"),
+    ("averaging on nan", lambda run, tmp: baselines.averaging(*nan_prompt()), r"ys must hold finite numbers"),
+    ("relu_net_gd on nan", lambda run, tmp: baselines.relu_net_gd(*nan_prompt(), steps=1),
+     r"ys must hold finite numbers"),
+    ("error_curve on an empty batch", lambda run, tmp: evaluation.error_curve(torch.zeros(0, 3), torch.zeros(0, 3), 1.0),
+     r"preds and ys must hold at least one prompt \(batch >= 1\), got an empty batch"),
+    ("identity_minimum_loss(-3)", lambda run, tmp: theory.identity_minimum_loss(-3),
+     r"d must be a positive integer \(>= 1\), got -3"),
+    ("evaluate_model knn n_neighbors=0", lambda run, tmp: evaluate.evaluate_model(
+        None, "linear", n_dims=3, n_points=4, n_prompts=4, seed=0, estimators=("knn",),
+        estimator_options={"knn": {"n_neighbors": 0}}), r"estimator 'knn': n_neighbors must be a positive integer"),
+    ("evaluate_model unknown estimator option", lambda run, tmp: evaluate.evaluate_model(
+        None, "linear", n_dims=3, n_points=4, n_prompts=4, seed=0, estimators=("lasso",),
+        estimator_options={"lasso": {"alpah": 0.1}}), r"unknown option\(s\) \['alpah'\] for estimator 'lasso'; accepted: "
+                                                      r"\['alpha'\]"),
+    ("train(out_dir=a file)", lambda run, tmp: train(load_config(TINY), run / MODEL_FILE, progress=False),
+     r"out_dir must be a directory, got '.*model.pt', which is a file"),
+]
+
+
+@pytest.mark.parametrize("call, message", [pytest.param(*row[1:], id=row[0]) for row in LIBRARY_ERRORS])
+def test_a_bad_call_raises_a_value_error_naming_the_argument(call, message, run, tmp_path):
+    with pytest.raises(ValueError, match=message):
+        call(run, tmp_path)
+
+
+@pytest.mark.parametrize("name", ["lsa", "reduced_lsa", "linear_transformer"])
+@pytest.mark.xfail(strict=True, reason="icl_lib/models.py was out of bounds for this change: an LSA model neither "
+                                       "casts nor checks the dtype of its inputs (RuntimeError on float64)")
+def test_lsa_models_take_float64_prompts(name):
+    model = models.make_model({"name": name}, 3, 5)
+    xs, ys = torch.randn(2, 5, 3, dtype=torch.float64), torch.randn(2, 5, dtype=torch.float64)
+    try:
+        model(xs, ys)
+    except ValueError as error:  # a clear error is as good as working
+        assert "dtype" in str(error)
+
+
+def test_sparse_zero_predictor_error_counts_the_active_coordinates_only():
+    """With d = 3 < k = 5 coordinates active (a curriculum's early prompts) E[f(x)^2] is 3, not 5."""
+    assert tasks.SparseLinear(k=5).zero_predictor_error(3) == 3.0
+
+
+# ---------------------------------------------------------------- runs are never lost
+
+
+def test_a_finished_run_is_reported_and_left_unchanged(run, capsys):
+    """With its checkpoint, and without it (the layout of the committed runs), with or without --stop-at."""
+    for layout in ("with checkpoint", "committed layout"):
+        if layout == "committed layout":
+            (run / CHECKPOINT_FILE).unlink()
+        before = digest(run)
+        for extra in ([], ["--stop-at", "2"]):
+            code, out, err = call_cli(train_module.main, [str(TINY), "--out", str(run), "--no-progress", *extra], capsys)
+            assert code == 0, err
+            assert "already holds this finished run (6 steps): nothing to do" in err, layout
+            assert json.loads(out)["step"] == 6 and json.loads(out)["status"] == "finished"
+            assert digest(run) == before, f"{layout} {extra}: the finished run was changed"
+        assert checkpoints.load_meta(run)["status"] == "finished"
+
+
+def test_fresh_is_the_only_way_to_overwrite_a_finished_run(run, tmp_path, capsys):
+    other = tiny_toml(tmp_path, {"lr = 1e-3": "lr = 2e-3"})
+    (run / CHECKPOINT_FILE).unlink()
+    before = digest(run)
+    assert call_cli(train_module.main, [str(other), "--out", str(run), "--no-progress"], capsys)[0] == 2
+    assert digest(run) == before
+    code, _, err = call_cli(train_module.main, [str(other), "--out", str(run), "--no-progress", "--fresh"], capsys)
+    assert code == 0, err
+    assert checkpoints.load_meta(run)["config"]["lr"] == 2e-3
+
+
+@pytest.mark.parametrize("killed_after", ["the last checkpoint.pt", "model.pt"])
+def test_a_rerun_after_a_kill_at_the_end_finishes_the_run(killed_after, finished, run):
+    """The files on disk as a kill -9 leaves them: checkpoint.pt at the last step, then model.pt, then meta.json."""
+    meta = json.loads((run / META_FILE).read_text())
+    (run / META_FILE).write_text(json.dumps({**meta, "status": "running", "steps_done": 3}))
+    if killed_after == "the last checkpoint.pt":
+        (run / MODEL_FILE).unlink()
+    result = train(load_config(TINY), run, progress=False)
+    assert result.step == 6 and not result.already_finished
+    assert checkpoints.load_meta(run)["status"] == "finished" and checkpoints.load_meta(run)["steps_done"] == 6
+    expected = torch.load(finished / MODEL_FILE, weights_only=True)["state_dict"]
+    stored = torch.load(run / MODEL_FILE, weights_only=True)["state_dict"]
+    assert all(torch.equal(expected[k], stored[k]) for k in expected)
+    assert (run / METRICS_FILE).read_text() == (finished / METRICS_FILE).read_text()
+
+
+def test_temporary_files_left_by_a_kill_are_removed(tmp_path):
+    out = tmp_path / "run"
+    train(load_config(TINY), out, progress=False, stop_at=3)
+    for name in (".checkpoint.pt.abc123.tmp", ".model.pt.x.tmp", ".meta.json.y.tmp"):
+        (out / name).write_bytes(b"partial")
+    train(load_config(TINY), out, progress=False)
+    assert sorted(p.name for p in out.iterdir()) == [CHECKPOINT_FILE, META_FILE, METRICS_FILE, MODEL_FILE]
+
+
+def test_stop_at_reports_the_step_it_stopped_at(tmp_path, capsys):
+    config = tiny_toml(tmp_path, {"eval_every = 3": "eval_every = 0"})  # metrics at even steps only
+    code, out, err = call_cli(train_module.main, [str(config), "--out", str(tmp_path / "run"), "--steps", "60",
+                                                  "--stop-at", "57", "--no-progress"], capsys)
+    assert code == 0, err
+    summary = json.loads(out)
+    assert (summary["step"], summary["status"], summary["metrics_step"]) == (57, "stopped", 56)
+
+
+def test_divergence_keeps_the_last_good_checkpoint_and_writes_no_nan(tmp_path):
+    out = tmp_path / "run"
+
+    def diverge(step, model):  # the metrics of step 6 are not finite, as a diverging loss makes them
+        return {"probe": math.nan} if step == 6 else {}
+
+    with pytest.raises(FloatingPointError, match=r"probe not finite at logged step 6 .* the last good checkpoint, "
+                                                  r"step 3, stays in"):
+        train(load_config(TINY), out, progress=False, hooks=[diverge])
+    assert torch.load(out / CHECKPOINT_FILE, weights_only=True)["step"] == 3
+    assert not (out / MODEL_FILE).exists()
+    meta = checkpoints.load_meta(out)
+    assert meta["status"] == "diverged" and meta["steps_done"] == 3
+    text = (out / METRICS_FILE).read_text()
+    assert "NaN" not in text and max(json.loads(line)["step"] for line in text.splitlines()) == 4
+
+
+def test_sigint_exits_130_with_how_to_resume_and_no_traceback(tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "icl_lib.train", str(TINY), "--out", str(out), "--steps", "1000000",
+               "--no-progress"]
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / META_FILE).exists() and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.2)
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130, err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("error: interrupted; ")
+    assert err.strip().endswith("run the same command to resume")
+    assert checkpoints.load_meta(out)["status"] == "interrupted"
