@@ -1,0 +1,54 @@
+"""The checks' side of grading: in a kernel that runs the instructor's chapter and no student code.
+
+The grader replaces each check cell of the chapter by a call to :func:`run`. There, for every submission, the
+exercise's answer names are set to that submission's answers (decoded from plain data by
+:mod:`coursework.transport`; a missing answer is left undefined), the chapter's own check cell runs, hidden tests
+included, and its verdict is recorded; then the chapter's own values are put back, so the cells that follow see
+the chapter's context exactly as the book build does. Whatever the check reads besides the answers (``xs``, a
+trained model, a helper function) is the chapter's, never a student's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+from pathlib import Path
+
+from coursework import transport
+
+GRADING_DIR_ENV = "COURSEWORK_GRADING_DIR"  # holds answers.json (the grader's) and receives verdicts/
+_MISSING = object()
+
+
+def run(check_id: str, names: tuple[str, ...], source: str, namespace: dict) -> None:
+    """Run the check ``source`` once per submission of ``answers.json`` with its answers ``names``; save the verdicts."""
+    folder = Path(os.environ[GRADING_DIR_ENV])
+    submissions = json.loads((folder / "answers.json").read_text())
+    code = compile(source, f"<check {check_id}>", "exec")
+    own = {name: namespace.get(name, _MISSING) for name in names}
+    verdicts = {}
+    try:
+        for key, saved in submissions.items():
+            answers = saved.get(check_id)
+            if answers is None:
+                continue  # the submission's run never got to this exercise
+            for name in names:
+                namespace.pop(name, None)
+                if name in answers:
+                    namespace[name] = transport.decode(answers[name])
+            try:
+                with contextlib.redirect_stdout(io.StringIO()):
+                    exec(code, namespace)  # noqa: S102 - the instructor's check, run on data
+                verdicts[key] = None
+            except Exception as error:  # noqa: BLE001 - every failure of a check is a verdict
+                verdicts[key] = f"{type(error).__name__}: {error}".strip().rstrip(":")[:2000]
+    finally:
+        for name, value in own.items():
+            namespace.pop(name, None)
+            if value is not _MISSING:
+                namespace[name] = value
+    (folder / "verdicts").mkdir(exist_ok=True)
+    (folder / "verdicts" / f"{check_id}.json").write_text(json.dumps(verdicts))
+    print(f"{check_id}: checked {len(verdicts)} submission(s)")
