@@ -3,6 +3,8 @@ is wrong (missing, not numbers, shape, not finite, sign, scale, offset, too larg
 
 Every check raises ``AssertionError`` with a message for the student when the answer is wrong and returns ``None``
 otherwise; the grader shows the message in its feedback column. The expected value never appears in a message.
+When grading, the answers arrive as plain data (:mod:`coursework.transport`): arrays, numbers, strings, a sympy
+expression's values at N = 1..10, or an :class:`~coursework.transport.Unreadable` for anything else.
 """
 
 from __future__ import annotations
@@ -11,11 +13,15 @@ from typing import Any
 
 import numpy as np
 
+from coursework.transport import POINTS, Sampled, Unreadable
+
 
 def _as_array(name: str, answer: Any) -> np.ndarray:
     """``answer`` as a float array (numbers, lists, numpy arrays, torch tensors, sympy numbers), else a message."""
     if answer is None:
         raise AssertionError(f"`{name}` is None: assign your answer to `{name}` (a function without `return` gives None)")
+    if isinstance(answer, Unreadable):
+        raise AssertionError(f"`{name}` should hold numbers, got {answer.text}")
     if hasattr(answer, "detach"):  # a torch tensor, without importing torch here
         answer = answer.detach().cpu().numpy()
     try:
@@ -95,7 +101,8 @@ def equal(name: str, answer: Any, expected: Any) -> None:
         try:
             value = float(answer)
         except (TypeError, ValueError):
-            raise AssertionError(f"`{name}` should be an integer, got a {type(answer).__name__}") from None
+            kind = answer.text if isinstance(answer, Unreadable) else f"a {type(answer).__name__}"
+            raise AssertionError(f"`{name}` should be an integer, got {kind}") from None
         if value != int(expected):
             direction = "too large" if value > int(expected) else "too small"
             raise AssertionError(f"`{name}` = {answer!r} is {direction}")
@@ -112,19 +119,31 @@ def within(name: str, answer: Any, low: float, high: float, why: str) -> None:
         raise AssertionError(f"`{name}` = {value:.4g} is {direction}: {why}")
 
 
+def sympy_expression(name: str, answer: Any) -> None:
+    """Check that ``answer`` is a sympy expression (when grading: its values at N = 1..10, as the grader sends it)."""
+    if not isinstance(answer, Sampled) and not (hasattr(answer, "free_symbols") and hasattr(answer, "subs")):
+        kind = answer.text if isinstance(answer, Unreadable) else f"a {type(answer).__name__}"
+        raise AssertionError(f"`{name}` should be a sympy expression in N, got {kind}")
+
+
 def expression(name: str, answer: Any, expected: Any, *, rtol: float = 1e-9) -> None:
-    """Check a sympy expression in one free symbol against ``expected`` by evaluating both at 1, 2, ..., 10."""
-    free = sorted(getattr(answer, "free_symbols", set()), key=str)
+    """Check a sympy expression in one free symbol against ``expected`` by evaluating both at 1, 2, ..., 10.
+
+    ``answer`` may be the expression or, when grading, its values there (a :class:`~coursework.transport.Sampled`).
+    """
+    sympy_expression(name, answer)
+    free = list(answer.symbols) if isinstance(answer, Sampled) else sorted(answer.free_symbols, key=str)
     free_expected = sorted(getattr(expected, "free_symbols", set()), key=str)
     if len(free) > 1:
         raise AssertionError(f"`{name}` should depend on one symbol only, it depends on {[str(s) for s in free]}")
-    points = range(1, 11)
 
     def values(expr: Any, symbols: list) -> list[float]:
-        return [float(expr.subs(symbols[0], n)) if symbols else float(expr) for n in points]
+        return [float(expr.subs(symbols[0], n)) if symbols else float(expr) for n in POINTS]
 
     try:
-        got = values(answer, free)
+        got = list(answer.values) if isinstance(answer, Sampled) else values(answer, free)
     except (TypeError, ValueError, AttributeError):
         raise AssertionError(f"`{name}` should be a sympy expression that evaluates to numbers, got {answer!r:.80}") from None
+    if not got:
+        raise AssertionError(f"`{name}` should be a sympy expression that evaluates to numbers at N = 1..10")
     close(f"{name} at N = 1..10", got, values(expected, free_expected), rtol=rtol)

@@ -1,18 +1,27 @@
-"""Grade a folder of submitted notebooks: each runs in a fresh kernel with a time limit, then a CSV of points.
+"""Grade a folder of submitted notebooks: each runs in a sandbox, its answers are checked where its code cannot reach.
 
-    python -m coursework.grade SUBMISSIONS --out grades.csv [--timeout 600]
+    python -m coursework.grade SUBMISSIONS --out grades.csv [--timeout 600] [--batch 10] [--sandbox bubblewrap]
 
 Every ``*.ipynb`` under ``SUBMISSIONS`` (any depth, e.g. ``SUBMISSIONS/alice/01_icl_as_a_learning_problem.ipynb``)
-is matched to its chapter in ``notebooks/`` by file name, or else by the ids of its check cells. As nbgrader's
-``autograde`` does, the check cells are first overwritten with the chapter's own (hidden tests included), so an
-edited or deleted check cannot change a grade. The notebook then runs top to bottom in a fresh kernel in the
-chapter folder, errors allowed, under a time limit for the whole notebook. An exercise earns its points when its
-check cell ran without error; otherwise the feedback column holds the check's message (and the error of the
-student's own code for that exercise, if it raised one). A notebook that cannot be read, times out or kills its
-kernel gets its remaining exercises at zero with the reason; the grader itself carries on.
+is matched to its chapter in ``notebooks/`` by file name, or else by the ids of its check cells. Then, in two runs:
 
-The CSV has one row per exercise and submission (``submission, notebook, exercise, points, max_points, feedback``)
-and one ``TOTAL`` row per submission, whose feedback column gives the run time or the reason it stopped.
+1. **The student's run.** Each check cell of the submission is replaced by a cell that saves the exercise's answers
+   (the names its first line gives) as plain data (:mod:`coursework.transport`). The notebook runs top to bottom,
+   errors allowed, within ``--timeout`` seconds, in a fresh kernel inside a sandbox (:mod:`coursework.sandbox`)
+   that sees a copy of the notebook only, and neither the instructor's chapters nor the other submissions nor the
+   grade table, and that ends every process it started.
+2. **The checks' run.** In another sandbox, a fresh kernel runs the instructor's chapter itself, and where the
+   chapter has a check cell it runs that cell, hidden tests included, once per submission on that submission's
+   answers (:mod:`coursework.checking`), with the chapter's own context (its prompts, models and helpers). No
+   student code runs there; up to ``--batch`` submissions of a chapter share one such run.
+
+An exercise earns its points when its check passes; otherwise the feedback column holds the check's message (and
+the error of the student's own code for that exercise, if it raised one). A submission that cannot be read, runs
+out of time or kills its kernel gets its remaining exercises at zero with the reason and its possible points.
+
+The CSV has one row per exercise and submission (``submission, notebook, exercise, points, max_points, feedback,
+sha256``) and one ``TOTAL`` row per submission. It is rewritten, atomically, as soon as a submission is graded;
+grading again with the same ``--out`` skips every submission already in it with the same file hash (SHA-256).
 """
 
 from __future__ import annotations
@@ -20,43 +29,72 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
-import re
+import hashlib
+import json
+import os
+import shutil
 import sys
+import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import nbformat
-from nbclient import NotebookClient
-from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
-from coursework import markup
+from coursework import markup, sandbox, transport
 from coursework.student_edition import repository_root
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-FIELDS = ("submission", "notebook", "exercise", "points", "max_points", "feedback")
+FIELDS = ("submission", "notebook", "exercise", "points", "max_points", "feedback", "sha256")
+EXPORT = ("# Grading: the answers of {label} are saved for its check, which runs in another kernel\n"
+          "__import__('coursework.transport').transport.save({check_id!r}, {names!r}, globals())")
+VERDICT = ("# Grading: the check of {label} runs on each submission's answers\n"
+           "__import__('coursework.checking').checking.run({check_id!r}, {names!r}, {source!r}, globals())")
+STARTUP_SECONDS = 60  # allowed on top of --timeout for starting the sandbox and the kernel
+MAX_REPORT_BYTES = 2**20
 
 
 @dataclass
 class Row:
-    """One line of the grade table."""
+    """One line of the grade table (``max_points`` None: the possible points are not known)."""
 
     submission: str
     notebook: str
     exercise: str
     points: float
-    max_points: float
+    max_points: float | None
     feedback: str
+    sha256: str = ""
 
 
 @dataclass
 class Chapter:
-    """A source chapter: its converted notebook, its check cells by grade id, and its exercises."""
+    """A source chapter: its converted notebook, its check cells by grade id, and its autograded exercises."""
 
     path: Path
     nb: nbformat.NotebookNode
     checks: dict[str, dict]
     exercises: list[markup.Exercise]
+
+
+@dataclass
+class StudentRun:
+    """What the student's run of one submission gave: its answers by check id, and what happened, for feedback."""
+
+    name: str
+    path: Path
+    sha256: str
+    chapter: Chapter
+    present: set[str]
+    cells: dict[str, int]  # grade id -> index in the notebook that ran
+    answers: dict[str, dict[str, dict]] = field(default_factory=dict)
+    ran: set[int] = field(default_factory=set)
+    errors: dict[int, str] = field(default_factory=dict)
+    note: str = ""
+    seconds: float = 0.0
+
+
+class GradingError(RuntimeError):
+    """The grader cannot go on: the instructor's chapter failed, or a run changed what later kernels load."""
 
 
 def load_chapters(notebooks_dir: Path) -> dict[str, Chapter]:
@@ -65,157 +103,323 @@ def load_chapters(notebooks_dir: Path) -> dict[str, Chapter]:
     for path in sorted(Path(notebooks_dir).glob("*.ipynb")):
         nb, exercises = markup.convert(nbformat.read(path, as_version=4))
         checks = {markup.nbgrader_meta(c)["grade_id"]: c for c in nb.cells if markup.is_check(c)}
-        chapters[path.name] = Chapter(path, nb, checks, exercises)
+        chapters[path.name] = Chapter(path, nb, checks, [e for e in exercises if e.check_id])
     return chapters
+
+
+def _grade_id(cell: dict) -> str | None:
+    """The grade id of a submitted cell, None if it has none or its metadata is malformed."""
+    meta = cell.get("metadata", {}).get("nbgrader") if isinstance(cell.get("metadata"), dict) else None
+    grade_id = meta.get("grade_id") if isinstance(meta, dict) else None
+    return grade_id if isinstance(grade_id, str) else None
 
 
 def _match(nb: nbformat.NotebookNode, name: str, chapters: dict[str, Chapter]) -> Chapter | None:
     if name in chapters:
         return chapters[name]
-    ids = {markup.nbgrader_meta(c).get("grade_id") for c in nb.cells} - {None}
+    ids = {_grade_id(c) for c in nb.cells} - {None}
     best = max(chapters.values(), key=lambda ch: len(ids & set(ch.checks)), default=None)
     return best if best is not None and ids & set(best.checks) else None
 
 
-def _error_text(cell: dict) -> str | None:
-    """``ename: evalue`` of the cell's first error output, without terminal colours; None if it raised nothing."""
-    for output in cell.get("outputs", []):
-        if output.get("output_type") == "error":
-            text = f"{output.get('ename', 'Error')}: {output.get('evalue', '')}".strip().rstrip(":")
-            return _ANSI.sub("", text)
-    return None
+def student_notebook(nb: nbformat.NotebookNode, chapter: Chapter) -> tuple[nbformat.NotebookNode, set[str], dict[str, int]]:
+    """The submission as it runs: each check cell replaced by a cell saving its answers, nothing after the last one.
 
-
-def _restore_checks(nb: nbformat.NotebookNode, chapter: Chapter) -> set[str]:
-    """Overwrite the submission's check cells with the chapter's; return the grade ids that were present."""
-    present = set()
-    for index, cell in enumerate(nb.cells):
-        grade_id = markup.nbgrader_meta(cell).get("grade_id")
-        if grade_id in chapter.checks:
-            original = copy.deepcopy(chapter.checks[grade_id])
-            original["outputs"], original["execution_count"] = [], None
-            nb.cells[index] = original
-            present.add(grade_id)
-    return present
-
-
-def run_notebook(nb: nbformat.NotebookNode, cwd: Path, timeout: float) -> tuple[set[int], str]:
-    """Execute ``nb`` in place in a fresh kernel, cell by cell, within ``timeout`` seconds in all.
-
-    Returns the indices of the cells that ran and a note: ``""`` if every cell ran, else why it stopped.
+    Returns the notebook, the check ids found and the index of every cell with a grade id.
     """
-    client = NotebookClient(nb, timeout=max(1, int(timeout)), kernel_name="python3", allow_errors=True,
-                            resources={"metadata": {"path": str(cwd)}})
-    ran: set[int] = set()
-    deadline = time.monotonic() + timeout
-    try:
-        with client.setup_kernel():
-            for index, cell in enumerate(nb.cells):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return ran, f"time limit of {timeout:g} s reached before cell {index}"
-                client.timeout = max(1, int(remaining))
-                client.execute_cell(cell, index)
-                ran.add(index)
-    except CellTimeoutError:
-        return ran, f"time limit of {timeout:g} s reached in cell {len(ran)}"
-    except DeadKernelError:
-        return ran, f"the kernel died in cell {len(ran)} (out of memory, or the code exited)"
-    return ran, ""
+    nb = copy.deepcopy(nb)
+    by_check = {e.check_id: e for e in chapter.exercises}
+    cells = {gid: i for i, c in enumerate(nb.cells) if (gid := _grade_id(c))}
+    present, last = set(), -1
+    for index, cell in enumerate(nb.cells):
+        exercise = by_check.get(_grade_id(cell))
+        if exercise is not None:
+            nb.cells[index] = nbformat.v4.new_code_cell(EXPORT.format(label=exercise.label, check_id=exercise.check_id,
+                                                                       names=exercise.answers))
+            present.add(exercise.check_id)
+            last = index
+        elif cell["cell_type"] == "code":
+            cell["outputs"], cell["execution_count"] = [], None
+    nb.cells = nb.cells[: last + 1]
+    return nb, present, cells
 
 
-def grade_notebook(path: Path, submission: str, chapters: dict[str, Chapter], timeout: float) -> list[Row]:
-    """Grade one submitted notebook; never raises for a broken submission (its rows say what happened)."""
+def checks_notebook(chapter: Chapter) -> nbformat.NotebookNode:
+    """The instructor's chapter with each check cell replaced by a run of that check on every submission's answers."""
+    nb = copy.deepcopy(chapter.nb)
+    by_check = {e.check_id: e for e in chapter.exercises}
+    last = -1
+    for index, cell in enumerate(nb.cells):
+        exercise = by_check.get(markup.nbgrader_meta(cell).get("grade_id"))
+        if exercise is not None:
+            nb.cells[index] = nbformat.v4.new_code_cell(VERDICT.format(
+                label=exercise.label, check_id=exercise.check_id, names=exercise.answers, source=cell["source"]))
+            last = index
+    nb.cells = nb.cells[: last + 1]
+    return nb
+
+
+def _worker(layout: sandbox.Layout, notebook: str, timeout: float) -> list[str]:
+    return [sys.executable, "-s", "-m", "coursework.worker", str(layout.notebooks / notebook),
+            str(layout.grading / "report.json"), "--timeout", f"{timeout:g}"]
+
+
+def _report(work: Path) -> tuple[set[int], dict[int, str], str | None]:
+    """The cells that ran, their errors and the note of a run's report (untrusted: malformed parts are dropped)."""
+    raw = transport.read_plain_file(work / "grading" / "report.json", work / "grading", MAX_REPORT_BYTES)
     try:
-        nb = nbformat.read(path, as_version=4)
-    except Exception as error:  # noqa: BLE001 - any unreadable file is the student's, not the grader's, problem
-        return [Row(submission, path.name, "TOTAL", 0, 0, f"could not read the notebook: {type(error).__name__}: {error}")]
-    chapter = _match(nb, path.name, chapters)
-    if chapter is None:
-        return [Row(submission, path.name, "TOTAL", 0, 0, "not a chapter of the book (no matching name or check cells)")]
-    present = _restore_checks(nb, chapter)
-    start = time.perf_counter()
+        report = json.loads(raw) if raw is not None else None
+    except (ValueError, RecursionError):
+        report = None
+    if not isinstance(report, dict):
+        return set(), {}, None
+    ran = {i for i in report.get("ran", []) if isinstance(i, int)} if isinstance(report.get("ran"), list) else set()
+    errors = report.get("errors") if isinstance(report.get("errors"), dict) else {}
+    errors = {int(k): v[:2000] for k, v in errors.items() if isinstance(k, str) and k.isdigit() and isinstance(v, str)}
+    note = report.get("note")
+    return ran, errors, note[:300] if isinstance(note, str) else None
+
+
+def run_student(run: StudentRun, nb: nbformat.NotebookNode, box: sandbox.Sandbox, timeout: float, scratch: Path) -> None:
+    """The student's run of one submission, in ``box``: fills ``run``'s answers and what happened."""
+    work = sandbox.new_work(scratch)
     try:
-        ran, note = run_notebook(nb, chapter.path.parent, timeout)
-    except Exception as error:  # noqa: BLE001 - e.g. a kernel that does not start
-        ran, note = set(), f"could not run: {type(error).__name__}: {error}"
-    seconds = time.perf_counter() - start
-    by_id = {markup.nbgrader_meta(c).get("grade_id"): (i, c) for i, c in enumerate(nb.cells)}
+        nbformat.write(nb, work / "notebooks" / run.chapter.path.name)
+        before = sandbox.fingerprint(list(box.watch)) if box.watch else {}
+        start = time.perf_counter()
+        outcome = box.run(work, _worker(box.layout(work), run.chapter.path.name, timeout), timeout + STARTUP_SECONDS)
+        run.seconds = time.perf_counter() - start
+        if box.watch and (touched := sandbox.changed(before, sandbox.fingerprint(list(box.watch)))):
+            raise GradingError(f"{run.name} changed {len(touched)} file(s) outside its folder, e.g. {touched[:3]}: "
+                               "restore them (they are loaded by later kernels) before grading again")
+        run.ran, run.errors, note = _report(work)
+        run.note = note if note is not None else (outcome or "the run ended without its report (the notebook's code ended it)")
+        names = {e.check_id: e.answers for e in run.chapter.exercises}
+        for check_id in run.present:
+            saved = transport.load(work / "grading" / "answers" / f"{check_id}.json", work / "grading", names[check_id])
+            if saved is not None:
+                run.answers[check_id] = saved
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run_checks(chapter: Chapter, runs: list[StudentRun], box: sandbox.Sandbox, timeout: float,
+               scratch: Path) -> dict[str, dict[str, str | None]]:
+    """The checks' run of ``chapter`` on the answers of ``runs``: the verdict (None: passed) by check id and submission."""
+    work = sandbox.new_work(scratch)
+    try:
+        nbformat.write(checks_notebook(chapter), work / "notebooks" / chapter.path.name)
+        (work / "grading" / "answers.json").write_text(json.dumps({r.name: r.answers for r in runs}, allow_nan=True))
+        limit = 2 * timeout
+        outcome = box.run(work, _worker(box.layout(work), chapter.path.name, limit), limit + STARTUP_SECONDS)
+        verdicts = {}
+        for exercise in chapter.exercises:
+            path = work / "grading" / "verdicts" / f"{exercise.check_id}.json"
+            verdicts[exercise.check_id] = json.loads(path.read_text()) if path.is_file() else {}
+        missing = [e.label for e in chapter.exercises if any(e.check_id in r.answers and r.name not in verdicts[e.check_id]
+                                                             for r in runs)]
+        if missing:
+            _, errors, note = _report(work)
+            why = "; ".join(filter(None, [outcome, note, *list(errors.values())[:1]])) or "no verdicts were written"
+            log = (work / "log.txt").read_text(errors="replace")[-500:] if (work / "log.txt").exists() else ""
+            raise GradingError(f"the checks of {chapter.path.name} did not run for {', '.join(missing)}: {why} {log}".strip())
+        return verdicts
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _feedback(run: StudentRun, exercise: markup.Exercise, verdict: str | None) -> str:
+    own = [e for gid in exercise.solution_ids if gid in run.cells and (e := run.errors.get(run.cells[gid]))]
+    if own and own[0].startswith("NotImplementedError"):
+        return f"not answered yet (your code still raises NotImplementedError); the check said: {verdict}"
+    if own:
+        return f"your code raised {own[0]}; then the check said: {verdict}"
+    if verdict.startswith("NameError"):
+        return verdict + " (the answer was not computed: assign it in your code for this exercise)"
+    return verdict
+
+
+def rows_for(run: StudentRun, verdicts: dict[str, dict[str, str | None]]) -> list[Row]:
+    """The grade rows of one submission, from its run and the checks' verdicts."""
     rows = []
-    for exercise in chapter.exercises:
-        if exercise.check_id is None:
-            continue  # graded by hand: listed in the instructor's guide
+    for exercise in run.chapter.exercises:
         points, feedback = 0.0, ""
-        if exercise.check_id not in present:
+        if exercise.check_id not in run.present:
             feedback = "the check cell of this exercise was deleted from the notebook"
-        else:
-            index, cell = by_id[exercise.check_id]
-            error = _error_text(cell)
-            if index not in ran:
-                feedback = f"not run: {note}"
-            elif error is None:
-                points = float(exercise.points)
+        elif exercise.check_id not in run.answers:
+            index = run.cells.get(exercise.check_id)
+            if index in run.ran:
+                saver = run.errors.get(index)
+                feedback = "the answers were not saved" + (f": the cell that saves them raised {saver}" if saver else
+                                                           " (the notebook's code removed or replaced them)")
             else:
-                feedback = error
-                own = [e for gid in exercise.solution_ids if gid in by_id and (e := _error_text(by_id[gid][1]))]
-                if own and own[0].startswith("NotImplementedError"):
-                    feedback = f"not answered yet (your code still raises NotImplementedError); the check said: {error}"
-                elif own:
-                    feedback = f"your code raised {own[0]}; then the check said: {error}"
-                elif error.startswith("NameError"):
-                    feedback += " (the answer was not computed: assign it in your code for this exercise)"
-        rows.append(Row(submission, path.name, exercise.label, points, float(exercise.points), feedback))
+                feedback = f"not run: {run.note or 'the run ended before this exercise'}"
+        elif (verdict := verdicts[exercise.check_id][run.name]) is None:
+            points = float(exercise.points)
+        else:
+            feedback = _feedback(run, exercise, verdict)
+        rows.append(Row(run.name, run.path.name, exercise.label, points, float(exercise.points), feedback, run.sha256))
     total = sum(r.points for r in rows)
-    possible = sum(r.max_points for r in rows)
-    rows.append(Row(submission, path.name, "TOTAL", total, possible, note or f"ran in {seconds:.0f} s"))
+    rows.append(Row(run.name, run.path.name, "TOTAL", total, sum(r.max_points for r in rows),
+                    run.note or f"ran in {run.seconds:.0f} s", run.sha256))
     return rows
 
 
-def grade_folder(submissions: Path, *, timeout: float = 600.0, notebooks_dir: Path | None = None) -> list[Row]:
-    """Grade every notebook under ``submissions``; the submission name is its path without ``.ipynb``."""
-    submissions = Path(submissions)
+def broken_rows(name: str, path: Path, sha256: str, chapter: Chapter | None, reason: str) -> list[Row]:
+    """The rows of a submission that could not be run: zero points, the possible points where the chapter is known."""
+    if chapter is None:
+        return [Row(name, path.name, "TOTAL", 0, None, reason, sha256)]
+    rows = [Row(name, path.name, e.label, 0, float(e.points), reason, sha256) for e in chapter.exercises]
+    return rows + [Row(name, path.name, "TOTAL", 0, sum(r.max_points for r in rows), reason, sha256)]
+
+
+def read_table(out: Path) -> list[Row]:
+    """The rows of an earlier grade table at ``out`` (none if there is no such file)."""
+    if not out.exists():
+        return []
+    with open(out, newline="") as handle:
+        reader = csv.reader(handle)
+        if next(reader, None) != list(FIELDS):
+            raise ValueError(f"out must be a grade table written by this grader or a new file, got {str(out)!r} "
+                             f"(its header is not {','.join(FIELDS)})")
+        return [Row(r[0], r[1], r[2], float(r[3]), float(r[4]) if r[4] else None, r[5], r[6]) for r in reader if len(r) == 7]
+
+
+def write_table(rows: list[Row], out: Path) -> None:
+    """Write the grade table atomically: a complete file or the previous one, never half of one."""
+    temporary = out.with_name(f".{out.name}.tmp")
+    with open(temporary, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(FIELDS)
+        for row in rows:
+            writer.writerow([row.submission, row.notebook, row.exercise, f"{row.points:g}",
+                             "" if row.max_points is None else f"{row.max_points:g}", row.feedback, row.sha256])
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, out)
+
+
+def check_writable(out: Path) -> None:
+    """Fail now, not after grading, if the grade table cannot be written at ``out``."""
+    try:
+        if out.exists() and not out.is_file():
+            raise OSError("it exists and is not a file")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out.parent, prefix=f".{out.name}."):
+            pass
+    except OSError as error:
+        raise ValueError(f"out must be a file the grader can write, got {str(out)!r}: {error}") from None
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _print(rows: list[Row]) -> None:
+    for row in rows[:-1]:
+        if row.points < (row.max_points or 0):
+            print(f"  {row.exercise}: {row.points:g} / {row.max_points:g}: {row.feedback}", file=sys.stderr, flush=True)
+    total = rows[-1]
+    possible = "?" if total.max_points is None else f"{total.max_points:g}"
+    print(f"{total.submission}: {total.points:g} / {possible} points ({total.feedback})", file=sys.stderr, flush=True)
+
+
+def grade_folder(submissions: Path, out: Path, *, timeout: float = 600.0, batch: int = 10,
+                 notebooks_dir: Path | None = None, box: sandbox.Sandbox | None = None) -> list[Row]:
+    """Grade every notebook under ``submissions`` not yet graded in ``out``, writing ``out`` after each; return all rows.
+
+    The submission name is its path without ``.ipynb``. ``box`` defaults to bubblewrap (``RuntimeError`` where it
+    cannot run). ``GradingError`` stops grading (the rows written so far stay in ``out``).
+    """
+    submissions, out = Path(submissions), Path(out)
     if not submissions.is_dir():
         raise ValueError(f"submissions must be a folder of notebooks, got {str(submissions)!r}")
     if not timeout > 0:
         raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
+    if not (isinstance(batch, int) and batch >= 1):
+        raise ValueError(f"batch must be a whole number of submissions >= 1, got {batch!r}")
+    check_writable(out)
+    table = read_table(out)
+    write_table(table, out)
+    box = sandbox.choose("bubblewrap") if box is None else box
     chapters = load_chapters(repository_root() / "notebooks" if notebooks_dir is None else notebooks_dir)
-    rows: list[Row] = []
-    paths = sorted(p for p in submissions.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
+    done = {(r.submission, r.sha256) for r in table if r.exercise == "TOTAL"}
+    pending: dict[str, list[tuple[StudentRun, nbformat.NotebookNode]]] = {}
+    paths = sorted(p for p in submissions.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts and p.is_file())
+
+    def record(rows: list[Row]) -> None:
+        table[:] = [r for r in table if r.submission != rows[0].submission] + rows
+        write_table(table, out)
+        _print(rows)
+
     for path in paths:
-        name = path.relative_to(submissions).with_suffix("").as_posix()
-        print(f"grading {name} ...", file=sys.stderr, flush=True)
-        graded = grade_notebook(path, name, chapters, timeout)
-        rows += graded
-        for row in graded[:-1]:
-            if row.points < row.max_points:
-                print(f"  {row.exercise}: {row.points:g} / {row.max_points:g}: {row.feedback}", file=sys.stderr, flush=True)
-        total = graded[-1]
-        print(f"  {total.points:g} / {total.max_points:g} points ({total.feedback})", file=sys.stderr, flush=True)
-    return rows
-
-
-def write_csv(rows: list[Row], out: Path) -> None:
-    """Write the grade table."""
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(FIELDS)
-        for row in rows:
-            writer.writerow([row.submission, row.notebook, row.exercise, f"{row.points:g}", f"{row.max_points:g}", row.feedback])
+        name, sha256 = path.relative_to(submissions).with_suffix("").as_posix(), _sha256(path)
+        if (name, sha256) in done:
+            print(f"{name}: already graded in {out}", file=sys.stderr, flush=True)
+            continue
+        try:
+            nb = nbformat.read(path, as_version=4)
+            chapter = _match(nb, path.name, chapters)
+            if chapter is not None:
+                ready, present, cells = student_notebook(nb, chapter)
+        except Exception as error:  # noqa: BLE001 - any unreadable file is the student's, not the grader's, problem
+            record(broken_rows(name, path, sha256, chapters.get(path.name),
+                               f"could not read the notebook: {type(error).__name__}: {str(error)[:200]}"))
+            continue
+        if chapter is None:
+            record(broken_rows(name, path, sha256, None, "not a chapter of the book (no matching name or check cells)"))
+            continue
+        pending.setdefault(chapter.path.name, []).append((StudentRun(name, path, sha256, chapter, present, cells), ready))
+    with tempfile.TemporaryDirectory(prefix="coursework-grade-") as scratch:
+        for group in pending.values():
+            for start in range(0, len(group), batch):
+                runs, stopped = [], None
+                for run, ready in group[start : start + batch]:
+                    print(f"{run.name}: running ...", file=sys.stderr, flush=True)
+                    try:
+                        run_student(run, ready, box, timeout, Path(scratch))
+                    except GradingError as error:
+                        stopped = error  # the submissions run before it are still checked and written
+                        break
+                    runs.append(run)
+                if runs:
+                    verdicts = run_checks(runs[0].chapter, runs, box, timeout, Path(scratch))
+                    for run in runs:
+                        record(rows_for(run, verdicts))
+                if stopped is not None:
+                    raise stopped
+    return table
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m coursework.grade",
-                                     description="Run submitted notebooks in fresh kernels and write a grade table (CSV).")
+                                     description="Run submitted notebooks in sandboxes, check their answers apart, write a grade table (CSV).")
     parser.add_argument("submissions", type=Path, help="folder of submitted notebooks (searched recursively)")
-    parser.add_argument("--out", type=Path, default=Path("grades.csv"), help="CSV to write (default grades.csv)")
+    parser.add_argument("--out", type=Path, default=Path("grades.csv"), help="CSV to write and resume (default grades.csv)")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds allowed per notebook (default 600)")
+    parser.add_argument("--batch", type=int, default=10,
+                        help="submissions of a chapter checked in one run of the instructor's chapter (default 10)")
+    parser.add_argument("--sandbox", choices=("bubblewrap", "none"), default="bubblewrap",
+                        help="bubblewrap (default; refuses to start where it cannot run) or none (grades with a warning)")
     args = parser.parse_args(argv)
     try:
-        rows = grade_folder(args.submissions, timeout=args.timeout)
+        box = sandbox.choose(args.sandbox)
+    except RuntimeError as error:
+        print(f"no sandbox: {error}. Without one a submission can do all of this:", file=sys.stderr)
+        print("".join(f"  - {item}\n" for item in sandbox.UNPROTECTED), end="", file=sys.stderr)
+        print("Install bubblewrap, or grade anyway with --sandbox none (only submissions you trust).", file=sys.stderr)
+        return 2
+    print(f"sandbox: {box.kind}", file=sys.stderr)
+    if box.kind == "none":
+        print("WARNING: no sandbox. A submission can do all of this:", file=sys.stderr)
+        print("".join(f"  - {item}\n" for item in sandbox.UNPROTECTED), end="", file=sys.stderr)
+    try:
+        rows = grade_folder(args.submissions, args.out, timeout=args.timeout, batch=args.batch, box=box)
     except ValueError as error:
         parser.error(str(error))
-    write_csv(rows, args.out)
+    except GradingError as error:
+        print(f"grading stopped: {error}", file=sys.stderr)
+        return 1
     print(f"wrote {args.out}: {sum(r.exercise == 'TOTAL' for r in rows)} notebook(s)")
     return 0
 

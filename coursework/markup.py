@@ -6,8 +6,9 @@ Authors write exercises as the chapters do (see the instructor's guide, section 
 * a markdown cell ```` ```{solution-start} chN-ex-NAME ```` (``:class: dropdown``), the solution's markdown and code
   cells, and a markdown cell ```` ```{solution-end} ````; or, for a text-only answer, a ```` ```{solution} ```` block;
 * optionally, as the last code cell before ``{solution-end}``, an autograded check: a code cell whose first line is
-  ``# Autograded check (N points)``, which calls :mod:`coursework.answers` and may hide its comparison with the
-  solution between ``### BEGIN HIDDEN TESTS`` and ``### END HIDDEN TESTS``.
+  ``# Autograded check (N points): name, name``, naming the variables that hold the answers (the grader sends
+  exactly these, as plain data, to the kernel where the checks run), which calls :mod:`coursework.answers` and may
+  hide its comparison with the solution between ``### BEGIN HIDDEN TESTS`` and ``### END HIDDEN TESTS``.
 
 :func:`convert` gives every such cell nbgrader's metadata (``metadata.nbgrader``, schema version 3): the statement is
 locked, the solution's cells are solution cells (replaced by a stub in the student edition), the check is a locked
@@ -29,7 +30,7 @@ from pathlib import Path
 import nbformat
 
 SCHEMA_VERSION = 3
-CHECK_HEADER = re.compile(r"^# Autograded check \((\d+) points?\)")
+CHECK_HEADER = re.compile(r"^# Autograded check \((\d+) points?\)(?::[ \t]*([^\n]*))?")
 _EXERCISE = re.compile(r"```\{exercise\}[^\n]*\n(?:[^\n]*\n)*?:label:\s*(\S+)")
 _DIRECTIVE_START = re.compile(r"^```\{(solution-start|solution-end|solution)\}", re.MULTILINE)
 _SOLUTION_START = re.compile(r"^```\{solution-start\}\s*(\S+)")
@@ -39,12 +40,13 @@ _SOLUTION_BLOCK = re.compile(r"^```\{solution\}\s*(\S+)")
 
 @dataclass
 class Exercise:
-    """One exercise of a notebook: its label, solution cells, check cell (if autograded) and points."""
+    """One exercise of a notebook: its label, solution cells, check cell (if autograded), points and answer names."""
 
     label: str
     solution_ids: list[str] = field(default_factory=list)
     check_id: str | None = None
     points: int = 0
+    answers: tuple[str, ...] = ()
 
 
 def is_solution_start(cell: dict) -> bool:
@@ -107,6 +109,15 @@ def _mark_solution(cell: dict, grade_id: str) -> None:
         _mark(cell, grade_id, solution=True, grade=False, locked=False)
 
 
+def answer_names(header: re.Match, where: str) -> tuple[str, ...]:
+    """The answer names of a check cell's first line, matched by :data:`CHECK_HEADER`; ``ValueError`` if it has none."""
+    names = tuple(name.strip() for name in (header.group(2) or "").split(",") if name.strip())
+    if not names or not all(name.isidentifier() for name in names):
+        raise ValueError(f"{where}: the check's first line must name its answers, as in "
+                         f"'# Autograded check (2 points): step_errors, best_step', got {header.group(0)!r}")
+    return names
+
+
 def is_check(cell: dict) -> bool:
     """True for an autograded check cell (a locked code grade cell that is not a solution)."""
     meta = nbgrader_meta(cell)
@@ -159,6 +170,7 @@ def convert(nb: nbformat.NotebookNode) -> tuple[nbformat.NotebookNode, list[Exer
                 if current.check_id is not None:
                     raise ValueError(f"{where}: a second check cell in {current.label}")
                 current.check_id, current.points = f"{current.label}-check", int(check.group(1))
+                current.answers = answer_names(check, where)
                 _mark(cell, current.check_id, solution=False, grade=True, locked=True, points=current.points)
             else:
                 if current.check_id is not None and cell["cell_type"] == "code":
@@ -190,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
             nbformat.write(converted, path)
         print(f"{path}: {'converted' if changed else 'already converted'}")
         for ex in exercises:
-            kind = f"autograded, {ex.points} points" if ex.check_id else "graded by hand"
+            kind = f"autograded, {ex.points} points, answers {', '.join(ex.answers)}" if ex.check_id else "graded by hand"
             print(f"  {ex.label}: {len(ex.solution_ids)} solution cell(s), {kind}")
     return 0
 

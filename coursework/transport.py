@@ -28,9 +28,8 @@ ANSWERS_DIR_ENV = "COURSEWORK_ANSWERS_DIR"  # where save() writes, set by the gr
 
 @dataclass(frozen=True)
 class Unreadable:
-    """An answer that is not plain data: its type's name and a short description, for the check's message."""
+    """An answer that is not plain data: what it was, for the check's message (e.g. ``"a dict (...): {'a': 1}"``)."""
 
-    type_name: str
     text: str
 
 
@@ -58,7 +57,7 @@ def _unreadable(value: Any, why: str) -> dict:
         text = repr(value)[:80]
     except Exception:  # noqa: BLE001 - a student's object may fail in __repr__
         text = "?"
-    return {"type": "unreadable", "type_name": type(value).__name__[:80], "text": f"{why}: {text}"}
+    return {"type": "unreadable", "text": f"a {type(value).__name__[:80]} ({why}): {text}"}
 
 
 def encode(value: Any) -> dict:
@@ -97,7 +96,7 @@ def _number(item: Any) -> bool:
 
 def decode(data: Any) -> Any:
     """The answer that :func:`encode` gave ``data`` for; an :class:`Unreadable` for anything malformed."""
-    bad = Unreadable("unreadable data", "the saved answer is not in the grader's format")
+    bad = Unreadable("a saved answer that is not in the grader's format")
     if not isinstance(data, dict):
         return bad
     kind = data.get("type")
@@ -125,8 +124,8 @@ def decode(data: Any) -> Any:
                 and dtype in ("bool", "int", "float") and all(isinstance(v, (bool, int, float)) for v in values)):
             return np.array(values, dtype={"bool": bool, "int": np.int64, "float": float}[dtype]).reshape(shape)
         return bad
-    if kind == "unreadable" and isinstance(data.get("type_name"), str) and isinstance(data.get("text"), str):
-        return Unreadable(data["type_name"][:80], data["text"][:200])
+    if kind == "unreadable" and isinstance(data.get("text"), str):
+        return Unreadable(data["text"][:200])
     return bad
 
 
@@ -183,7 +182,7 @@ def load(path: Path, folder: Path, names: tuple[str, ...]) -> dict[str, dict] | 
 
 def _reencode(value: Any) -> dict:
     if isinstance(value, Unreadable):
-        return {"type": "unreadable", "type_name": value.type_name, "text": value.text}
+        return {"type": "unreadable", "text": value.text}
     if isinstance(value, Sampled):
         return {"type": "expression", "symbols": list(value.symbols), "values": list(value.values)}
     return encode(value)

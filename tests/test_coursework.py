@@ -4,6 +4,7 @@ and the student book. The grader's tests are in test_coursework_grading.py."""
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import nbformat
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 import sympy as sp
 
-from coursework import answers, markup, student_edition
+from coursework import answers, markup, student_edition, transport
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAPTERS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -72,8 +73,59 @@ def test_within_equal_expression():
     assert "too small" in _message(answers.equal, "m", 2, 3)
     n, m = sp.symbols("N M", positive=True)
     answers.expression("e", 12 / (m + 4), 12 / (n + 4))  # the symbol's name does not matter
+    sent = transport.decode(transport.encode(12 / (m + 4)))  # as the grader sends it: values at N = 1..10
+    assert isinstance(sent, transport.Sampled)
+    answers.expression("e", sent, 12 / (n + 4))
+    assert "too large" in _message(answers.expression, "e", transport.decode(transport.encode(12 / (m + 3))), 12 / (n + 4))
+    assert "sympy expression" in _message(answers.sympy_expression, "e", 0.5)
     assert "too large" in _message(answers.expression, "e", 12 / (m + 3), 12 / (n + 4))
     assert "one symbol" in _message(answers.expression, "e", n * m, 12 / (n + 4))
+
+
+# --- transport: answers as plain data ------------------------------------------------------------------------------
+
+def _round_trip(value):
+    return transport.decode(json.loads(json.dumps(transport.encode(value))))
+
+
+def test_transport_round_trips_plain_data():
+    torch = pytest.importorskip("torch")
+    assert _round_trip(None) is None and _round_trip(True) is True and _round_trip(3) == 3 and _round_trip("a") == "a"
+    assert _round_trip(np.float32(0.5)) == 0.5 and isinstance(_round_trip(np.int64(7)), int)
+    np.testing.assert_array_equal(_round_trip(np.arange(6.0).reshape(2, 3)), np.arange(6.0).reshape(2, 3))
+    np.testing.assert_array_equal(_round_trip(torch.ones(2, 2)), np.ones((2, 2)))
+    np.testing.assert_array_equal(_round_trip([1, 2, 3]), [1, 2, 3])
+    assert np.isnan(_round_trip(float("nan")))
+    assert _round_trip(np.zeros(0)).shape == (0,)
+
+
+def test_transport_sends_no_object():
+    class Evil:
+        def __repr__(self):
+            raise RuntimeError("no")
+
+        def __float__(self):
+            return 1.0
+
+    for value in ({"a": 1}, Evil(), [1, "a"], [[1, 2], [3]], 1j, np.zeros(transport.MAX_ENTRIES + 1)):
+        assert isinstance(_round_trip(value), transport.Unreadable), value
+    assert "should hold numbers, got a dict" in _message(answers.shape, "x", _round_trip({"a": 1}), ())
+    assert "should be an integer, got a dict" in _message(answers.equal, "x", _round_trip({"a": 1}), 3)
+    for forged in ({"type": "array", "shape": [2], "values": [1.0]}, {"type": "array", "shape": [1], "values": ["1"]},
+                   {"type": "int", "value": True}, {"type": "pickle", "value": "gASV"}, [], "eval('1')"):
+        assert isinstance(transport.decode(forged), transport.Unreadable), forged
+
+
+def test_transport_load_reads_only_plain_files(tmp_path):
+    (tmp_path / "secret.txt").write_text('{"x": {"type": "int", "value": 1}}')
+    folder = tmp_path / "answers"
+    folder.mkdir()
+    (folder / "link.json").symlink_to(tmp_path / "secret.txt")
+    assert transport.load(folder / "link.json", folder, ("x",)) is None, "a link is never followed"
+    (folder / "bad.json").write_text("{ not json")
+    assert isinstance(transport.decode(transport.load(folder / "bad.json", folder, ("x",))["x"]), transport.Unreadable)
+    (folder / "good.json").write_text('{"x": {"type": "int", "value": 1}, "other": {"type": "int", "value": 2}}')
+    assert transport.load(folder / "good.json", folder, ("x",)) == {"x": {"type": "int", "value": 1}}
 
 
 # --- markup ---------------------------------------------------------------------------------------------------------
@@ -88,7 +140,7 @@ def _exercise_notebook() -> nbformat.NotebookNode:
         md("```{solution-start} chX-ex-mean\n:class: dropdown\n```"),
         md("The mean of 1..D is (D + 1) / 2."),
         code("mean_answer = np.arange(1, D + 1).mean()"),
-        code("# Autograded check (3 points)\nfrom coursework import answers\n\nanswers.shape(\"mean_answer\", mean_answer, ())\n"
+        code("# Autograded check (3 points): mean_answer\nfrom coursework import answers\n\nanswers.shape(\"mean_answer\", mean_answer, ())\n"
              "### BEGIN HIDDEN TESTS\nanswers.close(\"mean_answer\", mean_answer, (D + 1) / 2, rtol=1e-12)\n### END HIDDEN TESTS"),
         md("Averages are linear.\n\n```{solution-end}\n```"),
         md("```{exercise} Why\n:label: chX-ex-why\n\nExplain.\n```\n\n```{solution} chX-ex-why\n:class: dropdown\n\nBecause it is.\n```"),
@@ -100,8 +152,8 @@ def _exercise_notebook() -> nbformat.NotebookNode:
 
 def test_convert_marks_cells_and_splits_directives():
     converted, exercises = markup.convert(_exercise_notebook())
-    assert [(e.label, e.check_id, e.points) for e in exercises] == [
-        ("chX-ex-mean", "chX-ex-mean-check", 3), ("chX-ex-why", None, 0)]
+    assert [(e.label, e.check_id, e.points, e.answers) for e in exercises] == [
+        ("chX-ex-mean", "chX-ex-mean-check", 3, ("mean_answer",)), ("chX-ex-why", None, 0, ())]
     kinds = [(c["cell_type"], markup.nbgrader_meta(c).get("grade_id"), markup.nbgrader_meta(c).get("solution"),
               markup.nbgrader_meta(c).get("grade")) for c in converted.cells]
     assert kinds == [
@@ -132,6 +184,11 @@ def test_convert_rejects_broken_markup():
     nb.cells[2]["source"] = "```{solution-start} chX-ex-other\n:class: dropdown\n```"
     with pytest.raises(ValueError, match="does not follow its exercise"):
         markup.convert(nb)
+    for header in ("# Autograded check (3 points)", "# Autograded check (3 points): mean-answer"):
+        nb = _exercise_notebook()
+        nb.cells[5]["source"] = nb.cells[5]["source"].replace("# Autograded check (3 points): mean_answer", header)
+        with pytest.raises(ValueError, match="must name its answers"):
+            markup.convert(nb)
 
 
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)

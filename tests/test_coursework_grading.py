@@ -1,8 +1,9 @@
-"""The grader: chapter 1's solution notebook scores full marks, its untouched student notebook zero, a notebook with
-one wrong answer loses exactly that exercise's points with a message that helps; and on a tiny synthetic chapter, a
-time-out, a dead kernel, an unreadable file and an edited check cell are graded without crashing the grader.
+"""The grader end to end on chapter 1: its solution notebook scores full marks, its untouched student notebook zero,
+a notebook with one wrong answer loses exactly that exercise's points with a message that helps. Then the grader's
+arguments, its command line and grading without a sandbox. The attacks are in test_coursework_attacks.py.
 
-Grading chapter 1 three times takes about a minute and a half on a laptop CPU (each run is a fresh kernel)."""
+Grading chapter 1 three times takes about a minute and a half on a laptop CPU: three student runs and one run of the
+chapter for the checks, each a fresh kernel."""
 
 from __future__ import annotations
 
@@ -13,11 +14,18 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from coursework import grade, markup, student_edition
+from coursework import grade, markup, sandbox, student_edition
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAPTER = ROOT / "notebooks" / "01_icl_as_a_learning_problem.ipynb"
 WRONG_CELL, WRONG_EXERCISE = "ch1-30", "ch1-ex-step-size"
+
+
+def _box() -> sandbox.Sandbox:
+    """Bubblewrap where it runs; else no sandbox (the book's own notebooks need none), watching nothing."""
+    if sandbox.bubblewrap_problem() is None:
+        return sandbox.choose("bubblewrap")
+    return sandbox.Sandbox("none", grade.repository_root())
 
 
 def _by_submission(rows: list[grade.Row]) -> dict[str, dict[str, grade.Row]]:
@@ -43,9 +51,8 @@ def chapter_one_grades(tmp_path_factory) -> dict[str, dict[str, grade.Row]]:
     cell["source"] = cell["source"].replace(normalised, normalised[: -len(" / D")])  # forgets to normalise by d
     (folder / "wrong").mkdir()
     nbformat.write(wrong, folder / "wrong" / "renamed.ipynb")  # found by its check cells, not by its name
-    rows = grade.grade_folder(folder, timeout=300)
     out = folder.parent / "grades.csv"
-    grade.write_csv(rows, out)
+    rows = grade.grade_folder(folder, out, timeout=300, box=_box())
     with open(out, newline="") as handle:
         written = list(csv.DictReader(handle))
     assert len(written) == len(rows) and list(written[0]) == list(grade.FIELDS)
@@ -88,95 +95,56 @@ def test_one_wrong_answer_loses_exactly_its_points(chapter_one_grades):
     assert "`step_errors`" in feedback and "constant factor of about 10" in feedback and "normalisation" in feedback, feedback
 
 
-# --- a tiny synthetic chapter: the grader's robustness ---------------------------------------------------------------
-
-def _tiny_chapter() -> nbformat.NotebookNode:
-    md, code = nbformat.v4.new_markdown_cell, nbformat.v4.new_code_cell
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
-    nb.cells = [code("D = 4")]
-    for name, value in (("first", "D + 1"), ("second", "2 * D")):
-        nb.cells += [
-            md(f"```{{exercise}} {name}\n:label: tiny-ex-{name}\n\nStore it in `{name}`.\n```"),
-            md(f"```{{solution-start}} tiny-ex-{name}\n:class: dropdown\n```"),
-            code(f"{name} = {value}"),
-            code(f"# Autograded check (1 point)\nfrom coursework import answers\n\n### BEGIN HIDDEN TESTS\n"
-                 f"answers.close({name!r}, {name}, {value}, rtol=1e-12)\n### END HIDDEN TESTS"),
-            md("```{solution-end}\n```"),
-        ]
-    for i, cell in enumerate(nb.cells):
-        cell["id"] = f"tiny-{i}"
-    converted, _ = markup.convert(nb)
-    return converted
-
-
-@pytest.fixture(scope="module")
-def tiny_grades(tmp_path_factory) -> dict[str, dict[str, grade.Row]]:
-    chapters = tmp_path_factory.mktemp("chapters")
-    source = _tiny_chapter()
-    nbformat.write(source, chapters / "tiny.ipynb")
-    folder = tmp_path_factory.mktemp("tiny_submissions")
-
-    def submit(name: str, replace: dict[str, str]) -> None:
-        nb = nbformat.read(chapters / "tiny.ipynb", as_version=4)
-        for cell in nb.cells:
-            for old, new in replace.items():
-                if cell["source"] == old:
-                    cell["source"] = new
-        (folder / name).mkdir()
-        nbformat.write(nb, folder / name / "tiny.ipynb")
-
-    submit("correct", {})
-    submit("slow", {"second = 2 * D": "import time\ntime.sleep(60)\nsecond = 2 * D"})
-    submit("crash", {"second = 2 * D": "import os\nos._exit(1)"})
-    check = next(c["source"] for c in source.cells if markup.is_check(c) and "first" in c["source"])
-    submit("cheat", {"first = D + 1": "first = 0", check: "# Autograded check (1 point)\npass"})
-    (folder / "broken").mkdir()
-    (folder / "broken" / "tiny.ipynb").write_text("{ not a notebook")
-    rows = grade.grade_folder(folder, timeout=10, notebooks_dir=chapters)
-    return _by_submission(rows)
-
-
-def test_tiny_correct(tiny_grades):
-    assert tiny_grades["correct/tiny"]["TOTAL"].points == 2
-
-
-def test_time_limit_per_notebook(tiny_grades):
-    rows = tiny_grades["slow/tiny"]
-    assert rows["tiny-ex-first"].points == 1, "what ran before the time limit keeps its points"
-    assert rows["tiny-ex-second"].points == 0 and "time limit of 10 s" in rows["tiny-ex-second"].feedback
-    assert "time limit" in rows["TOTAL"].feedback
-
-
-def test_dead_kernel(tiny_grades):
-    rows = tiny_grades["crash/tiny"]
-    assert rows["tiny-ex-first"].points == 1 and rows["tiny-ex-second"].points == 0
-    assert "kernel died" in rows["tiny-ex-second"].feedback
-
-
-def test_edited_check_is_restored(tiny_grades):
-    rows = tiny_grades["cheat/tiny"]
-    assert rows["tiny-ex-first"].points == 0, "the chapter's own check cell must be run, not the student's"
-    assert "too small" in rows["tiny-ex-first"].feedback
-
-
-def test_unreadable_notebook(tiny_grades):
-    assert "could not read the notebook" in tiny_grades["broken/tiny"]["TOTAL"].feedback
-
+# --- arguments, command line, no sandbox ------------------------------------------------------------------------------
 
 def test_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="submissions must be a folder"):
-        grade.grade_folder(tmp_path / "missing")
+        grade.grade_folder(tmp_path / "missing", tmp_path / "grades.csv")
     with pytest.raises(ValueError, match="timeout must be"):
-        grade.grade_folder(tmp_path, timeout=0)
+        grade.grade_folder(tmp_path, tmp_path / "grades.csv", timeout=0)
+    with pytest.raises(ValueError, match="batch must be"):
+        grade.grade_folder(tmp_path, tmp_path / "grades.csv", batch=0)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match="out must be a file the grader can write"):
+        grade.grade_folder(tmp_path, tmp_path / "file" / "grades.csv")  # found before any notebook runs
+    (tmp_path / "other.csv").write_text("name,score\nalice,3\n")
+    with pytest.raises(ValueError, match="out must be a grade table written by this grader"):
+        grade.grade_folder(tmp_path, tmp_path / "other.csv")
+    with pytest.raises(ValueError, match="sandbox must be"):
+        sandbox.choose("docker")
 
 
 def test_command_line(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     out = tmp_path / "grades" / "grades.csv"
-    assert grade.main([str(tmp_path / "empty"), "--out", str(out), "--timeout", "5"]) == 0
-    assert out.read_text().splitlines() == [",".join(grade.FIELDS)]
-    assert "0 notebook(s)" in capsys.readouterr().out
+    problem = sandbox.bubblewrap_problem()
+    status = grade.main([str(tmp_path / "empty"), "--out", str(out), "--timeout", "5"])
+    printed = capsys.readouterr()
+    if problem is None:
+        assert status == 0 and "sandbox: bubblewrap" in printed.err and "0 notebook(s)" in printed.out
+        assert out.read_text().splitlines() == [",".join(grade.FIELDS)]
+    else:
+        assert status == 2 and "no sandbox" in printed.err and "--sandbox none" in printed.err
+    assert grade.main([str(tmp_path / "empty"), "--out", str(out), "--sandbox", "none"]) == 0
+    warned = capsys.readouterr().err
+    assert "WARNING: no sandbox" in warned and all(item in warned for item in sandbox.UNPROTECTED)
     with pytest.raises(SystemExit):
-        grade.main([str(tmp_path / "missing"), "--out", str(out)])
+        grade.main([str(tmp_path / "missing"), "--out", str(out), "--sandbox", "none"])
     assert "submissions must be a folder" in capsys.readouterr().err
+
+
+def test_without_a_sandbox_a_changed_environment_stops_grading(tmp_path):
+    """With no sandbox a .pth file written where a later kernel looks is not prevented, but found and reported."""
+    from test_coursework_attacks import student, tiny_chapter
+
+    chapters, submissions, site = tmp_path / "chapters", tmp_path / "submissions", tmp_path / "site-packages"
+    for folder in (chapters, submissions / "a-honest", submissions / "b-pth", site):
+        folder.mkdir(parents=True)
+    nbformat.write(tiny_chapter(), chapters / "tiny.ipynb")
+    nbformat.write(student(solve={"first": "xs.sum()", "second": "mean_error(xs) * D"}), submissions / "a-honest" / "tiny.ipynb")
+    nbformat.write(student(f"open({str(site / 'cheat.pth')!r}, 'w').write('import os')"), submissions / "b-pth" / "tiny.ipynb")
+    box = sandbox.Sandbox("none", grade.repository_root(), (site,))
+    out = tmp_path / "grades.csv"
+    with pytest.raises(grade.GradingError, match=r"b-pth/tiny changed 1 file\(s\) outside its folder"):
+        grade.grade_folder(submissions, out, timeout=60, notebooks_dir=chapters, box=box)
+    assert "a-honest/tiny,tiny.ipynb,TOTAL,2,2" in out.read_text(), "what was graded before stays written"

@@ -1,0 +1,271 @@
+"""The grader against a hostile student, on a tiny synthetic chapter (two exercises of 1 point; about a minute).
+
+Every attack is a student notebook that solves the first exercise honestly and tries to score the second one
+without solving it, to reach the instructor's files, or to change the grade of the next submission. They are graded
+together, in one folder, in the order of their names, so each attack is followed by another submission: every one
+must score 0 on the second exercise, the first exercise keeps its point unless the attack itself breaks it, the
+instructor's files stay byte-identical, no process of theirs survives, and the honest solution scores full marks.
+Needs bubblewrap (``apt-get install bubblewrap``): without a sandbox these notebooks would really attack.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from coursework import grade, markup, sandbox, student_edition
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKEN = "coursework-attack-7f3a"  # in the command line of every process an attack starts
+TIMEOUT = 20
+EXERCISES = (("first", "xs.sum()"), ("second", "mean_error(xs) * D"))  # both 10.0 in the chapter's context
+SETUP = "import numpy as np\nxs = np.arange(1.0, 5.0)\nD = 4\n\n\ndef mean_error(values):\n    return float(np.mean(values))"
+PAYLOAD = ("second = 10.0\\nimport coursework.answers as a\\na.close = a.shape = lambda *args, **kwargs: None\\n"
+           "get_ipython().set_custom_exc((BaseException,), lambda *args, **kwargs: None)\\n")
+
+needs_bubblewrap = pytest.mark.skipif(sandbox.bubblewrap_problem() is not None,
+                                      reason=f"no sandbox here: {sandbox.bubblewrap_problem()}")
+
+
+def tiny_chapter() -> nbformat.NotebookNode:
+    """The instructor's chapter: a context (``xs``, ``D``, a helper), then two autograded exercises that use it."""
+    md, code = nbformat.v4.new_markdown_cell, nbformat.v4.new_code_cell
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
+    nb.cells = [code(SETUP)]
+    for name, value in EXERCISES:
+        nb.cells += [
+            md(f"```{{exercise}} {name}\n:label: tiny-ex-{name}\n\nStore it in `{name}`.\n```"),
+            md(f"```{{solution-start}} tiny-ex-{name}\n:class: dropdown\n```"),
+            code(f"{name} = {value}"),
+            code(f"# Autograded check (1 point): {name}\nfrom coursework import answers\n\nanswers.shape({name!r}, {name}, ())\n"
+                 f"### BEGIN HIDDEN TESTS\nanswers.close({name!r}, {name}, {value}, rtol=1e-12)\n### END HIDDEN TESTS"),
+            md("```{solution-end}\n```"),
+        ]
+    for i, cell in enumerate(nb.cells):
+        cell["id"] = f"tiny-{i}"
+    converted, _ = markup.convert(nb)
+    return converted
+
+
+def student(attack: str = "", where: str = "middle", solve: dict[str, str] | None = None,
+            check_of_second: str | None = None) -> nbformat.NotebookNode:
+    """The student edition with ``solve``'s answers (default: the first exercise, honestly) and an ``attack`` cell.
+
+    ``where``: ``"start"`` (after the chapter's first cell) or ``"middle"`` (after the first exercise's check).
+    ``check_of_second``: the student's own text for the second exercise's check cell (``""`` deletes it).
+    """
+    nb = student_edition.student_notebook(tiny_chapter())
+    for name, value in (solve if solve is not None else {"first": "xs.sum()"}).items():
+        cell = next(c for c in nb.cells if markup.nbgrader_meta(c).get("grade_id") == f"tiny-ex-{name}-solution-1")
+        cell["source"] = f"{name} = {value}"
+    if check_of_second is not None:
+        index = next(i for i, c in enumerate(nb.cells) if markup.nbgrader_meta(c).get("grade_id") == "tiny-ex-second-check")
+        if check_of_second:
+            nb.cells[index]["source"] = check_of_second
+        else:
+            del nb.cells[index]
+    if attack:
+        after = 0 if where == "start" else next(
+            i for i, c in enumerate(nb.cells) if markup.nbgrader_meta(c).get("grade_id") == "tiny-ex-first-check")
+        nb.cells.insert(after + 1, nbformat.v4.new_code_cell(attack))
+    return nb
+
+
+def attacks(paths: dict[str, str]) -> dict[str, tuple[nbformat.NotebookNode, int]]:
+    """Each attack's notebook and the points its first exercise should keep (its second: always 0)."""
+    repo, chapters, out, subs = paths["repo"], paths["chapters"], paths["out"], paths["submissions"]
+    return {
+        "custom-exc": (student("get_ipython().set_custom_exc((BaseException,), lambda *args, **kwargs: None)", "start"), 1),
+        "input-transformer": (student(
+            "def cheat(lines):\n    text = ''.join(lines)\n"
+            "    return ['pass\\n'] if 'Autograded' in text or 'Grading' in text or 'answers' in text else lines\n"
+            "get_ipython().input_transformers_cleanup.append(cheat)", "start"), 0),  # it also stops its own answers
+        "monkeypatch": (student(
+            "import numpy\nfrom coursework import answers, checking, transport\n"
+            "for f in ('close', 'shape', 'within', 'equal', 'expression'):\n    setattr(answers, f, lambda *args, **kwargs: None)\n"
+            "checking.run = lambda *args, **kwargs: None\nnumpy.allclose = numpy.isclose = lambda *args, **kwargs: True\n"
+            "numpy.asarray = lambda *args, **kwargs: numpy.array(10.0)\nnumpy.abs = lambda *args, **kwargs: numpy.array(0.0)"), 1),
+        "shadow-modules": (student(
+            "import os, sys\n"
+            "fake = 'close = shape = within = equal = expression = lambda *args, **kwargs: None\\n'\n"
+            f"for folder in ('.', '..', {repo!r}, {repo + '/notebooks'!r}, *sys.path[1:]):\n"
+            "    for name, text in (('coursework/__init__.py', ''), ('coursework/answers.py', fake),\n"
+            "                       ('coursework/checking.py', 'def run(*args, **kwargs): pass\\n'), ('numpy.py', 'x = 1\\n'),\n"
+            "                       ('sitecustomize.py', 'import builtins\\n'), ('usercustomize.py', 'import builtins\\n')):\n"
+            "        try:\n            os.makedirs(os.path.join(folder or '.', os.path.dirname(name)), exist_ok=True)\n"
+            "            open(os.path.join(folder or '.', name), 'w').write(text)\n        except OSError:\n            pass"), 1),
+        "startup-files": (student(
+            "import os, site, sys, sysconfig, IPython.paths\n"
+            f"payload = {PAYLOAD!r}\n"
+            "targets = [os.path.join(IPython.paths.get_ipython_dir(), 'profile_default/startup/00-cheat.py'),\n"
+            "           '/root/.ipython/profile_default/startup/00-cheat.py', os.path.expanduser('~/.ipython/profile_default/startup/00-cheat.py'),\n"
+            "           os.path.join(sys.prefix, 'etc/ipython/ipython_config.py'), os.path.join(sys.prefix, 'etc/jupyter/jupyter_config.py'),\n"
+            "           '/etc/ipython/ipython_config.py', '/etc/jupyter/jupyter_config.py']\n"
+            "for folder in (*site.getsitepackages(), site.getusersitepackages(), sysconfig.get_paths()['purelib'],\n"
+            "               '/root/.local/lib/python3.11/site-packages'):\n"
+            "    targets += [os.path.join(folder, 'cheat.pth'), os.path.join(folder, 'sitecustomize.py'), os.path.join(folder, 'usercustomize.py')]\n"
+            "for target in targets:\n    try:\n        os.makedirs(os.path.dirname(target), exist_ok=True)\n"
+            "        text = 'import os; exec(' + repr(payload) + ')\\n' if target.endswith('.pth') else payload\n"
+            "        open(target, 'w').write(text)\n    except OSError:\n        pass"), 1),
+        "instructor-files": (student(
+            "import glob, os\nhidden = ''\n"
+            f"for target in ({chapters + '/tiny.ipynb'!r}, *glob.glob({repo + '/notebooks/*.ipynb'!r}), {out!r}, {repo + '/tests/test_coursework_attacks.py'!r}):\n"
+            "    try:\n        hidden += open(target).read()\n    except OSError:\n        pass\n"
+            "if 'BEGIN HIDDEN' + ' TESTS' in hidden:\n    second = 10.0  # the hidden tests were readable: the answer is known\n"
+            f"for target in ({chapters + '/tiny.ipynb'!r}, {out!r}, *glob.glob({subs + '/*/*.ipynb'!r})):\n"
+            "    try:\n        os.remove(target)\n    except OSError:\n        pass\n"
+            f"for target in ({repo + '/pwned-' + TOKEN!r}, {chapters + '/pwned'!r}, {out!r}):\n"
+            "    try:\n        open(target, 'w').write('pwned')\n    except OSError:\n        pass"), 1),
+        "detached": (student(
+            "import os, subprocess\n"
+            f"subprocess.Popen(['setsid', 'sh', '-c', 'while true; do echo 2 >> {out}; sleep 0.2; done # {TOKEN}'])\n"
+            "if os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
+            f"        os.execv('/bin/sh', ['sh', '-c', 'sleep 3; echo forged > {out}; sleep 600 # {TOKEN}'])\n"
+            "    os._exit(0)"), 1),
+        "exit": (student("import os\nos._exit(1)"), 1),
+        "loop": (student("while True:\n    pass"), 1),
+        "huge-output": (student("import sys\nfor _ in range(50):\n    sys.stdout.write('x' * 1_000_000 + '\\n')\n"
+                                "print('tiny-ex-second: 1 / 1 points; TOTAL 2 / 2 points')"), 1),
+        "fake-points": (student(
+            "import json, os\nfolder = os.environ['COURSEWORK_ANSWERS_DIR']\nprint('TOTAL: 2 / 2 points')\n"
+            "open(os.path.join(folder, '..', 'report.json'), 'w').write(json.dumps({'ran': [0], 'note': 'ran in 1 s', 'errors': 'x'}))\n"
+            "os.makedirs(os.path.join(folder, '..', 'verdicts'), exist_ok=True)\n"
+            "open(os.path.join(folder, '..', 'verdicts', 'tiny-ex-second-check.json'), 'w').write('{\"x\": null}')\n"
+            "open(os.path.join(folder, '..', 'answers.json'), 'w').write('{}')\n"
+            "os.symlink('/etc/passwd', os.path.join(folder, 'tiny-ex-second-check.json'))"), 1),
+        "forged-answer": (student(
+            "import json, os\nfolder = os.environ['COURSEWORK_ANSWERS_DIR']\n"
+            "forged = {'second': {'type': 'pickle', 'value': 'gASVAAAAAAAAAACMCGJ1aWx0aW5zlIwEZXZhbJSTlIwBMZSFlFKULg=='}}\n"
+            "def save_forged():\n    open(os.path.join(folder, 'tiny-ex-second-check.json'), 'w').write(json.dumps(forged))\n"
+            "get_ipython().events.register('post_run_cell', lambda result: save_forged())"), 1),
+        "context": (student("xs = np.zeros(4)\nmean_error = lambda values: 0.0", "start",
+                            solve={"first": "xs.sum()", "second": "mean_error(xs) * D"}), 0),
+        "lying-object": (student(
+            "class Close(float):\n    def __eq__(self, other):\n        return True\n    __le__ = __ge__ = __eq__\n"
+            "    def __sub__(self, other):\n        return 0.0\n    __abs__ = lambda self: 0.0\nsecond = Close(0.0)"), 1),
+        "kill-worker": (student("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)"), 1),
+        "edited-check": (student(check_of_second="# Autograded check (1 point): second\nsecond = 10.0"), 1),
+        "deleted-check": (student(check_of_second=""), 1),
+    }
+
+
+def _tree_hash(*roots: Path) -> str:
+    digest = hashlib.sha256()
+    for root in roots:
+        for path in sorted(p for p in Path(root).rglob("*") if "__pycache__" not in p.parts):
+            digest.update(str(path).encode())
+            if path.is_file():
+                digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _survivors() -> list[str]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and TOKEN.encode() in (entry / "cmdline").read_bytes():
+                found.append(entry.name)
+        except OSError:
+            pass
+    return found
+
+
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory) -> dict:
+    """Grade every attack, then an honest solution, one wrong answer and the untouched student edition, in one folder."""
+    base = tmp_path_factory.mktemp("attacks")
+    chapters, submissions, out = base / "chapters", base / "submissions", base / "grades.csv"
+    chapters.mkdir()
+    nbformat.write(tiny_chapter(), chapters / "tiny.ipynb")
+    paths = {"repo": str(ROOT), "chapters": str(chapters), "out": str(out), "submissions": str(submissions)}
+    expected = {}
+    for number, (name, (nb, first)) in enumerate(attacks(paths).items()):
+        folder = submissions / f"a{number:02d}-{name}"
+        folder.mkdir(parents=True)
+        nbformat.write(nb, folder / "tiny.ipynb")
+        expected[f"a{number:02d}-{name}/tiny"] = first
+    for name, solve in (("z1-honest", {"first": "xs.sum()", "second": "mean_error(xs) * D"}),
+                        ("z2-one-wrong", {"first": "xs.sum() + 1", "second": "mean_error(xs) * D"}), ("z3-untouched", {})):
+        (submissions / name).mkdir()
+        nbformat.write(student(solve=solve), submissions / name / "tiny.ipynb")
+    (submissions / "z4-not-a-notebook").mkdir()
+    (submissions / "z4-not-a-notebook" / "tiny.ipynb").write_text("{ not a notebook")
+    instructor = (chapters, ROOT / "notebooks", ROOT / "coursework", ROOT / "tests")
+    before = _tree_hash(*instructor), _tree_hash(submissions)
+    start = time.perf_counter()
+    rows = grade.grade_folder(submissions, out, timeout=TIMEOUT, notebooks_dir=chapters)
+    seconds = time.perf_counter() - start
+    written = out.read_text()
+    time.sleep(4)  # what a detached process would do after grading
+    table: dict[str, dict[str, grade.Row]] = {}
+    for row in rows:
+        table.setdefault(row.submission, {})[row.exercise] = row
+    return {"table": table, "expected": expected, "before": before, "after": (_tree_hash(*instructor), _tree_hash(submissions)),
+            "written": written, "out": out, "seconds": seconds, "submissions": submissions, "chapters": chapters}
+
+
+pytestmark = needs_bubblewrap
+
+
+def test_every_attack_scores_zero_where_unsolved(graded):
+    wrong = {}
+    for name, first in graded["expected"].items():
+        rows = graded["table"][name]
+        got = (rows["tiny-ex-first"].points, rows["tiny-ex-second"].points)
+        if got != (first, 0):
+            wrong[name] = (got, rows["tiny-ex-first"].feedback, rows["tiny-ex-second"].feedback)
+    assert not wrong, wrong
+
+
+def test_honest_full_marks_and_one_wrong_answer(graded):
+    table = graded["table"]
+    assert table["z1-honest/tiny"]["TOTAL"].points == table["z1-honest/tiny"]["TOTAL"].max_points == 2
+    one_wrong = table["z2-one-wrong/tiny"]
+    assert (one_wrong["tiny-ex-first"].points, one_wrong["tiny-ex-second"].points) == (0, 1)
+    assert "`first` is too large" in one_wrong["tiny-ex-first"].feedback
+    untouched = table["z3-untouched/tiny"]
+    assert untouched["TOTAL"].points == 0 and untouched["TOTAL"].max_points == 2
+    assert "not answered yet" in untouched["tiny-ex-second"].feedback
+
+
+def test_feedback_says_what_happened(graded):
+    table = graded["table"]
+    assert "too small" in table["a12-context/tiny"]["tiny-ex-first"].feedback, "the chapter's xs, not the student's"
+    assert "kernel died" in table["a07-exit/tiny"]["tiny-ex-second"].feedback
+    assert f"time limit of {TIMEOUT} s" in table["a08-loop/tiny"]["tiny-ex-second"].feedback
+    assert "should hold numbers" in table["a11-forged-answer/tiny"]["tiny-ex-second"].feedback, "a pickle is not read"
+    assert "deleted" in table["a16-deleted-check/tiny"]["tiny-ex-second"].feedback
+    broken = table["z4-not-a-notebook/tiny"]
+    assert broken["TOTAL"].max_points == 2 and broken["tiny-ex-first"].max_points == 1, "its possible points, not 0/0"
+    assert "could not read the notebook" in broken["TOTAL"].feedback
+
+
+def test_instructor_files_and_other_submissions_unchanged(graded):
+    assert graded["before"] == graded["after"]
+    assert not (ROOT / f"pwned-{TOKEN}").exists() and not (graded["chapters"] / "pwned").exists()
+    assert graded["out"].read_text() == graded["written"], "nothing writes the grade table after the grader"
+
+
+def test_no_process_survives(graded):
+    assert _survivors() == []
+
+
+def test_rerun_skips_graded_and_regrades_changed(graded, capsys):
+    """Same command again: nothing runs; a changed file is graded again; the rest of the table stays as it was."""
+    submissions, out = graded["submissions"], graded["out"]
+    start = time.perf_counter()
+    rows = grade.grade_folder(submissions, out, timeout=TIMEOUT, notebooks_dir=graded["chapters"])
+    assert time.perf_counter() - start < 10 and out.read_text() == graded["written"]
+    assert "already graded" in capsys.readouterr().err
+    nbformat.write(student(solve={"first": "xs.sum()", "second": "mean_error(xs) * D"}), submissions / "z3-untouched" / "tiny.ipynb")
+    rows = grade.grade_folder(submissions, out, timeout=TIMEOUT, notebooks_dir=graded["chapters"])
+    totals = {r.submission: r for r in rows if r.exercise == "TOTAL"}
+    assert totals["z3-untouched/tiny"].points == 2 and len(totals) == len(graded["table"])
+    assert sum(r.submission == "z3-untouched/tiny" for r in rows) == 3, "its old rows are replaced, not kept"
+    assert "z3-untouched/tiny: running" in capsys.readouterr().err
