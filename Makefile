@@ -31,12 +31,16 @@ test: $(STAMP)
 student: $(STAMP)
 	$(BIN)/python -m coursework.student_edition --out _build/student --build
 
-## Grade a folder of submitted notebooks: make grade SUBMISSIONS=folder [GRADES=grades.csv] [TIMEOUT=600].
+## Grade a folder of submitted notebooks, each in a bubblewrap sandbox (Linux; book/instructors_guide.md):
+## make grade SUBMISSIONS=folder [GRADES=grades.csv] [TIMEOUT=600] [BATCH=10] [SANDBOX=bubblewrap|none].
+## Rerunning it skips the notebooks already in GRADES (same path and SHA-256).
 SUBMISSIONS ?= submissions
 GRADES ?= grades.csv
 TIMEOUT ?= 600
+BATCH ?= 10
+SANDBOX ?= bubblewrap
 grade: $(STAMP)
-	$(BIN)/python -m coursework.grade $(SUBMISSIONS) --out $(GRADES) --timeout $(TIMEOUT)
+	$(BIN)/python -m coursework.grade $(SUBMISSIONS) --out $(GRADES) --timeout $(TIMEOUT) --batch $(BATCH) --sandbox $(SANDBOX)
 
 ## Time every notebook, the batched lasso and the training loop (on the CPU); writes the tables in benchmarks/.
 ## Installs the bench extra first (Hugging Face transformers, for the training loop's reference).

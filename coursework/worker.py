@@ -31,12 +31,14 @@ class CappedClient(NotebookClient):
     """A notebook client that keeps at most :data:`MAX_OUTPUT_CHARS` characters of output per cell."""
 
     def output(self, outs: list, msg: dict, display_id: str | None, cell_index: int) -> Any:
-        kept = sum(len(json.dumps(o)) for o in outs)
-        if kept > MAX_OUTPUT_CHARS:
+        kept = self.__dict__.setdefault("_kept", {})
+        if kept.get(cell_index, 0) > MAX_OUTPUT_CHARS:
             return None
         out = super().output(outs, msg, display_id, cell_index)
-        if out is not None and kept + len(json.dumps(out)) > MAX_OUTPUT_CHARS:
-            outs[-1] = nbformat.v4.new_output("stream", name="stderr", text="[output cut by the grader]\n")
+        if out is not None:
+            kept[cell_index] = kept.get(cell_index, 0) + len(json.dumps(out))
+            if kept[cell_index] > MAX_OUTPUT_CHARS:
+                outs[-1] = nbformat.v4.new_output("stream", name="stderr", text="[output cut by the grader]\n")
         return out
 
 
