@@ -228,7 +228,7 @@ def run_checks(chapter: Chapter, runs: list[StudentRun], box: sandbox.Sandbox, t
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _feedback(run: StudentRun, exercise: markup.Exercise, verdict: str | None) -> str:
+def _feedback(run: StudentRun, exercise: markup.Exercise, verdict: str) -> str:
     own = [e for gid in exercise.solution_ids if gid in run.cells and (e := run.errors.get(run.cells[gid]))]
     if own and own[0].startswith("NotImplementedError"):
         return f"not answered yet (your code still raises NotImplementedError); the check said: {verdict}"
@@ -345,7 +345,8 @@ def grade_folder(submissions: Path, out: Path, *, timeout: float = 600.0, batch:
     chapters = load_chapters(repository_root() / "notebooks" if notebooks_dir is None else notebooks_dir)
     done = {(r.submission, r.sha256) for r in table if r.exercise == "TOTAL"}
     pending: dict[str, list[tuple[StudentRun, nbformat.NotebookNode]]] = {}
-    paths = sorted(p for p in submissions.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts and p.is_file())
+    paths = sorted(p for p in submissions.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts
+                   and (p.is_file() or p.is_symlink()))
 
     def record(rows: list[Row]) -> None:
         table[:] = [r for r in table if r.submission != rows[0].submission] + rows
@@ -353,9 +354,14 @@ def grade_folder(submissions: Path, out: Path, *, timeout: float = 600.0, batch:
         _print(rows)
 
     for path in paths:
-        name, sha256 = path.relative_to(submissions).with_suffix("").as_posix(), _sha256(path)
+        name = path.relative_to(submissions).with_suffix("").as_posix()
+        link = path.is_symlink() or not path.resolve().is_relative_to(submissions.resolve())
+        sha256 = hashlib.sha256(str(path.resolve()).encode()).hexdigest() if link else _sha256(path)
         if (name, sha256) in done:
             print(f"{name}: already graded in {out}", file=sys.stderr, flush=True)
+            continue
+        if link:  # e.g. a link to the instructor's chapter, from an unpacked archive: never read
+            record(broken_rows(name, path, sha256, chapters.get(path.name), "the submission is a link, not a notebook file"))
             continue
         try:
             nb = nbformat.read(path, as_version=4)

@@ -196,6 +196,8 @@ def graded(tmp_path_factory) -> dict:
         nbformat.write(student(solve=solve), submissions / name / "tiny.ipynb")
     (submissions / "z4-not-a-notebook").mkdir()
     (submissions / "z4-not-a-notebook" / "tiny.ipynb").write_text("{ not a notebook")
+    (submissions / "z5-link").mkdir()
+    (submissions / "z5-link" / "tiny.ipynb").symlink_to(chapters / "tiny.ipynb")  # the solutions, from an archive
     instructor = (chapters, ROOT / "notebooks", ROOT / "coursework", ROOT / "tests")
     before = _tree_hash(*instructor), _tree_hash(submissions)
     start = time.perf_counter()
@@ -244,6 +246,8 @@ def test_feedback_says_what_happened(graded):
     broken = table["z4-not-a-notebook/tiny"]
     assert broken["TOTAL"].max_points == 2 and broken["tiny-ex-first"].max_points == 1, "its possible points, not 0/0"
     assert "could not read the notebook" in broken["TOTAL"].feedback
+    link = table["z5-link/tiny"]["TOTAL"]
+    assert (link.points, link.max_points) == (0, 2) and "is a link" in link.feedback
 
 
 def test_instructor_files_and_other_submissions_unchanged(graded):
