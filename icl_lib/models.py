@@ -81,9 +81,10 @@ def _check_query_prompt(xs: torch.Tensor, ys: torch.Tensor, d: int) -> int:
     return n_points - 1
 
 
-def _query_embedding(xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
-    """E: (batch, d + 1, N + 1) of the first N points and the query x_q = xs[:, -1] (its label is not read)."""
-    return lsa_embedding(xs[:, :-1], ys[:, :-1], xs[:, -1])
+def _query_embedding(xs: torch.Tensor, ys: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    """E: (batch, d + 1, N + 1) of the first N points and the query x_q = xs[:, -1] (its label is not read), in the
+    dtype of ``model``'s weights (so that float64 prompts reach a float32 model, as they reach the GPT)."""
+    return lsa_embedding(xs[:, :-1], ys[:, :-1], xs[:, -1]).to(next(model.parameters()).dtype)
 
 
 class LinearSelfAttention(nn.Module):
@@ -149,7 +150,7 @@ class LinearSelfAttention(nn.Module):
     def forward(self, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
         """Predict the last point's label from the others: ``(batch, n_points, d), (batch, n_points) -> (batch, 1)``."""
         _check_query_prompt(xs, ys, self.d)
-        return self.predict(_query_embedding(xs, ys))[:, None]
+        return self.predict(_query_embedding(xs, ys, self))[:, None]
 
 
 class ReducedLSA(nn.Module):
@@ -197,7 +198,7 @@ class ReducedLSA(nn.Module):
     def forward(self, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
         """Predict the last point's label from the others: ``(batch, n_points, d), (batch, n_points) -> (batch, 1)``."""
         _check_query_prompt(xs, ys, self.d)
-        return self.predict(_query_embedding(xs, ys))[:, None]
+        return self.predict(_query_embedding(xs, ys, self))[:, None]
 
 
 # ---------------------------------------------------------------- von Oswald et al.'s linear transformer
@@ -251,7 +252,7 @@ class LinearTransformer(nn.Module):
     def forward(self, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
         """Predict the last point's label from the others: ``(batch, n_points, d), (batch, n_points) -> (batch, 1)``."""
         n_context = _check_query_prompt(xs, ys, self.d)
-        tokens = _query_embedding(xs, ys).transpose(1, 2)  # rows (x_i, y_i), last row (x_q, 0)
+        tokens = _query_embedding(xs, ys, self).transpose(1, 2)  # rows (x_i, y_i), last row (x_q, 0)
         return -self.transform(tokens, n_context)[:, -1, -1:]
 
 
