@@ -1,5 +1,6 @@
 """The coursework tooling: the answer checks, the markup conversion, the student edition (no solution survives)
-and the student book. The grader's tests are in test_coursework_grading.py."""
+and the student book, and the transport of answers as plain data. The grader's tests are in
+test_coursework_grading.py (end to end on chapter 1) and test_coursework_attacks.py (a hostile student)."""
 
 from __future__ import annotations
 

@@ -11,7 +11,6 @@ Needs bubblewrap (``apt-get install bubblewrap``): without a sandbox these noteb
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from pathlib import Path
 
