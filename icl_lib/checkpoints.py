@@ -38,6 +38,9 @@ MODEL_FILE = "model.pt"
 META_FILE = "meta.json"
 METRICS_FILE = "metrics.jsonl"
 FORMAT = "icl_lib/1"
+# Runs that need another session wait in checkpoints/in_progress/<name> with their resume checkpoint (committed):
+# move the directory back to checkpoints/<name> and rerun its command to resume bit for bit.
+IN_PROGRESS = "in_progress"
 
 
 def repository_root() -> Path:
@@ -210,7 +213,7 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
     if named.is_dir():
         return named
     root = checkpoints_root()
-    available = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    available = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name != IN_PROGRESS) if root.is_dir() else []
     raise ValueError(
         f"no checkpoint {str(name_or_path)!r}: not a directory, and not a name under {root} "
         f"(available: {available or 'none'}). Produce one with "

@@ -105,7 +105,7 @@ def test_committed_checkpoints_respect_the_size_limits_and_name_their_command():
     if not root.is_dir():
         pytest.skip("no committed checkpoints yet")
     total = 0
-    for directory in (p for p in root.iterdir() if p.is_dir()):
+    for directory in (p for p in root.iterdir() if p.is_dir() and p.name != checkpoints.IN_PROGRESS):
         sizes = {p.name: p.stat().st_size for p in directory.rglob("*") if p.is_file()}
         assert sum(sizes.values()) <= 5 * 2**20, f"{directory.name} is over 5 MB: {sizes}"
         total += sum(sizes.values())
@@ -114,6 +114,18 @@ def test_committed_checkpoints_respect_the_size_limits_and_name_their_command():
         assert meta["status"] == "finished", directory.name
         assert (Path(checkpoints.repository_root()) / meta["command"].split()[3]).is_file(), meta["command"]
     assert total <= 40 * 2**20
+
+
+def test_runs_in_progress_hold_a_resume_checkpoint_and_are_not_loadable_by_name():
+    """A run that needs another session waits in checkpoints/in_progress/<name> with its checkpoint.pt."""
+    waiting = checkpoints.checkpoints_root() / checkpoints.IN_PROGRESS
+    for directory in (p for p in waiting.iterdir() if p.is_dir()) if waiting.is_dir() else ():
+        meta = json.loads((directory / META_FILE).read_text())
+        assert meta["status"] != "finished" and (directory / "checkpoint.pt").is_file(), directory.name
+        assert sum(p.stat().st_size for p in directory.rglob("*") if p.is_file()) <= 5 * 2**20, directory.name
+        assert meta["command"].startswith("python -m icl_lib.train configs/"), directory.name
+        with pytest.raises(ValueError, match="no checkpoint"):
+            checkpoints.resolve(directory.name)
 
 
 def test_committed_dense_linear_model_learned_in_context():
