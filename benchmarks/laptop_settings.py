@@ -65,7 +65,9 @@ def sweep_row(run: Path) -> tuple[str, list[tuple[int, float]]]:
     marks = [f"{step // 1000}k: {w:.3f}" for step, w in curve if step % 4000 == 0 or step == curve[-1][0]]
     result = ", ".join(marks) if marks else "no sparse evaluation (a mixture: see `selection_bar.md`)"
     speed = f"{sorted(rates)[len(rates) // 2]:.1f}" if rates else "-"
-    row = (f"| `{run.name}` | {setting} | {meta['steps_done']} of {meta['steps']} ({meta['status']}) | "
+    # A sweep run kept in benchmarks/sweep/ is never live: one that did not finish was stopped (or killed) early.
+    status = meta["status"] if meta["status"] == "finished" or run.parent.name != "sweep" else "stopped early"
+    row = (f"| `{run.name}` | {setting} | {meta['steps_done']} of {meta['steps']} ({status}) | "
            f"{meta['wall_time_s'] / 60:.0f} min, {speed} steps/s | {result} | `{meta['command']}` |")
     return row, curve
 
