@@ -397,7 +397,10 @@ def test_sigint_exits_130_with_how_to_resume_and_no_traceback(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "icl_lib.train", str(TINY), "--out", str(out), "--steps", "1000000",
                "--no-progress"]
-    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A job started in the background by a non-interactive shell (as CI may run the suite) inherits SIGINT ignored,
+    # and Python then installs no KeyboardInterrupt handler: give the command the default disposition back.
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 120
         while not (out / META_FILE).exists() and time.monotonic() < deadline and process.poll() is None:
