@@ -63,7 +63,8 @@ def sweep_row(run: Path) -> tuple[str, list[tuple[int, float]]]:
                f"{model['token_format']} tokens; {task_text}; d = {config['n_dims']}, {config['n_points']} points, "
                f"batch {config['batch_size']}, lr {config['lr']} {schedule}, warm-up {config['warmup_steps']}")
     marks = [f"{step // 1000}k: {w:.3f}" for step, w in curve if step % 4000 == 0 or step == curve[-1][0]]
-    result = ", ".join(marks) if marks else "no sparse evaluation (a mixture: see `selection_bar.md`)"
+    result = ", ".join(marks) if marks else (f"evaluated in training on {task['name']} prompts only; on sparse "
+                                             "prompts see `selection_bar.md`")
     speed = f"{sorted(rates)[len(rates) // 2]:.1f}" if rates else "-"
     # A sweep run kept in benchmarks/sweep/ is never live: one that did not finish was stopped (or killed) early.
     status = meta["status"] if meta["status"] == "finished" or run.parent.name != "sweep" else "stopped early"
