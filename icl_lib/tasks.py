@@ -50,17 +50,26 @@ def _function_class(name: str, value: object) -> object:
 
 @dataclass(frozen=True)
 class DenseLinear:
-    """f(x) = <w, x> with w ~ N(0, I_d): all d coefficients non-zero."""
+    """f(x) = <w, x> with w ~ N(0, scale^2 I_d): all d coefficients non-zero.
 
+    ``scale`` (default 1) sets the label scale, E[f(x)^2] = scale^2 d: in a mixture with a k-sparse class,
+    ``scale = sqrt(k / d)`` gives both classes the same label variance, so that the size of the labels does not give
+    the class away and the sparse prompts weigh as much as the dense ones in the squared-error loss.
+    """
+
+    scale: float = 1.0
     name = "linear"
+
+    def __post_init__(self) -> None:
+        checks.positive_float("scale", self.scale)
 
     def sample(self, xs: torch.Tensor, generator: torch.Generator) -> TaskSample:
         batch, _, d = checks.prompt_tensors(xs)
-        w = _randn(generator, batch, d, like=xs)
+        w = _randn(generator, batch, d, like=xs) * self.scale  # times 1.0 is exact: the default draws are unchanged
         return TaskSample(ys=torch.einsum("bnd,bd->bn", xs, w), params={"w": w})
 
     def zero_predictor_error(self, d: int) -> float:
-        return float(checks.positive_int("d", d))
+        return self.scale**2 * checks.positive_int("d", d)
 
 
 @dataclass(frozen=True)

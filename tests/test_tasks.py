@@ -65,6 +65,15 @@ def test_dense_linear_labels_are_inner_products():
     assert np.all(sample.params["w"].numpy() != 0)
 
 
+def test_dense_linear_scale_multiplies_the_same_draws():
+    xs = xs_for(6, 9, 4)
+    plain, scaled = DenseLinear().sample(xs, make_generator(1)), DenseLinear(scale=0.5).sample(xs, make_generator(1))
+    np.testing.assert_array_equal(scaled.params["w"].numpy(), 0.5 * plain.params["w"].numpy())
+    assert torch.equal(DenseLinear(scale=1.0).sample(xs, make_generator(1)).ys, plain.ys)
+    with pytest.raises(ValueError, match="scale"):
+        DenseLinear(scale=0.0)
+
+
 @pytest.mark.parametrize("k, d", [(1, 5), (3, 5), (5, 5), (2, 20)])
 def test_sparse_linear_has_exactly_k_nonzeros_on_the_recorded_support(k, d):
     xs = xs_for(50, 6, d)
@@ -183,6 +192,7 @@ def test_convex_combination_is_alpha_f1_plus_one_minus_alpha_f2(alpha):
 MONTE_CARLO_CASES = [
     (DenseLinear(), 20_000, 5, 5.0),
     (SparseLinear(k=3), 20_000, 5, 3.0),
+    (DenseLinear(scale=0.5), 20_000, 8, 0.25 * 8),
     (ReluNet(hidden=100), 8_000, 5, 5.0),
     (Sinusoid(freq_min=0.5, freq_max=2.0, amplitude=1.5), 20_000, 5, 1.5**2 / 2),
     (Mixture(components=(DenseLinear(), SparseLinear(k=2)), weights=(0.25, 0.75)), 20_000, 5, 0.25 * 5 + 0.75 * 2),
