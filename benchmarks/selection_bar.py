@@ -82,15 +82,28 @@ def prompts(task, n_prompts: int, seed: int) -> tuple[torch.Tensor, torch.Tensor
     return xs, task.sample(xs, generator).ys
 
 
-def errors_by_prompt(runs: dict[str, torch.nn.Module], xs: torch.Tensor, ys: torch.Tensor,
-                     normalizer: float) -> dict[str, np.ndarray]:
-    """Per-prompt, per-k normalised squared errors ``(batch, n_points)`` of every run and both baselines."""
+def dense_scale(meta: dict) -> float:
+    """The label scale of the dense class a run was trained on (``DenseLinear.scale``; 1 if it saw none)."""
+    task = meta["config"]["task"]
+    specs = task.get("components", []) if task["name"] == "mixture" else [task]
+    return next((float(c.get("scale", 1.0)) for c in specs if c["name"] == "linear"), 1.0)
+
+
+def errors_by_prompt(runs: dict[str, torch.nn.Module], xs: torch.Tensor, ys: torch.Tensor, normalizer: float,
+                     scales: dict[str, float] | None = None) -> dict[str, np.ndarray]:
+    """Per-prompt, per-k normalised squared errors ``(batch, n_points)`` of every run and both baselines.
+
+    ``scales``: a run trained on labels of another scale s sees the same prompts with labels s * ys, and its
+    prediction is divided by s (the draws of ``DenseLinear(scale=s)``, exactly); errors are normalised alike.
+    """
+    scales = scales or {}
     y = ys.double().numpy()
     preds = {"least_squares": numpy_least_squares(xs.double().numpy(), y),
              "lasso": baselines.lasso(xs, ys, alpha=LASSO_ALPHA).double().numpy()}
     with torch.no_grad():
         for name, model in runs.items():
-            preds[name] = model(xs, ys).double().numpy()
+            scale = scales.get(name, 1.0)
+            preds[name] = model(xs, ys * scale).double().numpy() / scale
     return {name: (p - y) ** 2 / normalizer for name, p in preds.items()}
 
 
@@ -101,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=2026, help="seed of the fresh prompts (default 2026)")
     parser.add_argument("--sparse", nargs="+", default=list(DEFAULT_SPARSE), help="the sparse specialists (seeds)")
     parser.add_argument("--dense", default=DEFAULT_DENSE, help="the dense specialist")
-    parser.add_argument("--mixture", default=DEFAULT_MIXTURE, help="the 50/50 mixture model")
+    parser.add_argument("--mixture", nargs="+", default=[DEFAULT_MIXTURE],
+                        help="the 50/50 mixture models (each is held to the bar); a run directory path works too")
     parser.add_argument("--out", default=str(ROOT / "results" / "selection_bar.json"), help="the result file")
     parser.add_argument("--table", default=str(ROOT / "benchmarks" / "selection_bar.md"), help="the markdown table")
     args = parser.parse_args(argv)
@@ -109,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--prompts must be at least 10, got {args.prompts}")
     torch.set_num_threads(1)
     started = time.perf_counter()
-    names = [*args.sparse, args.dense, args.mixture]
+    names = [*args.sparse, args.dense, *args.mixture]
     try:
         loaded = {name: load_run(name) for name in names}
     except ValueError as error:
@@ -118,7 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     sparse_task = SparseLinear(k=K)
     sparse = errors_by_prompt(runs, *prompts(sparse_task, args.prompts, args.seed), sparse_task.zero_predictor_error(D))
     dense_task = DenseLinear()
-    dense = errors_by_prompt(runs, *prompts(dense_task, args.prompts, args.seed + 1), dense_task.zero_predictor_error(D))
+    scales = {name: dense_scale(meta) for name, (_, meta, _) in loaded.items()}
+    dense = errors_by_prompt(runs, *prompts(dense_task, args.prompts, args.seed + 1), dense_task.zero_predictor_error(D),
+                             scales)
 
     def window(errors: np.ndarray) -> np.ndarray:
         return errors[:, WINDOW].mean(1)
@@ -134,22 +150,26 @@ def main(argv: list[str] | None = None) -> int:
     lasso_window = numbers["sparse window: lasso"][0]
     specialist_windows = [numbers[f"sparse window: {name}"][0] for name in args.sparse]
     mean_sparse = bootstrap(np.mean([window(sparse[name]) for name in args.sparse], axis=0))
-    mixture_vs_sparse = bootstrap(window(sparse[args.mixture]) - np.mean([window(sparse[n]) for n in args.sparse], 0))
-    mixture_vs_dense = bootstrap(dense_mean(dense[args.mixture]) - dense_mean(dense[args.dense]))
-    dense_vs_sparse = bootstrap(window(sparse[args.dense]) - np.mean([window(sparse[n]) for n in args.sparse], 0))
+    specialists_window = np.mean([window(sparse[n]) for n in args.sparse], 0)
+    dense_vs_sparse = bootstrap(window(sparse[args.dense]) - specialists_window)
     bar = [
         ("every sparse seed: window <= 0.8 x least squares",
          all(w <= 0.8 * ls_window for w in specialist_windows),
          ", ".join(f"{w:.3f}" for w in specialist_windows) + f" vs {0.8 * ls_window:.3f}"),
         ("mean over sparse seeds <= lasso + 0.05", mean_sparse[0] <= lasso_window + 0.05,
          f"{mean_sparse[0]:.3f} [{mean_sparse[1]:.3f}, {mean_sparse[2]:.3f}] vs {lasso_window + 0.05:.3f}"),
-        ("mixture within 0.05 of the sparse specialists (sparse window)", abs(mixture_vs_sparse[0]) <= 0.05,
-         f"difference {mixture_vs_sparse[0]:+.3f} [{mixture_vs_sparse[1]:+.3f}, {mixture_vs_sparse[2]:+.3f}]"),
-        ("mixture within 0.05 of the dense specialist (dense, k >= 1)", abs(mixture_vs_dense[0]) <= 0.05,
-         f"difference {mixture_vs_dense[0]:+.3f} [{mixture_vs_dense[1]:+.3f}, {mixture_vs_dense[2]:+.3f}]"),
         ("not vacuous: dense specialist >= sparse specialists + 0.1 (sparse window)", dense_vs_sparse[0] >= 0.1,
          f"difference {dense_vs_sparse[0]:+.3f} [{dense_vs_sparse[1]:+.3f}, {dense_vs_sparse[2]:+.3f}]"),
     ]
+    for mixture in args.mixture:
+        versus_sparse = bootstrap(window(sparse[mixture]) - specialists_window)
+        versus_dense = bootstrap(dense_mean(dense[mixture]) - dense_mean(dense[args.dense]))
+        bar += [
+            (f"`{mixture}` within 0.05 of the sparse specialists (sparse window)", abs(versus_sparse[0]) <= 0.05,
+             f"difference {versus_sparse[0]:+.3f} [{versus_sparse[1]:+.3f}, {versus_sparse[2]:+.3f}]"),
+            (f"`{mixture}` within 0.05 of the dense specialist (dense, k >= 1)", abs(versus_dense[0]) <= 0.05,
+             f"difference {versus_dense[0]:+.3f} [{versus_dense[1]:+.3f}, {versus_dense[2]:+.3f}]"),
+        ]
     commit, dirty = checkpoints.git_commit()
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     record = {
@@ -157,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         "seed": args.seed, "n_prompts": args.prompts, "d": D, "k": K, "n_points": N_POINTS, "lasso_alpha": LASSO_ALPHA,
         "git_commit": commit, "git_dirty": dirty, "time": now, "torch_version": torch.__version__,
         "python_version": platform.python_version(), "wall_time_s": round(time.perf_counter() - started, 1),
-        "runs": {name: {"weights": source, "git_commit": meta.get("git_commit"), "steps_done": meta.get("steps_done"),
+        "runs": {name: {"weights": source, "dense_scale": scales[name], "git_commit": meta.get("git_commit"), "steps_done": meta.get("steps_done"),
                         "status": meta.get("status"), "seed": meta.get("seed")}
                  for name, (_, meta, source) in loaded.items()},
         "curves": {cls: {name: errors.mean(0).tolist() for name, errors in table.items()}
@@ -172,16 +192,17 @@ def main(argv: list[str] | None = None) -> int:
         f"Written {now} by `{record['command']}` at commit `{commit[:7]}`{' (dirty)' if dirty else ''}; "
         f"{args.prompts} fresh prompts per class, seed {args.seed}, d = {D} with {K} non-zero, {N_POINTS} points. "
         "Errors are normalised (1 = the zero predictor); intervals are 95% bootstrap intervals over prompts. "
-        "Sparse window: mean over k = 3..7; dense: mean over k = 1..11.",
+        "Sparse window: mean over k = 3..7; dense: mean over k = 1..11. A run trained on dense labels of scale s "
+        "(a balanced mixture) sees the dense prompts with labels times s, and its errors are normalised alike.",
         "",
-        "| model | weights | sparse prompts, window | dense prompts, k >= 1 |",
-        "|---|---|---|---|",
+        "| model | weights | dense label scale | sparse prompts, window | dense prompts, k >= 1 |",
+        "|---|---|---|---|---|",
     ]
     for name in ["least_squares", "lasso", *names]:
         source = loaded[name][2] if name in loaded else "computed here"
         cells = [f"{m:.3f} [{lo:.3f}, {hi:.3f}]" for m, lo, hi in (numbers[f"sparse window: {name}"],
                                                                    numbers[f"dense mean: {name}"])]
-        lines.append(f"| `{name}` | {source} | {cells[0]} | {cells[1]} |")
+        lines.append(f"| `{name}` | {source} | {scales.get(name, 1.0):g} | {cells[0]} | {cells[1]} |")
     lines += ["", "| criterion | holds | evidence |", "|---|---|---|"]
     lines += [f"| {c} | {'yes' if h else 'no'} | {e} |" for c, h, e in bar]
     Path(args.table).write_text("\n".join(lines) + "\n")
