@@ -33,7 +33,7 @@ DEFAULT_RUNS = [
 ]
 
 
-SWEEP_GLOBS = ("checkpoints/yadlowsky_selection_*", "benchmarks/sweep/*")
+SWEEP_GLOBS = ("checkpoints/yadlowsky_selection_*", "checkpoints/in_progress/*", "benchmarks/sweep/*")
 
 
 def sparse_window(record: dict, config: dict) -> float | None:
