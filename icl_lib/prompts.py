@@ -4,7 +4,7 @@
   ``2 n`` tokens in R^d; the model predicts y_i at the position of x_i (even positions).
 * ``paired_tokens(xs, ys)``: the book's "pair" variant, ``2 n`` tokens in R^(d+1): (x_i, 0) then
   (x_i, y_i). Prediction positions are the same; the y token repeats x_i, which removes the long
-  loss plateau of the interleaved format at laptop scale (``BOOK_PLAN.md``, section 6).
+  loss plateau of the interleaved format at laptop scale (measured in ``configs/README.md``).
 * ``compact_tokens(xs, ys)``: one token per point, ``n`` tokens in R^(2d+1): (x_i, x_{i-1}, y_{i-1}), with
   zeros for the example before the first. Token i holds its query x_i and the whole previous example, so a causal
   model reading at token i sees exactly (x_1, y_1, ..., x_{i-1}, y_{i-1}, x_i): half the sequence of the two
