@@ -307,7 +307,7 @@ class GPTConfig:
 
     @classmethod
     def laptop(cls, n_dims: int = 5, n_points: int = 11, **changes) -> GPTConfig:
-        """The book's CPU size (BOOK_PLAN section 6): 3 layers, width 64, 2 heads, paired tokens (about 150k parameters)."""
+        """The book's CPU size (configs/README.md): 3 layers, width 64, 2 heads, paired tokens (about 150k parameters)."""
         return cls(**{"n_dims": n_dims, "n_points": n_points, "n_layers": 3, "width": 64, "n_heads": 2,
                       "token_format": "paired", **changes})
 

@@ -107,7 +107,7 @@ def _laptop_gpt() -> dict:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything a training run depends on. The defaults are the book's laptop setting (BOOK_PLAN section 6).
+    """Everything a training run depends on. The defaults are the book's laptop setting (configs/README.md).
 
     * ``model``: ``{"name": "gpt" | "lsa" | "reduced_lsa" | "linear_transformer", **options}``
       (:func:`icl_lib.models.make_model`); ``task``: ``{"name": ..., **options}`` (:func:`icl_lib.tasks.make_task`).

@@ -286,7 +286,7 @@ def test_identity_minimum_is_d_d_plus_1_over_n_plus_d_plus_1(d):
     assert sp.simplify(minimum - theory.identity_minimum_loss(d, s.N)) == 0
     assert sp.simplify(minimum - sp.Integer(d * (d + 1)) / (s.N + d + 1)) == 0
     if d == 2:
-        assert sp.simplify(minimum - 6 / (s.N + 3)) == 0  # BOOK_PLAN's value
+        assert sp.simplify(minimum - 6 / (s.N + 3)) == 0  # d = 2 written out by hand
     for n in (1, 10, 100):
         assert theory.lsa_test_loss(np.eye(d), n, n) == pytest.approx(d * (d + 1) / (n + d + 1), rel=1e-12)
 
