@@ -478,7 +478,7 @@ def eigenbasis_concrete(expr: sp.Expr, e: EigenbasisSymbols, s: LSASymbols) -> s
 
 
 def reduced_flow_field(u: sp.Expr, big_u: sp.Matrix, lam: sp.Matrix, n: sp.Expr) -> tuple[sp.Expr, sp.Matrix]:
-    """The right-hand side ``(du/dt, dU/dt)`` of the reduced flow (plan's transcription of the paper):
+    """The right-hand side ``(du/dt, dU/dt)`` of the reduced flow:
     dU/dt = -u^2 Gamma Lambda U Lambda + u Lambda^2, du/dt = -tr(u Gamma Lambda U Lambda U^T - Lambda^2 U^T)."""
     gamma = symbolic_gamma(lam, n)
     d_big_u = -u**2 * gamma * lam * big_u * lam + u * lam**2
