@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from icl_lib import baselines, checkpoints, models
+from icl_lib import baselines, checkpoints, evaluation, models
 from icl_lib.devices import make_generator
 from icl_lib.samplers import gaussian_xs
 from icl_lib.tasks import DenseLinear, SparseLinear
@@ -68,12 +68,10 @@ def numpy_least_squares(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
     return preds
 
 
-def bootstrap(values: np.ndarray, n_bootstrap: int = 2000, seed: int = 0) -> tuple[float, float, float]:
-    """Mean of per-prompt ``values: (batch,)`` and its 95% percentile-bootstrap interval."""
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), size=(n_bootstrap, len(values)))].mean(1)
-    low, high = np.quantile(means, [0.025, 0.975])
-    return float(values.mean()), float(low), float(high)
+def bootstrap(values: np.ndarray, n_bootstrap: int = 2000) -> tuple[float, float, float]:
+    """Mean of per-prompt ``values: (batch,)`` and its 95% percentile-bootstrap interval (the library's band)."""
+    low, high = evaluation.bootstrap_band(torch.from_numpy(values)[:, None], n_bootstrap=n_bootstrap)
+    return float(values.mean()), float(low[0]), float(high[0])
 
 
 def prompts(task, n_prompts: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
