@@ -121,6 +121,9 @@ class TrainConfig:
       dict of its fields, or None.
     * ``log_every`` (train metrics), ``eval_every`` (0 = at the end only) on ``eval_batch`` fixed prompts,
       ``checkpoint_every`` (0 = at the end only).
+    * ``init_from``: None (a fresh initialisation from ``seed``), or a committed run's name or a run directory whose
+      final weights start this run: a warm start, a departure from training from scratch that a chapter must
+      disclose. Its model, ``n_dims`` and ``n_points`` must be this config's; ``meta.json`` records the weights' SHA-256.
     * ``device``: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ``"cuda:N"``; ``threads``: CPU threads,
       pinned during the run (results are bit-identical only for the same count); ``autocast``: bf16 on CUDA (never on
       the CPU); ``cuda_graph``: capture the step in a CUDA graph (CUDA only).
@@ -142,6 +145,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     seed: int = 0
     curriculum: Curriculum | None = None
+    init_from: str | None = None
     log_every: int = 50
     eval_every: int = 250
     eval_batch: int = 1024
@@ -172,6 +176,8 @@ class TrainConfig:
             raise ValueError(f"betas must lie in [0, 1), got {list(self.betas)}")
         object.__setattr__(self, "betas", betas)
         parse_device(self.device)
+        if self.init_from is not None and (not isinstance(self.init_from, str) or not self.init_from.strip()):
+            raise ValueError(f"init_from must be a run name or directory (a non-empty string), got {self.init_from!r}")
 
         if not isinstance(self.model, Mapping):
             raise ValueError(f"model must be a table with a 'name', got {self.model!r}")
@@ -628,6 +634,24 @@ def _final_metrics(history: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return final
 
 
+def _warm_start(model: nn.Module, config: TrainConfig) -> dict[str, str]:
+    """Load the finished weights of the run ``config.init_from`` into ``model``; returns what meta.json records."""
+    try:
+        directory = checkpoints.resolve(config.init_from)
+    except ValueError as error:
+        raise ValueError(f"init_from: {error}") from None
+    file = directory / checkpoints.MODEL_FILE
+    if not file.is_file():
+        raise ValueError(f"init_from: {config.init_from!r} has no {checkpoints.MODEL_FILE} (only a finished run can "
+                         f"start another)")
+    stored = checkpoints.model_config(file)
+    wanted = {"spec": config.model, "n_dims": config.n_dims, "n_points": config.n_points}
+    if stored != wanted:
+        raise ValueError(f"init_from: {config.init_from!r} holds a model {stored}, but this config trains {wanted}")
+    model.load_state_dict(checkpoints.load_model(file).state_dict())
+    return {"run": str(config.init_from), "sha256": hashlib.sha256(file.read_bytes()).hexdigest()}
+
+
 def _train(
     config: TrainConfig,
     device: torch.device,
@@ -650,6 +674,12 @@ def _train(
     if device.type == "cuda":
         torch.cuda.manual_seed(derive_seed(config.seed, "global"))
     model = models.make_model(config.model, config.n_dims, config.n_points, seed=derive_seed(config.seed, "init"))
+    if stored is None and config.init_from is not None:
+        warm_start = _warm_start(model, config)
+    elif stored is not None and config.init_from is not None:
+        warm_start = checkpoints.load_meta(out_dir).get("init_from")
+    else:
+        warm_start = None
     model = model.to(device).train()
     use_graph = config.cuda_graph and device.type == "cuda"
     optimizer = _make_optimizer(model, config, device, capturable=use_graph)
@@ -708,6 +738,7 @@ def _train(
         "threads": config.threads,
         "n_parameters": models.count_parameters(model),
         "steps": config.steps,
+        **({"init_from": warm_start} if warm_start is not None else {}),
     }
 
     def wall() -> float:

@@ -126,7 +126,19 @@ def no_setup(run: Path, tmp: Path) -> None:
     pass
 
 
+def warm_start_toml(init_from: str, changes: dict[str, str] | None = None,
+                    then: Callable[[Path, Path], None] | None = None) -> Callable[[Path, Path], None]:
+    """``tmp/bad.toml`` with ``init_from = <init_from>`` ({run} is the finished run) and other lines replaced."""
+    def setup(run: Path, tmp: Path) -> None:
+        line = f"threads = 1\ninit_from = {init_from.format(run=run)}"
+        tiny_toml(tmp, {"threads = 1": line, **(changes or {})})
+        if then is not None:
+            then(run, tmp)
+    return setup
+
+
 TRAIN = ["{tiny}", "--out", "{run}", "--no-progress"]
+WARM = ["{tmp}/bad.toml", "--out", "{tmp}/warm", "--no-progress"]
 EVALUATE = ["{run}", "--task", "linear", "--prompts", "16", "--estimators", "least_squares", "--out", "{tmp}/r.json"]
 
 # (id, "train" | "evaluate", argv with {tiny} {run} {tmp} {file}, setup, expected message after "error: ")
@@ -163,6 +175,15 @@ CLI_ERRORS = [
      bad_toml({"lr = 1e-3": "lr = 1e30"}),
      r"training diverged: train_loss, train_normalized_error not finite at logged step 2 \(lr = 1e\+30\); no checkpoint "
      r"was written; lower lr"),
+    ("train with init_from naming no run", "train", WARM, warm_start_toml('"no_such_run"'),
+     r"init_from: no checkpoint 'no_such_run': not a directory, and not a name under .*checkpoints"),
+    ("train with init_from = 3", "train", WARM, warm_start_toml("3"),
+     r"init_from must be a run name or directory \(a non-empty string\), got 3"),
+    ("train with init_from a model of another width", "train", WARM, warm_start_toml('"{run}"', {"width = 16": "width = 32"}),
+     r"init_from: '.*run' holds a model .*'width': 16.*, but this config trains .*'width': 32"),
+    ("train with init_from an unfinished run", "train", WARM,
+     warm_start_toml('"{run}"', then=lambda run, tmp: (run / MODEL_FILE).unlink()),
+     r"init_from: '.*run' has no model.pt \(only a finished run can start another\)"),
     ("evaluate --prompts 0", "evaluate", EVALUATE + ["--prompts", "0"], no_setup,
      r"--prompts must be a positive integer \(>= 1\), got 0"),
     ("evaluate --prompts -4", "evaluate", EVALUATE + ["--prompts", "-4"], no_setup,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -13,7 +14,7 @@ import pytest
 import torch
 
 from icl_lib import train as train_module
-from icl_lib.checkpoints import CHECKPOINT_FILE, META_FILE, METRICS_FILE, MODEL_FILE, repository_root
+from icl_lib.checkpoints import CHECKPOINT_FILE, META_FILE, METRICS_FILE, MODEL_FILE, load_model, repository_root
 from icl_lib.devices import make_generator
 from icl_lib.models import make_model
 from icl_lib.tasks import DenseLinear, SparseLinear
@@ -352,3 +353,19 @@ def test_a_sparse_task_under_a_curriculum_draws_its_support_among_the_active_coo
         assert np.all(support.sum(1) == 2) and not support[:, dims:].any(), f"step {step}: support outside {dims} dims"
         active_terms = (np.abs(xs.numpy()).sum(1) > 0) & support  # coordinates that both vary and carry weight
         assert np.all(active_terms.sum(1) == 2), f"step {step}: a prompt lost a term to a zeroed coordinate"
+
+
+def test_a_warm_start_begins_from_the_named_runs_weights_and_records_their_digest(tmp_path):
+    train(tiny_config(steps=4, eval_every=0), tmp_path / "first", progress=False)
+    first = load_model(tmp_path / "first")
+    # lr = 1e-12: an Adam step moves each weight by about lr, so the one step leaves the warm start in place.
+    warm = train(tiny_config(steps=1, warmup_steps=0, lr=1e-12, eval_every=0, init_from=str(tmp_path / "first")),
+                 tmp_path / "warm", progress=False)
+    fresh = train(tiny_config(steps=1, warmup_steps=0, lr=1e-12, eval_every=0), progress=False)
+    for name, weight in first.state_dict().items():
+        np.testing.assert_allclose(warm.model.state_dict()[name].numpy(), weight.numpy(), atol=1e-9, err_msg=name)
+    assert any(not torch.allclose(fresh.model.state_dict()[n], w) for n, w in first.state_dict().items())
+    meta = json.loads((tmp_path / "warm" / META_FILE).read_text())
+    digest = hashlib.sha256((tmp_path / "first" / MODEL_FILE).read_bytes()).hexdigest()
+    assert meta["init_from"] == {"run": str(tmp_path / "first"), "sha256": digest}
+    assert meta["config"]["init_from"] == str(tmp_path / "first")
