@@ -189,12 +189,21 @@ def write_meta(directory: str | os.PathLike, meta: Mapping[str, Any]) -> Path:
     return write_json_atomic(dict(meta), Path(directory) / META_FILE)
 
 
-def read_metrics(directory: str | os.PathLike) -> list[dict]:
-    """The records of ``metrics.jsonl`` (an empty list if there is none)."""
-    path = Path(directory) / METRICS_FILE
+def read_metrics(name_or_path: str | os.PathLike, missing_ok: bool = False) -> list[dict]:
+    """The records of a run's ``metrics.jsonl``, by name (``"garg_dense_linear_laptop"``) or run directory.
+
+    A run without the file raises ``ValueError``; ``missing_ok=True`` (for training, which reads its own run
+    directory before it has logged anything) returns ``[]`` instead.
+    """
+    path = resolve(name_or_path) / METRICS_FILE
     if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        if missing_ok:
+            return []
+        raise ValueError(f"{path} does not exist (the run has logged nothing yet)")
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON lines ({error})") from None
 
 
 # ---------------------------------------------------------------- loading by name

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import matplotlib.pyplot as plt
+from matplotlib.collections import Collection
+from matplotlib.lines import Line2D
 
 from icl_lib.evaluation import ErrorCurve
 
@@ -83,3 +85,56 @@ def plot_error_curves(
     ax.legend()
     return ax
 
+
+
+def _in_data_coordinates(transform, ax: plt.Axes) -> bool:
+    # axhline/axvline/axvspan blend data coordinates on one axis with axes coordinates on the other.
+    return transform.contains_branch_seperately(ax.transData) == (True, True)
+
+
+def _is_data_artist(artist, ax: plt.Axes) -> bool:
+    """True for an artist with something to draw in data coordinates (reference lines and spans do not count)."""
+    if isinstance(artist, Collection):  # scatter: markers placed at data offsets; fill_between, hlines: data paths
+        placed = len(artist.get_offsets()) > 0 and _in_data_coordinates(artist.get_offset_transform(), ax)
+        drawn = (any(len(path.vertices) > 0 for path in artist.get_paths())
+                 and _in_data_coordinates(artist.get_transform(), ax))
+        return placed or drawn
+    if not _in_data_coordinates(artist.get_transform(), ax):
+        return False
+    if isinstance(artist, Line2D):
+        return len(artist.get_xdata()) > 0
+    return True  # patches (bars) and images
+
+
+def plotted_axes_problems(fig: plt.Figure) -> list[str]:
+    """What is blank in ``fig``: one line per axes that shows no data beyond reference lines.
+
+    An axes counts as plotted when it holds a line with points, a non-empty collection (scatter, fill_between,
+    error bars), a bar or an image in data coordinates; ``axhline``/``axvline``/``axvspan`` do not count. An axes
+    with its axis turned off (a schematic or a table) counts when it holds any artist or text.
+    """
+    problems = []
+    for index, ax in enumerate(fig.axes):
+        name = f"axes {index}" + (f" ({ax.get_title()!r})" if ax.get_title() else "")
+        if not ax.axison:
+            if not (ax.lines or ax.patches or ax.collections or ax.images or ax.texts or ax.tables):
+                problems.append(f"{name} is turned off and empty")
+            continue
+        artists = [*ax.lines, *ax.collections, *ax.patches, *ax.images]
+        if not any(_is_data_artist(artist, ax) for artist in artists):
+            problems.append(f"{name} shows no data (reference lines do not count)")
+    if not fig.axes:
+        problems.append("the figure has no axes")
+    return problems
+
+
+def show(fig: plt.Figure | None = None) -> None:
+    """``plt.show()`` after checking that every axes of ``fig`` (default: the current figure) shows data.
+
+    Raises ``AssertionError`` naming the blank axes, so that a chapter cell that plots nothing fails the build and
+    nbval instead of printing an empty frame.
+    """
+    fig = plt.gcf() if fig is None else fig
+    problems = plotted_axes_problems(fig)
+    assert not problems, f"blank figure: {'; '.join(problems)}"
+    plt.show()

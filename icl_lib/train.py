@@ -667,7 +667,7 @@ def _train(
     if out_dir is not None and resume and stored is None:
         finished_steps = _finished_without_checkpoint(out_dir, config)
         if finished_steps is not None:
-            history = checkpoints.read_metrics(out_dir)
+            history = checkpoints.read_metrics(out_dir, missing_ok=True)
             return TrainResult(model=checkpoints.load_model(out_dir, device=device), config=config, step=finished_steps,
                                metrics=_final_metrics(history), history=history, out_dir=out_dir, already_finished=True)
     torch.default_generator.manual_seed(derive_seed(config.seed, "global"))  # dropout, inside fork_rng
@@ -708,7 +708,7 @@ def _train(
             raise ValueError(f"cannot resume {_run_name(out_dir)}: its {checkpoints.CHECKPOINT_FILE} does not fit "
                              f"its config ({reason}); {WAY_OUT}") from None
         step, logged_steps, wall_before = stored["step"], stored["totals_steps"], stored["wall_s"]
-        history = [r for r in checkpoints.read_metrics(out_dir) if r["step"] <= step]
+        history = [r for r in checkpoints.read_metrics(out_dir, missing_ok=True) if r["step"] <= step]
         if step >= config.steps and _on_disk_as_finished(out_dir):
             return TrainResult(model=model.eval(), config=config, step=step, metrics=_final_metrics(history),
                                history=history, out_dir=out_dir, already_finished=True)

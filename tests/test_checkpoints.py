@@ -12,6 +12,7 @@ from icl_lib import checkpoints
 from icl_lib.checkpoints import (
     CHECKPOINT_FILE,
     META_FILE,
+    METRICS_FILE,
     MODEL_FILE,
     atomic_write,
     load_file,
@@ -88,6 +89,10 @@ def test_load_model_rebuilds_the_trained_model_by_path_and_by_name(tmp_path, mon
         monkeypatch.setattr(checkpoints, "checkpoints_root", lambda: tmp_path / "store")
         torch.testing.assert_close(load_model("tiny_run")(xs, ys), expected, rtol=0, atol=0)
         assert load_meta("tiny_run")["status"] == "finished"
+        by_name = checkpoints.read_metrics("tiny_run")
+    by_path = checkpoints.read_metrics(tmp_path / "store" / "tiny_run")
+    lines = (tmp_path / "store" / "tiny_run" / METRICS_FILE).read_text().splitlines()
+    assert by_name == by_path == [json.loads(line) for line in lines] and len(by_path) > 0
     with pytest.raises(ValueError, match="tiny_run"):  # the error lists what is available
         load_model("no_such_run")
 

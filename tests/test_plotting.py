@@ -17,6 +17,8 @@ from icl_lib.plotting import (  # noqa: E402
     HOUSE_STYLE,
     estimator_color,
     plot_error_curves,
+    plotted_axes_problems,
+    show,
     use_house_style,
 )
 
@@ -125,3 +127,51 @@ def test_plot_error_curves_zero_predictor_level():
     np.testing.assert_allclose(zero[0].get_ydata(), [1.25, 1.25])
     none = plot_error_curves({"ridge": make_curve(6, 0.0)}, zero_predictor=None)
     assert [line.get_label() for line in none.get_lines()] == ["ridge"]
+
+
+# (name, what the cell draws on one axes, blank?)
+DRAWINGS = [
+    ("a line", lambda ax: ax.plot([1, 2], [3, 4]), False),
+    ("a line on log axes", lambda ax: ax.semilogy([1, 2], [3, 4]), False),
+    ("a line without points", lambda ax: ax.plot([], []), True),
+    ("an axhline", lambda ax: ax.axhline(0.3), True),
+    ("reference lines and spans", lambda ax: (ax.axhline(0.3), ax.axvline(1), ax.axvspan(1, 2), ax.axhspan(1, 2)), True),
+    ("an axhline and an empty line", lambda ax: (ax.axhline(1), ax.plot([], [])), True),
+    ("a scatter", lambda ax: ax.scatter([1], [2]), False),
+    ("an empty scatter", lambda ax: ax.scatter([], []), True),
+    ("a band", lambda ax: ax.fill_between([1, 2], [0, 0], [1, 1]), False),
+    ("bars", lambda ax: ax.bar([1, 2], [3, 4]), False),
+    ("error bars", lambda ax: ax.errorbar([1, 2], [3, 4], yerr=[1, 1]), False),
+    ("a histogram", lambda ax: ax.hist([1, 2, 3]), False),
+    ("hlines", lambda ax: ax.hlines([1], 0, 1), False),
+    ("an image", lambda ax: ax.imshow([[1, 2], [3, 4]]), False),
+    ("a mesh", lambda ax: ax.pcolormesh([[1, 2], [3, 4]]), False),
+    ("text only", lambda ax: ax.text(0.5, 0.5, "x"), True),
+    ("nothing, axis off", lambda ax: ax.axis("off"), True),
+    ("a schematic (axis off, text)", lambda ax: (ax.axis("off"), ax.text(0.5, 0.5, "x")), False),
+]
+
+
+@pytest.mark.parametrize("draw, blank", [pytest.param(d, b, id=n) for n, d, b in DRAWINGS])
+def test_plotted_axes_problems_finds_the_blank_axes(draw, blank):
+    fig, (drawn, other) = plt.subplots(1, 2)
+    other.plot([0, 1], [0, 1])
+    draw(drawn)
+    problems = plotted_axes_problems(fig)
+    plt.close(fig)
+    assert (problems != []) == blank, problems
+    assert all(p.startswith("axes 0") for p in problems)
+
+
+def test_show_fails_on_a_blank_axes_and_names_it():
+    fig, (ax, empty) = plt.subplots(1, 2)
+    ax.plot([0, 1], [0, 1])
+    empty.set_title("loss curves")
+    empty.axhline(0.5)
+    with pytest.raises(AssertionError, match=r"blank figure: axes 1 \('loss curves'\) shows no data"):
+        show(fig)
+    plt.close(fig)
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [0, 1])
+    show(fig)  # a plotted figure passes
+    plt.close(fig)
