@@ -12,7 +12,10 @@ demonstrations (:func:`icl_weight_update`). A linear layer trained by SGD has th
 
 von Oswald et al.'s construction (:func:`gd_layer_weights`) sets a :class:`icl_lib.models.LinearTransformer` layer
 to one step of (preconditioned) gradient descent on the in-context loss (1/2N) sum_i (<w, x_i> - y_i)^2;
-:func:`gd_steps_prediction` is the reference it is checked against.
+:func:`gd_steps_prediction` is the reference it is checked against. Their GD++ (:func:`gdpp_layer_weights`,
+:func:`gdpp_transformer`, reference :func:`gdpp_steps_prediction`) also transforms the inputs,
+x_j <- (I - gamma S) x_j with S = (1/N) sum_i x_i x_i^T, a curvature correction that makes later steps approach
+least squares.
 """
 
 from __future__ import annotations
@@ -180,3 +183,76 @@ def gd_steps_prediction(
         gradient = torch.einsum("bn,bnd->bd", residual, x) / (n_points - 1)
         w = w - checks.finite_float("learning_rate", rate) * gradient @ a.T
     return torch.einsum("bd,bd->b", w, xs[:, -1].double())
+
+
+# ---------------------------------------------------------------- GD++: GD steps with a curvature correction of the inputs
+
+
+def _rates(name: str, values: Sequence[float]) -> list[float]:
+    if isinstance(values, (int, float)) or not isinstance(values, Sequence) or len(values) < 1:
+        raise ValueError(f"{name} must be a non-empty sequence of numbers, got {values!r}")
+    return [checks.finite_float(name, v) for v in values]
+
+
+def gdpp_layer_weights(
+    d: int, learning_rate: float, gamma: float, dtype: torch.dtype = torch.float64
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(P, Q)``, both ``(d + 1, d + 1)``, of one GD++ layer (von Oswald et al. 2023, section 4).
+
+    P = [[-gamma I_d, 0], [0, -learning_rate]], Q = [[I_d, 0], [0, 0]]. On tokens (x_j, r_j) the layer maps, from the
+    tokens before it, r_j to r_j - learning_rate <b, x_j> with b = (1/N) sum_i r_i x_i (a GD step) and x_j to
+    (I - gamma S) x_j with S = (1/N) sum_i x_i x_i^T (the inputs' curvature correction). gamma = 0 is
+    :func:`gd_layer_weights`.
+    """
+    d = checks.positive_int("d", d)
+    learning_rate = checks.finite_float("learning_rate", learning_rate)
+    gamma = checks.finite_float("gamma", gamma)
+    p = torch.zeros(d + 1, d + 1, dtype=dtype)
+    p[:d, :d] = -gamma * torch.eye(d, dtype=dtype)
+    p[d, d] = -learning_rate
+    q = torch.zeros(d + 1, d + 1, dtype=dtype)
+    q[:d, :d] = torch.eye(d, dtype=dtype)
+    return p, q
+
+
+def gdpp_transformer(d: int, learning_rates: Sequence[float], gammas: Sequence[float]) -> LinearTransformer:
+    """A float64 :class:`LinearTransformer` whose layer l is :func:`gdpp_layer_weights` with ``learning_rates[l]``
+    and ``gammas[l]`` (one of each per layer)."""
+    rates, gammas = _rates("learning_rates", learning_rates), _rates("gammas", gammas)
+    if len(rates) != len(gammas):
+        raise ValueError(f"learning_rates and gammas must have one entry per layer, got {len(rates)} and {len(gammas)}")
+    model = LinearTransformer(d, n_layers=len(rates)).double()
+    with torch.no_grad():
+        for layer, rate, gamma in zip(model.layers, rates, gammas):
+            p, q = gdpp_layer_weights(d, rate, gamma)
+            layer.P.copy_(p)
+            layer.Q.copy_(q)
+    return model
+
+
+def gdpp_steps_prediction(
+    xs: torch.Tensor, ys: torch.Tensor, learning_rates: Sequence[float], gammas: Sequence[float]
+) -> torch.Tensor:
+    """GD++ with explicit vectors (the reference for :func:`gdpp_transformer`): the prediction for the last point.
+
+    ``xs: (batch, N + 1, d)``, ``ys: (batch, N + 1)`` (the query's label is not read). Residuals r_i = y_i, r_q = 0;
+    step k, from the current inputs x and residuals r: b = (1/N) sum_i r_i x_i, S = (1/N) sum_i x_i x_i^T; then
+    r_j <- r_j - eta_k <b, x_j> and x_j <- x_j - gamma_k S x_j for every point j, the query included. The prediction is
+    -r_q. Float64. Returns ``(batch,)``.
+    """
+    batch, n_points, d = checks.prompt_tensors(xs, ys)
+    if n_points < 2:
+        raise ValueError(f"the prompt needs N >= 1 examples and a query, got n_points = {n_points}")
+    rates, gammas = _rates("learning_rates", learning_rates), _rates("gammas", gammas)
+    if len(rates) != len(gammas):
+        raise ValueError(f"learning_rates and gammas must have one entry per step, got {len(rates)} and {len(gammas)}")
+    x = xs.double().clone()
+    r = ys.double().clone()
+    r[:, -1] = 0.0
+    n = n_points - 1
+    for rate, gamma in zip(rates, gammas):
+        b = torch.einsum("bn,bnd->bd", r[:, :-1], x[:, :-1]) / n
+        s = torch.einsum("bni,bnj->bij", x[:, :-1], x[:, :-1]) / n
+        r = r - rate * torch.einsum("bd,bnd->bn", b, x)
+        x = x - gamma * torch.einsum("bij,bnj->bni", s, x)
+    return -r[:, -1]

@@ -15,6 +15,18 @@ last point being the query; its label is never read), with a trained :class:`icl
 h = softmax(q K^T / sqrt(d_head)) V of every head (concatenated, before the output projection) and the attention
 maps. The metrics (:func:`rec2ftp`, :func:`sim_aou`, :func:`sim_am`, :func:`kendall_tau`) are plain functions of
 these tensors.
+
+Dai et al.'s public code (microsoft/LMOps, ``understand_icl/icl_ft/compute_sim.py`` and
+``compute_training_example_attn.py``) measures some of them differently; the pieces it needs are re-implemented
+here: the attention output after the output projection and the raw (pre-softmax) scores (:class:`Trace`),
+per-vector normalisation before SimAOU (``sim_aou(..., normalize=True)``), and the fine-tuning side's "attention to
+the training tokens", a softmax of dot products between the fine-tuned model's query vector and the query vectors
+recorded on the training tokens during fine-tuning (:func:`finetune_key_value_recorded`,
+:func:`training_token_attention`, :func:`context_attention`, :func:`example_level`).
+
+``layer_causal=True`` (:func:`finetune_key_value`) is Deutch et al.'s layer-causal gradient descent (LCGD): every
+block's input is detached and each block's read-out (final LayerNorm and read-out head applied to that block's
+output) has its own loss, so a layer's update uses the layers below it only, as in-context learning does.
 """
 
 from __future__ import annotations
@@ -62,17 +74,33 @@ class KeyValueDelta:
 class Trace:
     """What :func:`trace` records: ``predictions: (batch, n_points)`` at the x positions; per layer,
     ``attention_outputs[l]: (batch, T, width)`` (all heads' softmax(q K^T / sqrt(d_head)) V, concatenated, before
-    the output projection) and ``attention_maps[l]: (batch, n_heads, T, T)`` (row t: token t's weights)."""
+    the output projection), ``attention_maps[l]: (batch, n_heads, T, T)`` (row t: token t's weights),
+    ``projected_outputs[l]: (batch, T, width)`` (the attention output after the output projection, what Dai et al.'s
+    code records), ``queries[l]: (batch, T, width)`` (every head's query vector, concatenated, scaled by
+    1 / sqrt(d_head) as in fairseq), ``scores[l]: (batch, n_heads, T, T)`` (the raw scores q K^T / sqrt(d_head) before
+    the causal mask and the softmax) and ``layer_predictions[l]: (batch, n_points)`` (the read-out of block l's output:
+    final LayerNorm and read-out head; the last equals ``predictions``)."""
 
     predictions: torch.Tensor
     attention_outputs: list[torch.Tensor]
     attention_maps: list[torch.Tensor]
+    projected_outputs: list[torch.Tensor]
+    queries: list[torch.Tensor]
+    scores: list[torch.Tensor]
+    layer_predictions: list[torch.Tensor]
 
 
-def trace(model: GPT, tokens: torch.Tensor, deltas: Sequence[KeyValueDelta] | None = None) -> Trace:
+def trace(
+    model: GPT, tokens: torch.Tensor, deltas: Sequence[KeyValueDelta] | None = None, *, layer_causal: bool = False
+) -> Trace:
     """The GPT's forward pass on ``tokens: (batch, T, token_dim)`` with explicit attention, optionally with per-prompt
-    key/value changes ``deltas`` (one :class:`KeyValueDelta` per layer). Equals ``model(xs, ys)`` (dropout off)."""
+    key/value changes ``deltas`` (one :class:`KeyValueDelta` per layer). Equals ``model(xs, ys)`` (dropout off).
+
+    ``layer_causal``: detach every block's input (the values are unchanged; gradients of ``layer_predictions[l]``
+    then reach block l's parameters only, as Deutch et al.'s layer-causal GD needs)."""
     model = _check_gpt(model)
+    if not isinstance(layer_causal, bool):
+        raise ValueError(f"layer_causal must be True or False, got {layer_causal!r}")
     config = model.config
     if not isinstance(tokens, torch.Tensor) or tokens.ndim != 3 or tokens.shape[2] != config.token_dim:
         got = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__
@@ -84,9 +112,12 @@ def trace(model: GPT, tokens: torch.Tensor, deltas: Sequence[KeyValueDelta] | No
     head_dim = width // heads
     h = model.read_in(tokens.to(model.read_in.weight.dtype)) + model.positions.weight[:length]
     causal = torch.ones(length, length, dtype=torch.bool, device=tokens.device).tril()
-    outputs, maps = [], []
+    outputs, maps, projected, queries, raw_scores, layer_predictions = [], [], [], [], [], []
+    positions = x_positions(length // 2)
     for index, block in enumerate(model.blocks):
         attn = block.attn
+        if layer_causal:
+            h = h.detach()
         x = block.ln_1(h)
         qkv = attn.qkv(x)  # (batch, T, 3 width)
         if deltas is not None:
@@ -102,10 +133,13 @@ def trace(model: GPT, tokens: torch.Tensor, deltas: Sequence[KeyValueDelta] | No
         out = out.transpose(1, 2).reshape(batch, length, width)
         outputs.append(out)
         maps.append(weights)
-        h = h + attn.proj(out)
+        queries.append((q / math.sqrt(head_dim)).transpose(1, 2).reshape(batch, length, width))
+        raw_scores.append(scores)
+        projected.append(attn.proj(out))
+        h = h + projected[-1]
         h = h + block.mlp(block.ln_2(h))
-    h = model.ln_f(h[:, x_positions(length // 2)])
-    return Trace(model.read_out(h)[..., 0], outputs, maps)
+        layer_predictions.append(model.read_out(model.ln_f(h[:, positions]))[..., 0])
+    return Trace(layer_predictions[-1], outputs, maps, projected, queries, raw_scores, layer_predictions)
 
 
 def zero_deltas(model: GPT, batch: int) -> list[KeyValueDelta]:
@@ -118,29 +152,64 @@ def zero_deltas(model: GPT, batch: int) -> list[KeyValueDelta]:
             for _ in model.blocks]
 
 
-def finetune_key_value(model: GPT, xs: torch.Tensor, ys: torch.Tensor, learning_rate: float) -> list[KeyValueDelta]:
+@dataclass(frozen=True)
+class FineTuneRecord:
+    """What :func:`finetune_key_value_recorded` returns: the final ``deltas`` (one :class:`KeyValueDelta` per layer)
+    and ``training_queries: (batch, n_layers, 2 k, width)``, the query vectors (as in :class:`Trace`) of demonstration
+    i's two tokens recorded in the forward pass of fine-tuning step i (Dai et al.'s "attention queries of the training
+    tokens")."""
+
+    deltas: list[KeyValueDelta]
+    training_queries: torch.Tensor
+
+
+def finetune_key_value_recorded(
+    model: GPT, xs: torch.Tensor, ys: torch.Tensor, learning_rate: float, *, layer_causal: bool = False
+) -> FineTuneRecord:
+    """:func:`finetune_key_value`, also recording the training tokens' query vectors (:class:`FineTuneRecord`)."""
+    model = _check_gpt(model)
+    batch, n_points, _ = checks.prompt_tensors(xs, ys)
+    if n_points < 2:
+        raise ValueError(f"the prompt needs k >= 1 demonstrations and a query, got n_points = {n_points}")
+    if model.config.tokens_per_point != 2:
+        raise ValueError(f"fine-tuning reads paired or interleaved tokens, got token_format "
+                         f"{model.config.token_format!r}")
+    learning_rate = checks.nonnegative_float("learning_rate", learning_rate)
+    if not isinstance(layer_causal, bool):
+        raise ValueError(f"layer_causal must be True or False, got {layer_causal!r}")
+    tokens = zero_shot_tokens(model, xs, ys)
+    deltas = zero_deltas(model, batch)
+    recorded = []
+    for i in range(n_points - 1):
+        params = [t.requires_grad_() for delta in deltas for t in (delta.weight, delta.bias)]
+        result = trace(model, tokens, deltas, layer_causal=layer_causal)
+        target = ys[:, i].to(result.predictions)
+        if layer_causal:  # every block's read-out has its own loss; detached inputs keep the layers apart
+            loss = sum((p[:, i] - target).pow(2).sum() for p in result.layer_predictions)
+        else:
+            loss = (result.predictions[:, i] - target).pow(2).sum()
+        grads = torch.autograd.grad(loss, params)
+        stepped = [(p - learning_rate * g).detach() for p, g in zip(params, grads)]
+        deltas = [KeyValueDelta(stepped[2 * j], stepped[2 * j + 1]) for j in range(len(deltas))]
+        recorded.append(torch.stack([q[:, 2 * i: 2 * i + 2].detach() for q in result.queries], dim=1))
+    return FineTuneRecord(deltas, torch.cat(recorded, dim=2))
+
+
+def finetune_key_value(
+    model: GPT, xs: torch.Tensor, ys: torch.Tensor, learning_rate: float, *, layer_causal: bool = False
+) -> list[KeyValueDelta]:
     """Fine-tune the key and value projections on each prompt's demonstrations: one SGD step per demonstration.
 
     ``xs: (batch, k + 1, d)``, ``ys: (batch, k + 1)``; the last point is the query and is not used. Step i (in order
     i = 1..k) descends (f_i - y_i)^2, where f_i is the prediction at x_i of the fine-tuned-so-far model on the
     zero-shot prompt (labels 0), with respect to the key/value rows (weights and biases) of every layer. Prompts are
     independent tasks: each has its own delta. Returns the final deltas (detached).
+
+    ``layer_causal=True``: Deutch et al.'s layer-causal GD: the loss is the sum over blocks l of
+    (f_i^(l) - y_i)^2, f_i^(l) the read-out of block l's output, with every block's input detached, so that layer l's
+    update comes from its own read-out through layer l alone.
     """
-    model = _check_gpt(model)
-    batch, n_points, _ = checks.prompt_tensors(xs, ys)
-    if n_points < 2:
-        raise ValueError(f"the prompt needs k >= 1 demonstrations and a query, got n_points = {n_points}")
-    learning_rate = checks.nonnegative_float("learning_rate", learning_rate)
-    tokens = zero_shot_tokens(model, xs, ys)
-    deltas = zero_deltas(model, batch)
-    for i in range(n_points - 1):
-        params = [t.requires_grad_() for delta in deltas for t in (delta.weight, delta.bias)]
-        predictions = trace(model, tokens, deltas).predictions
-        loss = (predictions[:, i] - ys[:, i].to(predictions)).pow(2).sum()
-        grads = torch.autograd.grad(loss, params)
-        stepped = [(p - learning_rate * g).detach() for p, g in zip(params, grads)]
-        deltas = [KeyValueDelta(stepped[2 * j], stepped[2 * j + 1]) for j in range(len(deltas))]
-    return deltas
+    return finetune_key_value_recorded(model, xs, ys, learning_rate, layer_causal=layer_causal).deltas
 
 
 def random_deltas_like(deltas: Sequence[KeyValueDelta], generator: torch.Generator) -> list[KeyValueDelta]:
@@ -168,6 +237,14 @@ class Comparison:
     ``labels``, ``zsl``, ``icl``, ``ft``, ``random``: ``(batch,)`` label and predictions. ``h_*``: ``(batch, n_layers,
     width)`` attention outputs at the query's token. ``map_*``: ``(batch, n_layers, n_heads, q + 1)`` the query token's
     attention over positions 0..q (q = the query's position; the first q are the demonstrations' tokens).
+
+    For Dai et al.'s own definitions: ``zsl_alone: (batch,)`` the prediction from the query alone (their zero-shot
+    input has no demonstrations); ``hp_*: (batch, n_layers, width)`` the attention outputs after the output
+    projection (``hp_random``: the random-update control's); ``scores_*: (batch, n_layers, n_heads, q + 1)`` the
+    query token's raw scores q K^T / sqrt(d_head);
+    ``q_ft: (batch, n_layers, width)`` the fine-tuned model's query vector at the query token and
+    ``training_queries: (batch, n_layers, 2 k, width)`` those recorded on the training tokens during fine-tuning
+    (:class:`FineTuneRecord`).
     """
 
     labels: torch.Tensor
@@ -182,41 +259,79 @@ class Comparison:
     map_zsl: torch.Tensor
     map_icl: torch.Tensor
     map_ft: torch.Tensor
+    zsl_alone: torch.Tensor
+    hp_zsl: torch.Tensor
+    hp_icl: torch.Tensor
+    hp_ft: torch.Tensor
+    hp_random: torch.Tensor
+    scores_zsl: torch.Tensor
+    scores_icl: torch.Tensor
+    scores_ft: torch.Tensor
+    q_ft: torch.Tensor
+    training_queries: torch.Tensor
 
 
-def _at_query(result: Trace, query: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    h = torch.stack([out[:, query] for out in result.attention_outputs], dim=1)
+@dataclass(frozen=True)
+class _Reading:
+    prediction: torch.Tensor
+    h: torch.Tensor
+    maps: torch.Tensor
+    h_projected: torch.Tensor
+    scores: torch.Tensor
+    query_vector: torch.Tensor
+
+
+def _at_query(result: Trace, query: int) -> _Reading:
+    def stack(per_layer: list[torch.Tensor]) -> torch.Tensor:
+        return torch.stack([t[:, query] for t in per_layer], dim=1)
+
     maps = torch.stack([m[:, :, query, : query + 1] for m in result.attention_maps], dim=1)
-    return result.predictions[:, -1], h, maps
+    scores = torch.stack([m[:, :, query, : query + 1] for m in result.scores], dim=1)
+    return _Reading(result.predictions[:, -1], stack(result.attention_outputs), maps, stack(result.projected_outputs),
+                    scores, stack(result.queries))
 
 
 @torch.no_grad()
-def _read(model: GPT, tokens: torch.Tensor, deltas: Sequence[KeyValueDelta] | None, query: int):
+def _read(model: GPT, tokens: torch.Tensor, deltas: Sequence[KeyValueDelta] | None, query: int) -> _Reading:
     return _at_query(trace(model, tokens, deltas), query)
 
 
 def compare(
-    model: GPT, xs: torch.Tensor, ys: torch.Tensor, learning_rate: float, generator: torch.Generator
+    model: GPT,
+    xs: torch.Tensor,
+    ys: torch.Tensor,
+    learning_rate: float,
+    generator: torch.Generator,
+    *,
+    layer_causal: bool = False,
 ) -> Comparison:
-    """Zero-shot, ICL, fine-tuned (:func:`finetune_key_value`) and randomly updated model on each prompt's query."""
+    """Zero-shot, ICL, fine-tuned (:func:`finetune_key_value`, layer-causal if ``layer_causal``) and randomly updated
+    model on each prompt's query."""
     model = _check_gpt(model)
     _, n_points, _ = checks.prompt_tensors(xs, ys)
     query = 2 * (n_points - 1)  # position of the query's x token
-    deltas = finetune_key_value(model, xs, ys, learning_rate)
+    record = finetune_key_value_recorded(model, xs, ys, learning_rate, layer_causal=layer_causal)
+    deltas = record.deltas
     blank = zero_shot_tokens(model, xs, ys)
-    zsl, h_zsl, map_zsl = _read(model, blank, None, query)
-    icl, h_icl, map_icl = _read(model, icl_tokens(model, xs, ys), None, query)
-    ft, h_ft, map_ft = _read(model, blank, deltas, query)
-    rnd, h_rnd, _ = _read(model, blank, random_deltas_like(deltas, generator), query)
-    return Comparison(ys[:, -1], zsl, icl, ft, rnd, h_zsl, h_icl, h_ft, h_rnd, map_zsl, map_icl, map_ft)
+    zsl = _read(model, blank, None, query)
+    icl = _read(model, icl_tokens(model, xs, ys), None, query)
+    ft = _read(model, blank, deltas, query)
+    rnd = _read(model, blank, random_deltas_like(deltas, generator), query)
+    alone = _read(model, zero_shot_tokens(model, xs[:, -1:], ys[:, -1:]), None, 0)
+    return Comparison(ys[:, -1], zsl.prediction, icl.prediction, ft.prediction, rnd.prediction, zsl.h, icl.h, ft.h,
+                      rnd.h, zsl.maps, icl.maps, ft.maps, alone.prediction, zsl.h_projected, icl.h_projected,
+                      ft.h_projected, rnd.h_projected, zsl.scores, icl.scores, ft.scores, ft.query_vector,
+                      record.training_queries)
 
 
-def finetuning_accuracy(model: GPT, xs: torch.Tensor, ys: torch.Tensor, learning_rate: float) -> float:
+def finetuning_accuracy(
+    model: GPT, xs: torch.Tensor, ys: torch.Tensor, learning_rate: float, *, layer_causal: bool = False
+) -> float:
     """Share of prompts whose query the fine-tuned model classifies right (sign of the prediction = label)."""
-    deltas = finetune_key_value(model, xs, ys, learning_rate)
+    deltas = finetune_key_value(model, xs, ys, learning_rate, layer_causal=layer_causal)
     query = 2 * (xs.shape[1] - 1)
-    ft, _, _ = _read(model, zero_shot_tokens(model, xs, ys), deltas, query)
-    return accuracy(ft, ys[:, -1])
+    ft = _read(model, zero_shot_tokens(model, xs, ys), deltas, query)
+    return accuracy(ft.prediction, ys[:, -1])
 
 
 # ---------------------------------------------------------------- metrics
@@ -270,13 +385,31 @@ def cosine_similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.where(norms > 0, dots / norms.clamp_min(torch.finfo(norms.dtype).tiny), torch.zeros_like(dots))
 
 
-def sim_aou(h_zsl: torch.Tensor, h_icl: torch.Tensor, h_other: torch.Tensor) -> float:
+def update_cosines(
+    h_zsl: torch.Tensor, h_icl: torch.Tensor, h_other: torch.Tensor, *, normalize: bool = False
+) -> torch.Tensor:
+    """cos(h_ICL - h_ZSL, h_other - h_ZSL) for every leading index: ``(..., width)`` three times -> ``(...)``.
+
+    ``normalize``: first divide every vector by its length, as Dai et al.'s ``compute_sim.py`` does (``norm_hidden``)."""
+    if not isinstance(normalize, bool):
+        raise ValueError(f"normalize must be True or False, got {normalize!r}")
+    tensors = (h_zsl, h_icl, h_other)
+    if not all(isinstance(t, torch.Tensor) for t in tensors) or not h_zsl.shape == h_icl.shape == h_other.shape:
+        got = [tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__ for t in tensors]
+        raise ValueError(f"h_zsl, h_icl and h_other must be tensors of one shape (..., width), got {got}")
+    if normalize:
+        h_zsl, h_icl, h_other = (t / t.norm(dim=-1, keepdim=True).clamp_min(1e-20) for t in tensors)
+    return cosine_similarity(h_icl - h_zsl, h_other - h_zsl)
+
+
+def sim_aou(h_zsl: torch.Tensor, h_icl: torch.Tensor, h_other: torch.Tensor, *, normalize: bool = False) -> float:
     """SimAOU: mean cosine between the updates h_ICL - h_ZSL and h_other - h_ZSL of the attention outputs.
 
     Shapes ``(..., width)`` (for the book's GPT ``(batch, n_layers, width)``); the mean runs over all leading axes.
-    ``h_other`` is the fine-tuned model's output, or the randomly updated one for the control.
+    ``h_other`` is the fine-tuned model's output, or the randomly updated one for the control. ``normalize``: unit
+    vectors first (Dai et al.'s code; :func:`update_cosines`).
     """
-    return cosine_similarity(h_icl - h_zsl, h_other - h_zsl).mean().item()
+    return update_cosines(h_zsl, h_icl, h_other, normalize=normalize).mean().item()
 
 
 def sim_am(map_a: torch.Tensor, map_b: torch.Tensor) -> float:
@@ -314,3 +447,49 @@ def demonstration_attention(maps: torch.Tensor) -> torch.Tensor:
         got = tuple(maps.shape) if isinstance(maps, torch.Tensor) else type(maps).__name__
         raise ValueError(f"maps must have shape (batch, n_layers, n_heads, q + 1) with q >= 2, got {got}")
     return maps[..., :-1].mean(dim=(1, 2))
+
+
+# ---------------------------------------------------------------- Dai et al.'s attention to the training tokens
+
+
+def training_token_attention(query: torch.Tensor, training_queries: torch.Tensor) -> torch.Tensor:
+    """The fine-tuning side's attention to the training tokens in Dai et al.'s code
+    (``compute_training_example_attn.py``): softmax over tokens j of <q, q_j>, the fine-tuned model's query vector
+    against the query vectors recorded on the training tokens during fine-tuning.
+
+    ``query: (batch, n_layers, width)``, ``training_queries: (batch, n_layers, n_tokens, width)`` ->
+    ``(batch, n_layers, n_tokens)``.
+    """
+    if (not isinstance(query, torch.Tensor) or not isinstance(training_queries, torch.Tensor) or query.ndim != 3
+            or training_queries.ndim != 4 or training_queries.shape[:2] != query.shape[:2]
+            or training_queries.shape[3] != query.shape[2]):
+        got = [tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__ for t in (query, training_queries)]
+        raise ValueError(f"query must be (batch, n_layers, width) and training_queries (batch, n_layers, n_tokens, "
+                         f"width), got {got}")
+    return torch.einsum("blw,bltw->blt", query, training_queries).softmax(dim=-1)
+
+
+def context_attention(scores: torch.Tensor, n_context: int) -> torch.Tensor:
+    """The ICL side in Dai et al.'s code: the query token's raw scores summed over heads, kept on the first
+    ``n_context`` positions (the demonstrations' tokens) and softmaxed over them.
+
+    ``scores: (batch, n_layers, n_heads, positions)`` -> ``(batch, n_layers, n_context)``.
+    """
+    if not isinstance(scores, torch.Tensor) or scores.ndim != 4:
+        got = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
+        raise ValueError(f"scores must have shape (batch, n_layers, n_heads, positions), got {got}")
+    n_context = checks.positive_int("n_context", n_context)
+    if n_context > scores.shape[-1]:
+        raise ValueError(f"n_context must be at most the number of positions ({scores.shape[-1]}), got {n_context}")
+    return scores.sum(dim=2)[..., :n_context].softmax(dim=-1)
+
+
+def example_level(attention: torch.Tensor, tokens_per_example: int) -> torch.Tensor:
+    """Attention summed over each example's tokens (Dai et al.'s ``level='example'``): ``(..., n_examples *
+    tokens_per_example) -> (..., n_examples)``."""
+    tokens_per_example = checks.positive_int("tokens_per_example", tokens_per_example)
+    if not isinstance(attention, torch.Tensor) or attention.ndim < 1 or attention.shape[-1] % tokens_per_example:
+        got = tuple(attention.shape) if isinstance(attention, torch.Tensor) else type(attention).__name__
+        raise ValueError(f"attention's last axis must be a multiple of tokens_per_example = {tokens_per_example}, "
+                         f"got {got}")
+    return attention.unflatten(-1, (-1, tokens_per_example)).sum(-1)

@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from icl_lib import baselines, checkpoints, evaluate, evaluation, models, samplers, tasks, theory
+from icl_lib import baselines, checkpoints, dual_form, evaluate, evaluation, finetuning, models, samplers, tasks, theory
 from icl_lib import train as train_module
 from icl_lib.checkpoints import CHECKPOINT_FILE, META_FILE, METRICS_FILE, MODEL_FILE, repository_root
 from icl_lib.devices import make_generator
@@ -319,6 +319,23 @@ LIBRARY_ERRORS = [
                                                       r"\['alpha'\]"),
     ("train(out_dir=a file)", lambda run, tmp: train(load_config(TINY), run / MODEL_FILE, progress=False),
      r"out_dir must be a directory, got '.*model.pt', which is a file"),
+    ("gdpp_transformer with fewer gammas than rates", lambda run, tmp: dual_form.gdpp_transformer(3, [0.5, 0.5], [0.1]),
+     r"learning_rates and gammas must have one entry per layer, got 2 and 1"),
+    ("gdpp_steps_prediction(gammas=0.1)", lambda run, tmp: dual_form.gdpp_steps_prediction(
+        torch.zeros(1, 3, 2), torch.zeros(1, 3), [0.5], 0.1), r"gammas must be a non-empty sequence of numbers, got 0.1"),
+    ("gdpp_layer_weights(gamma=nan)", lambda run, tmp: dual_form.gdpp_layer_weights(3, 0.5, float("nan")),
+     r"gamma must be a finite number"),
+    ("finetune_key_value(layer_causal='yes')", lambda run, tmp: finetuning.finetune_key_value(
+        models.make_model({"name": "gpt", "n_layers": 1, "width": 8, "n_heads": 2, "token_format": "paired"}, 2, 3, seed=0),
+        torch.zeros(1, 3, 2), torch.zeros(1, 3), 0.1, layer_causal="yes"), r"layer_causal must be True or False, got 'yes'"),
+    ("training_token_attention of mismatched widths", lambda run, tmp: finetuning.training_token_attention(
+        torch.zeros(2, 3, 4), torch.zeros(2, 3, 5, 6)), r"query must be \(batch, n_layers, width\) and training_queries"),
+    ("context_attention(n_context > positions)", lambda run, tmp: finetuning.context_attention(torch.zeros(1, 2, 2, 5), 6),
+     r"n_context must be at most the number of positions \(5\), got 6"),
+    ("example_level of 5 tokens in pairs", lambda run, tmp: finetuning.example_level(torch.zeros(2, 5), 2),
+     r"attention's last axis must be a multiple of tokens_per_example = 2, got \(2, 5\)"),
+    ("sim_aou of mismatched shapes", lambda run, tmp: finetuning.sim_aou(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(3, 3)),
+     r"h_zsl, h_icl and h_other must be tensors of one shape"),
 ]
 
 

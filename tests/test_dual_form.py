@@ -109,3 +109,26 @@ def test_bad_inputs_raise_value_errors_naming_the_argument():
         dual_form.gd_transformer(3, [])
     with pytest.raises(ValueError, match="learning_rates must be a non-empty sequence"):
         dual_form.gd_steps_prediction(randn(1, 3, 2), randn(1, 3), 0.1)
+
+
+def test_gdpp_transformer_equals_a_numpy_recursion_and_reduces_to_gd():
+    xs = randn(6, 9, 4, seed=20)
+    ys = randn(6, 9, seed=21)
+    rates, gammas = [0.5, 0.8, 1.1], [0.3, 0.2, 0.1]
+    # numpy reference: tokens (x_j, r_j), r_q = 0; each step uses the tokens before it
+    x, r = xs.numpy().copy(), ys.numpy().copy()
+    r[:, -1] = 0.0
+    n = x.shape[1] - 1
+    for eta, gamma in zip(rates, gammas):
+        b = np.einsum("bn,bnd->bd", r[:, :-1], x[:, :-1]) / n
+        s = np.einsum("bni,bnj->bij", x[:, :-1], x[:, :-1]) / n
+        r, x = r - eta * np.einsum("bd,bnd->bn", b, x), x - gamma * np.einsum("bij,bnj->bni", s, x)
+    model = dual_form.gdpp_transformer(4, rates, gammas)
+    with torch.no_grad():
+        np.testing.assert_allclose(model(xs, ys)[:, 0].numpy(), -r[:, -1], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(dual_form.gdpp_steps_prediction(xs, ys, rates, gammas).numpy(), -r[:, -1], rtol=1e-10,
+                               atol=1e-12)
+    torch.testing.assert_close(dual_form.gdpp_steps_prediction(xs, ys, rates, [0.0] * 3),
+                               dual_form.gd_steps_prediction(xs, ys, rates))
+    p, q = dual_form.gdpp_layer_weights(4, 0.5, 0.3)
+    assert p[0, 0] == -0.3 and p[4, 4] == -0.5 and q[:4, :4].equal(torch.eye(4, dtype=torch.float64)) and q[4, 4] == 0

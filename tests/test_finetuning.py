@@ -149,3 +149,112 @@ def test_bad_inputs_raise_value_errors():
         ft.finetune_key_value(model, *prompts(), -1.0)
     with pytest.raises(ValueError, match="a and b must be tensors of one shape"):
         ft.cosine_similarity(torch.ones(2), torch.ones(3))
+
+
+# ---------------------------------------------------------------- Dai et al.'s definitions and layer-causal GD
+
+
+def test_trace_records_queries_scores_and_projected_outputs_like_numpy():
+    model = make_model(SPEC, 3, 5, seed=3).eval().double()
+    xs, ys = prompts(batch=2, seed=4)
+    tokens = ft.icl_tokens(model, xs.double(), ys.double())
+    result = ft.trace(model, tokens)
+    # numpy reference for layer 0: LN(read_in(t) + pos), then the fused projection, per head
+    block = model.blocks[0]
+    h = (tokens @ model.read_in.weight.T + model.read_in.bias + model.positions.weight[: tokens.shape[1]]).detach().numpy()
+    mu, var = h.mean(-1, keepdims=True), h.var(-1, keepdims=True)
+    x = (h - mu) / np.sqrt(var + block.ln_1.eps) * block.ln_1.weight.detach().numpy() + block.ln_1.bias.detach().numpy()
+    qkv = x @ block.attn.qkv.weight.detach().numpy().T + block.attn.qkv.bias.detach().numpy()
+    width, heads = model.config.width, model.config.n_heads
+    hd = width // heads
+    q, k, v = qkv[..., :width], qkv[..., width: 2 * width], qkv[..., 2 * width:]
+    np.testing.assert_allclose(result.queries[0].detach().numpy(), q / np.sqrt(hd), rtol=1e-10, atol=1e-12)
+    for head in range(heads):
+        s = q[..., head * hd:(head + 1) * hd] @ np.swapaxes(k[..., head * hd:(head + 1) * hd], -1, -2) / np.sqrt(hd)
+        np.testing.assert_allclose(result.scores[0][:, head].detach().numpy(), s, rtol=1e-10, atol=1e-12)
+    out = result.attention_outputs[0].detach().numpy()
+    proj = out @ block.attn.proj.weight.detach().numpy().T + block.attn.proj.bias.detach().numpy()
+    np.testing.assert_allclose(result.projected_outputs[0].detach().numpy(), proj, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(result.layer_predictions[-1], result.predictions)
+    # the first layer's read-out: final LN and read-out head on block 0's output
+    h1 = model.blocks[0](tokens @ model.read_in.weight.T + model.read_in.bias + model.positions.weight[: tokens.shape[1]])
+    expected = model.read_out(model.ln_f(h1[:, 0::2]))[..., 0]
+    torch.testing.assert_close(result.layer_predictions[0], expected)
+
+
+def test_layer_causal_finetuning_equals_per_layer_sgd_on_a_copy():
+    model = make_model(SPEC, 3, 5, seed=5).eval()
+    xs, ys = prompts(batch=2, seed=6)
+    rate = 0.05
+    deltas = ft.finetune_key_value(model, xs, ys, rate, layer_causal=True)
+    width = model.config.width
+    for b in range(2):  # reference: a copy, each block updated from its own read-out with its input detached
+        ref = copy.deepcopy(model)
+        blank = torch.zeros_like(ys[b: b + 1])
+        start = [(blk.attn.qkv.weight.detach().clone(), blk.attn.qkv.bias.detach().clone()) for blk in ref.blocks]
+        for i in range(xs.shape[1] - 1):
+            tokens = ref.tokens(xs[b: b + 1], blank)
+            h = ref.read_in(tokens) + ref.positions.weight[: tokens.shape[1]]
+            grads = []
+            for blk in ref.blocks:
+                h = blk(h.detach())
+                loss = (ref.read_out(ref.ln_f(h[:, 0::2]))[0, i, 0] - ys[b, i]) ** 2
+                grads.append(torch.autograd.grad(loss, (blk.attn.qkv.weight, blk.attn.qkv.bias)))
+            with torch.no_grad():
+                for blk, (gw, gb) in zip(ref.blocks, grads):
+                    blk.attn.qkv.weight[width:] -= rate * gw[width:]
+                    blk.attn.qkv.bias[width:] -= rate * gb[width:]
+        for layer, (blk, (w0, b0)) in enumerate(zip(ref.blocks, start)):
+            torch.testing.assert_close(deltas[layer].weight[b], (blk.attn.qkv.weight - w0)[width:].detach(),
+                                       rtol=1e-4, atol=1e-6)
+            torch.testing.assert_close(deltas[layer].bias[b], (blk.attn.qkv.bias - b0)[width:].detach(),
+                                       rtol=1e-4, atol=1e-6)
+
+
+def test_recorded_training_queries_are_the_zero_shot_queries_when_nothing_changes():
+    model = make_model(SPEC, 3, 5, seed=7).eval()
+    xs, ys = prompts(batch=3, seed=8)
+    record = ft.finetune_key_value_recorded(model, xs, ys, 0.0)
+    reference = ft.trace(model, ft.zero_shot_tokens(model, xs, ys))
+    expected = torch.stack([q[:, : 2 * (xs.shape[1] - 1)] for q in reference.queries], dim=1)
+    torch.testing.assert_close(record.training_queries, expected)
+    assert record.training_queries.shape == (3, 2, 2 * (xs.shape[1] - 1), model.config.width)
+
+
+def test_dai_attention_helpers_against_numpy():
+    rng = np.random.default_rng(1)
+    q, training = rng.normal(size=(2, 3, 4)), rng.normal(size=(2, 3, 6, 4))
+    logits = np.einsum("blw,bltw->blt", q, training)
+    expected = np.exp(logits - logits.max(-1, keepdims=True))
+    expected /= expected.sum(-1, keepdims=True)
+    np.testing.assert_allclose(ft.training_token_attention(torch.tensor(q), torch.tensor(training)).numpy(), expected,
+                               rtol=1e-12)
+    scores = rng.normal(size=(2, 3, 2, 7))
+    summed = scores.sum(2)[..., :4]
+    ctx = np.exp(summed) / np.exp(summed).sum(-1, keepdims=True)
+    np.testing.assert_allclose(ft.context_attention(torch.tensor(scores), 4).numpy(), ctx, rtol=1e-12)
+    np.testing.assert_allclose(ft.example_level(torch.tensor(ctx), 2).numpy(), ctx[..., 0::2] + ctx[..., 1::2], rtol=1e-12)
+
+
+def test_normalised_sim_aou_against_numpy():
+    rng = np.random.default_rng(2)
+    z, i, f = (rng.normal(size=(5, 3, 8)) * rng.uniform(0.5, 3, size=(5, 3, 1)) for _ in range(3))
+    unit = lambda a: a / np.linalg.norm(a, axis=-1, keepdims=True)  # noqa: E731
+    u, v = unit(i) - unit(z), unit(f) - unit(z)
+    expected = ((u * v).sum(-1) / np.linalg.norm(u, axis=-1) / np.linalg.norm(v, axis=-1)).mean()
+    got = ft.sim_aou(torch.tensor(z), torch.tensor(i), torch.tensor(f), normalize=True)
+    assert got == pytest.approx(expected, abs=1e-12)
+    plain = ((i - z) * (f - z)).sum(-1) / np.linalg.norm(i - z, axis=-1) / np.linalg.norm(f - z, axis=-1)
+    assert ft.sim_aou(torch.tensor(z), torch.tensor(i), torch.tensor(f)) == pytest.approx(plain.mean(), abs=1e-12)
+
+
+def test_compare_reads_the_query_alone_and_layer_causal_changes_the_update():
+    model = make_model(SPEC, 3, 5, seed=9).eval()
+    xs, ys = prompts(batch=3, seed=10)
+    c = ft.compare(model, xs, ys, 0.05, make_generator(0))
+    with torch.no_grad():
+        alone = model(xs[:, -1:], torch.zeros_like(ys[:, -1:]))[:, 0]
+    torch.testing.assert_close(c.zsl_alone, alone)
+    assert c.hp_icl.shape == c.h_icl.shape and c.scores_icl.shape == c.map_icl.shape
+    lc = ft.compare(model, xs, ys, 0.05, make_generator(0), layer_causal=True)
+    assert not torch.allclose(lc.ft, c.ft), "layer-causal fine-tuning should differ from back-propagation"
