@@ -281,6 +281,11 @@ LIBRARY_ERRORS = [
      r"preds and ys must hold at least one prompt \(batch >= 1\), got an empty batch"),
     ("identity_minimum_loss(-3)", lambda run, tmp: theory.identity_minimum_loss(-3),
      r"d must be a positive integer \(>= 1\), got -3"),
+    ("lsa_loss query_cov of another d", lambda run, tmp: theory.lsa_loss(torch.eye(2), torch.eye(2), 3,
+                                                                         query_cov=torch.eye(3)),
+     r"query_cov must have the shape of lam, \(2, 2\), got \(3, 3\)"),
+    ("lsa_loss query_cov not PSD", lambda run, tmp: theory.lsa_loss(torch.eye(2), torch.eye(2), 3, query_cov=-torch.eye(2)),
+     r"query_cov must be positive semi-definite"),
     ("evaluate_model knn n_neighbors=0", lambda run, tmp: evaluate.evaluate_model(
         None, "linear", n_dims=3, n_points=4, n_prompts=4, seed=0, estimators=("knn",),
         estimator_options={"knn": {"n_neighbors": 0}}), r"estimator 'knn': n_neighbors must be a positive integer"),
