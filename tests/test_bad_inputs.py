@@ -286,6 +286,11 @@ LIBRARY_ERRORS = [
      r"query_cov must have the shape of lam, \(2, 2\), got \(3, 3\)"),
     ("lsa_loss query_cov not PSD", lambda run, tmp: theory.lsa_loss(torch.eye(2), torch.eye(2), 3, query_cov=-torch.eye(2)),
      r"query_cov must be positive semi-definite"),
+    ("relu_net_moments second_layer of another width",
+     lambda run, tmp: tasks.relu_net_moments(torch.zeros(2, 3, 4), torch.zeros(2, 5)),
+     r"second_layer must be a tensor of shape \(batch, hidden\) = \(2, 4\), got \(2, 5\)"),
+    ("relu_net_moments on nan", lambda run, tmp: tasks.relu_net_moments(torch.full((1, 2, 2), math.nan), torch.zeros(1, 2)),
+     r"first_layer must hold finite numbers"),
     ("evaluate_model knn n_neighbors=0", lambda run, tmp: evaluate.evaluate_model(
         None, "linear", n_dims=3, n_points=4, n_prompts=4, seed=0, estimators=("knn",),
         estimator_options={"knn": {"n_neighbors": 0}}), r"estimator 'knn': n_neighbors must be a positive integer"),
