@@ -158,6 +158,38 @@ class ReluNet:
         return float(checks.positive_int("d", d))
 
 
+def relu_net_moments(first_layer: torch.Tensor, second_layer: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact Gaussian moments of :class:`ReluNet` functions: ``(E[f(x)^2], E[f(x) x])`` for x ~ N(0, I_d).
+
+    ``first_layer: (batch, d, hidden)`` (columns v_j) and ``second_layer: (batch, hidden)`` (a_j) are a sample's
+    ``params`` (f = sqrt(2 / hidden) sum_j a_j relu(<v_j, x>)). Returns ``second_moment: (batch,)`` and
+    ``beta: (batch, d)``, in float64. With theta_jk the angle between v_j and v_k, the arc-cosine kernel gives
+    E[relu(<v_j, x>) relu(<v_k, x>)] = |v_j| |v_k| (sin theta_jk + (pi - theta_jk) cos theta_jk) / (2 pi), and
+    E[relu(<v, x>) x] = v / 2. So beta = E[f(x) x] is the coefficient vector of the best linear predictor of f
+    (no intercept), whose squared error is E[f^2] - |beta|^2.
+    """
+    if not isinstance(first_layer, torch.Tensor) or first_layer.ndim != 3:
+        got = tuple(first_layer.shape) if isinstance(first_layer, torch.Tensor) else type(first_layer).__name__
+        raise ValueError(f"first_layer must be a tensor of shape (batch, d, hidden), got {got}")
+    batch, _, hidden = first_layer.shape
+    if not isinstance(second_layer, torch.Tensor) or tuple(second_layer.shape) != (batch, hidden):
+        got = tuple(second_layer.shape) if isinstance(second_layer, torch.Tensor) else type(second_layer).__name__
+        raise ValueError(f"second_layer must be a tensor of shape (batch, hidden) = {(batch, hidden)}, got {got}")
+    checks.finite_tensor("first_layer", first_layer)
+    checks.finite_tensor("second_layer", second_layer)
+    v = first_layer.to(torch.float64)
+    a = second_layer.to(torch.float64)
+    norms = v.norm(dim=1)  # (batch, hidden)
+    gram = v.transpose(1, 2) @ v  # (batch, hidden, hidden): <v_j, v_k>
+    outer = norms[:, :, None] * norms[:, None, :]
+    cosine = torch.where(outer > 0, gram / outer.clamp_min(torch.finfo(torch.float64).tiny), 0.0).clamp(-1.0, 1.0)
+    angle = torch.arccos(cosine)
+    kernel = outer * (torch.sin(angle) + (math.pi - angle) * cosine) / (2 * math.pi)
+    second_moment = (2.0 / hidden) * torch.einsum("bj,bjk,bk->b", a, kernel, a)
+    beta = math.sqrt(2.0 / hidden) * torch.einsum("bdj,bj->bd", v, a) / 2
+    return second_moment, beta
+
+
 @dataclass(frozen=True)
 class Sinusoid:
     """f(x) = amplitude * sin(frequency * <v, x> + phase): a wave along a random direction.

@@ -19,8 +19,8 @@ with S = (1/N) sum_i x_i x_i^T. Conventions used throughout this module:
 Symbolic part (sympy, each step in seconds for d <= 3): a small Wick/Isserlis expander gives the fourth moment and
 E[S_ab S_ce] with symbolic N; from it the loss for concrete d with symbolic Lambda (``"identity"``, ``"diagonal"`` or
 ``"full"``); its gradient, stationary point (= Gamma^{-1}), minimum, Hessian; the eigenbasis argument for symbolic d;
-the conserved quantity u^2 - ||U||_F^2. Numerical part (numpy float64): Gamma, the closed-form loss, the loss of a
-model trained at N and tested at M, and an RK4 simulator of the reduced flow.
+the conserved quantity u^2 - ||U||_F^2. Numerical part (numpy float64): Gamma, the closed-form loss (also under query and
+covariate shifts), the loss of a model trained at N and tested at M, and an RK4 simulator of the reduced flow.
 """
 
 from __future__ import annotations
@@ -510,8 +510,9 @@ def reduced_flow_checks(d: int = 2, lambda_kind: str = "full") -> dict[str, bool
 # ================================================================= numerics (numpy float64)
 
 
-def _covariance(lam: object, name: str = "lam") -> np.ndarray:
-    """``lam`` as a float64 ``(d, d)`` array after checking: square, finite, symmetric, PSD, non-zero trace."""
+def _covariance(lam: object, name: str = "lam", *, nonzero: bool = True) -> np.ndarray:
+    """``lam`` as a float64 ``(d, d)`` array after checking: square, finite, symmetric, PSD, and (``nonzero``)
+    a non-zero trace."""
     if isinstance(lam, torch.Tensor):
         lam = lam.detach().cpu().to(torch.float64).numpy()
     try:
@@ -527,8 +528,8 @@ def _covariance(lam: object, name: str = "lam") -> np.ndarray:
         raise ValueError(f"{name} must be symmetric")
     if np.linalg.eigvalsh(matrix).min() < -1e-10 * scale:
         raise ValueError(f"{name} must be positive semi-definite (it has a negative eigenvalue)")
-    if np.trace(matrix) <= 0:
-        raise ValueError(f"{name} must be non-zero (tr(lam) > 0), so that Gamma is invertible")
+    if nonzero and np.trace(matrix) <= 0:
+        raise ValueError(f"{name} must be non-zero (tr({name}) > 0), so that Gamma is invertible")
     return matrix
 
 
@@ -553,13 +554,29 @@ def gamma_inverse(lam: np.ndarray, n: int) -> np.ndarray:
     return np.linalg.inv(gamma(lam, n))
 
 
-def lsa_loss(a: np.ndarray, lam: np.ndarray, n: int) -> float:
+def lsa_loss(a: np.ndarray, lam: np.ndarray, n: int, query_cov: np.ndarray | None = None) -> float:
     """The population loss E[(yhat - <w, x_q>)^2] (no 1/2) of the LSA with product ``a = u U: (d, d)`` on prompts
-    of N = ``n`` examples: tr(A Lambda A^T Lambda Gamma_N) - 2 tr(A^T Lambda^2) + tr(Lambda)."""
+    of N = ``n`` examples x_i ~ N(0, ``lam``), w ~ N(0, I_d):
+
+        tr(A Omega A^T Lambda Gamma_N) - 2 tr(Lambda A Omega) + tr(Omega),
+
+    where Omega = E[x_q x_q^T] is ``query_cov: (d, d)``, the second moment of a query drawn independently of the
+    prompt from any distribution (a query shift); by default Omega = Lambda, which gives
+    tr(A Lambda A^T Lambda Gamma_N) - 2 tr(A^T Lambda^2) + tr(Lambda). Only E[S] = Lambda and E[S M S] (Isserlis)
+    enter, so the examples must be Gaussian but the query need not be. ``query_cov`` may be singular (a query in a
+    subspace). A covariate shift (examples and query from Lambda') is ``lsa_loss(gamma_inverse(Lambda, N), Lambda', M)``.
+    """
     lam = _covariance(lam)
-    a = _square("a", a, lam.shape[0])
+    d = lam.shape[0]
+    a = _square("a", a, d)
+    if query_cov is None:
+        omega = lam
+    else:
+        omega = _covariance(query_cov, "query_cov", nonzero=False)
+        if omega.shape != (d, d):
+            raise ValueError(f"query_cov must have the shape of lam, {(d, d)}, got {omega.shape}")
     g = gamma(lam, n)
-    return float(np.trace(a @ lam @ a.T @ lam @ g) - 2 * np.trace(a.T @ lam @ lam) + np.trace(lam))
+    return float(np.trace(a @ omega @ a.T @ lam @ g) - 2 * np.trace(lam @ a @ omega) + np.trace(omega))
 
 
 def _losses(products: np.ndarray, lam: np.ndarray, gamma_n: np.ndarray) -> np.ndarray:

@@ -21,6 +21,7 @@ from icl_lib.tasks import (
     SparseLinear,
     TaskSample,
     make_task,
+    relu_net_moments,
 )
 
 
@@ -128,6 +129,65 @@ def test_relu_net_labels_recomputed_from_params():
     assert p["first_layer"].shape == (5, 3, 16) and p["second_layer"].shape == (5, 16)
     np.testing.assert_allclose(sample.ys.numpy(), np_relu_net(xs.numpy(), p["first_layer"], p["second_layer"]),
                                atol=1e-12)
+
+
+def test_relu_net_moments_match_numpy_monte_carlo():
+    # Monte Carlo in numpy over 400k fresh inputs per function: E[f^2], E[f x] and the best linear fit's error.
+    net = ReluNet(hidden=7)
+    sample = net.sample(xs_for(3, 2, 4), make_generator(8))
+    second_moment, beta = relu_net_moments(sample.params["first_layer"], sample.params["second_layer"])
+    p = params_np(sample)
+    fresh = np.random.default_rng(9).standard_normal((3, 400_000, 4))
+    labels = np_relu_net(fresh, p["first_layer"], p["second_layer"])
+    for b in range(3):
+        f2 = labels[b] ** 2
+        assert abs(second_moment[b].item() - f2.mean()) < 4 * f2.std() / math.sqrt(f2.size)
+        products = labels[b][:, None] * fresh[b]
+        np.testing.assert_array_less(np.abs(beta[b].numpy() - products.mean(0)), 4 * products.std(0) / math.sqrt(f2.size))
+        # least squares on the fresh inputs (no intercept) recovers beta, since E[x x^T] = I
+        fitted, *_ = np.linalg.lstsq(fresh[b], labels[b], rcond=None)
+        np.testing.assert_allclose(fitted, beta[b].numpy(), atol=0.02)
+    assert second_moment.dtype == torch.float64 and beta.shape == (3, 4)
+
+
+def test_relu_net_moments_closed_forms_for_one_and_two_units():
+    # one unit: f = sqrt(2) a relu(<v, x>), so E f^2 = a^2 |v|^2 and E[f x] = a v / sqrt(2)
+    v = torch.tensor([[[3.0], [4.0]]], dtype=torch.float64)  # (1, d = 2, hidden = 1), |v| = 5
+    second_moment, beta = relu_net_moments(v, torch.tensor([[2.0]], dtype=torch.float64))
+    assert second_moment.item() == pytest.approx(100.0, rel=1e-12)
+    np.testing.assert_allclose(beta[0].numpy(), [6 / math.sqrt(2), 8 / math.sqrt(2)], rtol=1e-12)
+    # two opposite units: relu(g) relu(-g) = 0 and relu(g) + relu(-g) = |g|, E g^2 = 1, so E f^2 = (2/2)(1/2 + 1/2)
+    opposite = torch.tensor([[[1.0, -1.0]]], dtype=torch.float64)  # (1, d = 1, hidden = 2)
+    second_moment, beta = relu_net_moments(opposite, torch.tensor([[1.0, 1.0]], dtype=torch.float64))
+    assert second_moment.item() == pytest.approx(1.0, rel=1e-12)  # E|g|^2 = 1
+    assert beta.item() == pytest.approx(0.0, abs=1e-15)  # |g| is even: no linear part
+    # two orthogonal units are independent: E[relu(g1) relu(g2)] = (E relu(g))^2 = 1 / (2 pi)
+    orthogonal = torch.eye(2, dtype=torch.float64)[None]
+    second_moment, _ = relu_net_moments(orthogonal, torch.tensor([[1.0, 1.0]], dtype=torch.float64))
+    assert second_moment.item() == pytest.approx(1.0 * (0.5 + 0.5 + 2 / (2 * math.pi)), rel=1e-12)
+    # a zero unit contributes nothing (and no nan)
+    zero = torch.tensor([[[0.0, 1.0]]], dtype=torch.float64)
+    second_moment, beta = relu_net_moments(zero, torch.tensor([[5.0, 1.0]], dtype=torch.float64))
+    assert second_moment.item() == pytest.approx(0.5, rel=1e-12) and torch.isfinite(beta).all()
+
+
+def test_relu_net_moments_average_to_the_zero_predictor_error():
+    # over random weights E[f^2] = d (ReluNet.zero_predictor_error) and E|beta|^2 = d / 2
+    d = 5
+    sample = ReluNet(hidden=50).sample(xs_for(4000, 1, d), make_generator(10))
+    second_moment, beta = relu_net_moments(sample.params["first_layer"], sample.params["second_layer"])
+    f2, b2 = second_moment.numpy(), (beta**2).sum(1).numpy()
+    assert abs(f2.mean() - d) < 4 * f2.std() / math.sqrt(f2.size)
+    assert abs(b2.mean() - d / 2) < 4 * b2.std() / math.sqrt(b2.size)
+
+
+def test_relu_net_moments_reject_bad_shapes():
+    with pytest.raises(ValueError, match=r"^first_layer must be a tensor of shape \(batch, d, hidden\)"):
+        relu_net_moments(torch.zeros(2, 3), torch.zeros(2, 3))
+    with pytest.raises(ValueError, match=r"^second_layer must be a tensor of shape \(batch, hidden\) = \(2, 4\)"):
+        relu_net_moments(torch.zeros(2, 3, 4), torch.zeros(2, 3))
+    with pytest.raises(ValueError, match=r"^first_layer must hold finite numbers"):
+        relu_net_moments(torch.full((1, 2, 2), float("nan")), torch.zeros(1, 2))
 
 
 def test_sinusoid_labels_recomputed_from_params():

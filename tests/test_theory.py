@@ -428,6 +428,56 @@ def test_test_loss_at_m_equals_n_is_the_minimum_and_matches_monte_carlo_at_other
     assert min(losses, key=losses.get) == 8
 
 
+def test_query_shift_loss_matches_numpy_monte_carlo_for_gaussian_and_non_gaussian_queries():
+    # Prompts x_i ~ N(0, Lambda), a query from another law with second moment Omega, any A: numpy Monte Carlo of
+    # the prediction w^T S A x_q against lsa_loss(A, Lambda, M, query_cov=Omega).
+    rng = np.random.default_rng(62)
+    d, m, batch = 3, 4, 400_000
+    lam, omega = random_covariance(d, seed=63), random_covariance(d, seed=64, floor=0.0)
+    a = rng.standard_normal((d, d)) / 2
+    root_lam, root_omega = np.linalg.cholesky(lam), np.linalg.cholesky(omega + 1e-12 * np.eye(d))
+    xs = rng.standard_normal((batch, m, d)) @ root_lam.T
+    w = rng.standard_normal((batch, d))
+    s_w = np.einsum("bmi,bmj,bj->bi", xs, xs, w) / m  # S w
+    for query in (rng.standard_normal((batch, d)), rng.choice([-1.0, 1.0], size=(batch, d))):  # Gaussian, Rademacher
+        x_q = query @ root_omega.T  # second moment Omega either way
+        errors = (np.einsum("bi,ij,bj->b", s_w, a, x_q) - np.einsum("bi,bi->b", w, x_q)) ** 2
+        expected = theory.lsa_loss(a, lam, m, query_cov=omega)
+        assert abs(errors.mean() - expected) < 4 * errors.std() / math.sqrt(batch)
+    # the default query is the prompt's law, and a shifted query changes the loss
+    assert theory.lsa_loss(a, lam, m, query_cov=lam) == pytest.approx(theory.lsa_loss(a, lam, m), rel=1e-14)
+    assert abs(theory.lsa_loss(a, lam, m, query_cov=omega) - theory.lsa_loss(a, lam, m)) > 0.1
+
+
+def test_covariate_shift_loss_matches_monte_carlo_of_the_trained_layer():
+    # The optimum trained on Lambda, tested on prompts and queries from Lambda' (torch Monte Carlo of the full LSA).
+    lam, shifted, n_train, m_test = random_covariance(2, seed=65), random_covariance(2, seed=66), 4, 6
+    model = LinearSelfAttention.from_weights(*(torch.tensor(w) for w in theory.optimal_weights(lam, n_train)))
+    errors = monte_carlo_errors(model, shifted, m_test, batch=300_000, seed=67)
+    expected = theory.lsa_loss(theory.gamma_inverse(lam, n_train), shifted, m_test)
+    assert abs(errors.mean() - expected) < 4 * errors.std() / math.sqrt(len(errors))
+
+
+def test_isotropic_query_shift_leaves_the_normalised_error_unchanged():
+    # Lambda = I and A = a I: L / tr(Omega) = (1 - a)^2 + a^2 (d + 1) / M for every query second moment Omega.
+    d, n, m = 4, 10, 7
+    a = theory.gamma_inverse(np.eye(d), n)
+    omega = random_covariance(d, seed=68, floor=0.0)
+    ratio = n / (n + d + 1)
+    expected = (1 - ratio) ** 2 + ratio**2 * (d + 1) / m
+    assert theory.lsa_loss(a, np.eye(d), m, query_cov=omega) / np.trace(omega) == pytest.approx(expected, rel=1e-12)
+
+
+def test_query_cov_is_checked_by_name():
+    with pytest.raises(ValueError, match=r"^query_cov must have the shape of lam, \(2, 2\), got \(3, 3\)"):
+        theory.lsa_loss(np.eye(2), np.eye(2), 3, query_cov=np.eye(3))
+    with pytest.raises(ValueError, match=r"^query_cov must be positive semi-definite"):
+        theory.lsa_loss(np.eye(2), np.eye(2), 3, query_cov=-np.eye(2))
+    with pytest.raises(ValueError, match=r"^query_cov must be symmetric"):
+        theory.lsa_loss(np.eye(2), np.eye(2), 3, query_cov=np.array([[1.0, 1.0], [0.0, 1.0]]))
+    assert theory.lsa_loss(np.eye(2), np.eye(2), 3, query_cov=np.zeros((2, 2))) == 0.0  # a zero query: no error
+
+
 def test_gamma_matches_its_definition_and_the_symbolic_gamma():
     lam, n = random_covariance(3, seed=70), 6
     g = theory.gamma(lam, n)
