@@ -175,3 +175,15 @@ def test_show_fails_on_a_blank_axes_and_names_it():
     ax.plot([0, 1], [0, 1])
     show(fig)  # a plotted figure passes
     plt.close(fig)
+
+
+def test_every_chapter_shows_its_figures_through_the_blank_figure_check():
+    """A chapter that called plt.show() directly would print an empty frame without failing; plotting.show fails."""
+    import json
+    from pathlib import Path
+
+    for path in sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb")):
+        cells = json.loads(path.read_text())["cells"]
+        code = ["".join(c["source"]) for c in cells if c["cell_type"] == "code"]
+        assert not any("plt.show(" in source for source in code), f"{path.name} calls plt.show(): use plotting.show(fig)"
+        assert any("plotting.show(" in source for source in code), f"{path.name} shows no figure through plotting.show"
