@@ -13,6 +13,7 @@ which the zero predictor scores 1.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import math
 from dataclasses import dataclass
@@ -128,6 +129,74 @@ class NoisyLinear:
         w = _randn(generator, batch, d, like=xs)
         noise = self.noise_std * _randn(generator, batch, n_points, like=xs)
         return TaskSample(ys=torch.einsum("bnd,bd->bn", xs, w) + noise, params={"w": w})
+
+    def zero_predictor_error(self, d: int) -> float:
+        return float(checks.positive_int("d", d))
+
+
+POOL_DRAWS = ("pool", "gaussian")
+MAX_POOL_SIZE = 2**24
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_pool(pool_size: int, pool_seed: int, d: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """The pool of :class:`FinitePoolLinear` on ``device`` in ``dtype``: drawn on the CPU in float64, then cast."""
+    generator = torch.Generator(device="cpu")
+    generator.manual_seed(pool_seed)
+    pool = torch.randn(pool_size, d, generator=generator, dtype=torch.float64)
+    return pool.to(device=device, dtype=dtype)
+
+
+@dataclass(frozen=True)
+class FinitePoolLinear:
+    """Noisy linear regression on a finite pool of tasks (Raventos et al.): y = <w, x> + noise_std * eps.
+
+    The pool holds ``pool_size`` weight vectors w_1, ..., w_M drawn once from N(0, I_d) by a generator of their own,
+    seeded with ``pool_seed`` (never the training stream), so that every run and every evaluation with the same spec
+    rebuilds the same pool (:meth:`pool`). With ``draw = "pool"`` each prompt's w is one of them, uniformly; with
+    ``draw = "gaussian"`` it is fresh from N(0, I_d), exactly as :class:`NoisyLinear` draws it (same random draws),
+    which is how a model trained on the pool is tested on tasks it never saw. eps ~ N(0, 1) per point.
+
+    Sampling stays on the device with no host sync (a CUDA graph can hold it): the pool is built once per
+    ``(d, device, dtype)`` and cached, and each prompt's index is a random integer tensor drawn from ``generator``.
+    ``params``: ``w: (batch, d)`` and, for pool draws, ``index: (batch,)``. ``zero_predictor_error`` counts the
+    signal under the Gaussian, E|w|^2 = d, for every draw, so that errors of runs with different pools share one
+    scale (the pool's own mean |w_m|^2 differs from d by O(d / sqrt(M))).
+    """
+
+    pool_size: int = 16
+    pool_seed: int = 0
+    noise_std: float = 0.5
+    draw: str = "pool"
+    name = "finite_pool_linear"
+
+    def __post_init__(self) -> None:
+        checks.positive_int("pool_size", self.pool_size)
+        if self.pool_size > MAX_POOL_SIZE:
+            raise ValueError(f"pool_size must be at most 2^24 = {MAX_POOL_SIZE} (the pool is held in memory), "
+                             f"got {self.pool_size}")
+        checks.nonnegative_int("pool_seed", self.pool_seed)
+        checks.nonnegative_float("noise_std", self.noise_std)
+        checks.choice("draw", self.draw, POOL_DRAWS)
+
+    def pool(self, d: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        """The pool ``(pool_size, d)``, the same for every call with the same spec and d (a copy: safe to modify)."""
+        checks.positive_int("d", d)
+        return _cached_pool(self.pool_size, self.pool_seed, d, torch.device(device), dtype).clone()
+
+    def sample(self, xs: torch.Tensor, generator: torch.Generator) -> TaskSample:
+        batch, n_points, d = checks.prompt_tensors(xs)
+        checks.generator("generator", generator)
+        params: dict[str, torch.Tensor] = {}
+        if self.draw == "pool":
+            pool = _cached_pool(self.pool_size, self.pool_seed, d, xs.device, xs.dtype)
+            index = torch.randint(self.pool_size, (batch,), generator=generator, device=xs.device)
+            w = pool[index]
+            params["index"] = index
+        else:
+            w = _randn(generator, batch, d, like=xs)
+        noise = self.noise_std * _randn(generator, batch, n_points, like=xs)
+        return TaskSample(ys=torch.einsum("bnd,bd->bn", xs, w) + noise, params={"w": w, **params})
 
     def zero_predictor_error(self, d: int) -> float:
         return float(checks.positive_int("d", d))
@@ -332,13 +401,13 @@ class LinearClassification:
         return 1.0
 
 
-FunctionClass = (DenseLinear | SparseLinear | NoisyLinear | ReluNet | Sinusoid | Mixture | ConvexCombination
-                 | LinearClassification)
+FunctionClass = (DenseLinear | SparseLinear | NoisyLinear | FinitePoolLinear | ReluNet | Sinusoid | Mixture
+                 | ConvexCombination | LinearClassification)
 
 TASKS: dict[str, type] = {
     cls.name: cls
-    for cls in (DenseLinear, SparseLinear, NoisyLinear, ReluNet, Sinusoid, Mixture, ConvexCombination,
-                LinearClassification)
+    for cls in (DenseLinear, SparseLinear, NoisyLinear, FinitePoolLinear, ReluNet, Sinusoid, Mixture,
+                ConvexCombination, LinearClassification)
 }
 
 

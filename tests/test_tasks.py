@@ -14,6 +14,7 @@ from icl_lib.tasks import (
     TASKS,
     ConvexCombination,
     DenseLinear,
+    FinitePoolLinear,
     Mixture,
     NoisyLinear,
     ReluNet,
@@ -293,6 +294,7 @@ def test_zero_predictor_error_rejects_bad_d(task):
 
 @pytest.mark.parametrize("name, options", [
     ("linear", {}), ("sparse_linear", {"k": 2}), ("noisy_linear", {"noise_std": 0.1}), ("relu_net", {"hidden": 8}),
+    ("finite_pool_linear", {"pool_size": 64}), ("finite_pool_linear", {"pool_size": 64, "draw": "gaussian"}),
     ("sinusoid", {}),
     ("mixture", {"components": [{"name": "linear"}, {"name": "sinusoid"}], "weights": [0.5, 0.5]}),
     ("convex", {"first": {"name": "linear"}, "second": {"name": "relu_net", "hidden": 4}}),
@@ -312,8 +314,8 @@ def test_same_seed_same_function_different_seed_different(name, options):
 
 
 def test_registry_names_every_class():
-    assert set(TASKS) == {"linear", "sparse_linear", "noisy_linear", "relu_net", "sinusoid", "mixture", "convex",
-                          "linear_classification"}
+    assert set(TASKS) == {"linear", "sparse_linear", "noisy_linear", "finite_pool_linear", "relu_net", "sinusoid",
+                          "mixture", "convex", "linear_classification"}
     assert TASKS["sparse_linear"] is SparseLinear
 
 
@@ -353,7 +355,7 @@ def test_make_task_rejects_bad_components():
 # ---------------------------------------------------------------- bad input
 
 
-@pytest.mark.parametrize("task", [DenseLinear(), SparseLinear(k=1), NoisyLinear(), ReluNet(hidden=2), Sinusoid(),
+@pytest.mark.parametrize("task", [DenseLinear(), SparseLinear(k=1), NoisyLinear(), FinitePoolLinear(), ReluNet(hidden=2), Sinusoid(),
                                   Mixture((DenseLinear(),), (1.0,)), ConvexCombination(DenseLinear(), Sinusoid())])
 def test_sample_rejects_wrongly_shaped_xs(task):
     with pytest.raises(ValueError, match=r"xs must be a tensor of shape \(batch, n_points, d\), got \(4, 3\)"):
@@ -419,3 +421,64 @@ def test_linear_classification_labels_are_signs_of_a_linear_function():
     assert torch.equal(sample.ys, torch.where(scores >= 0, 1.0, -1.0))
     assert LinearClassification().zero_predictor_error(4) == 1.0
     assert 0.4 < (sample.ys > 0).float().mean().item() < 0.6
+
+
+# ---------------------------------------------------------------- finite pool of tasks (Raventos et al.)
+
+
+def test_finite_pool_prompts_use_rows_of_the_pool_uniformly_with_gaussian_noise():
+    task = FinitePoolLinear(pool_size=5, pool_seed=11, noise_std=0.3)
+    xs = xs_for(40_000, 6, 3, seed=1)
+    sample = task.sample(xs, make_generator(2))
+    pool, index, w = task.pool(3).numpy(), sample.params["index"].numpy(), sample.params["w"].numpy()
+    np.testing.assert_array_equal(w, pool[index])  # each prompt's task is the pool row it names
+    counts = np.bincount(index, minlength=5) / len(index)
+    assert np.abs(counts - 0.2).max() < 0.01, f"the pool should be drawn uniformly, got frequencies {counts}"
+    residual = sample.ys.numpy() - np_linear(xs.numpy(), w)
+    assert abs(residual.std() / 0.3 - 1) < 0.01 and abs(residual.mean()) < 0.003
+
+
+def test_finite_pool_is_drawn_from_the_standard_gaussian_by_its_own_seed():
+    """The pool depends on (pool_size, pool_seed, d) only: not on the training generator, the device, the dtype or the
+    cache; another seed gives another pool; its rows are N(0, I_d) (Monte Carlo over 20000 rows)."""
+    task = FinitePoolLinear(pool_size=20_000, pool_seed=4)
+    pool = task.pool(5).numpy()
+    assert abs(pool.mean()) < 0.01 and np.abs(np.cov(pool.T) - np.eye(5)).max() < 0.03
+    assert not np.allclose(FinitePoolLinear(pool_size=20_000, pool_seed=5).pool(5), pool)
+    small = FinitePoolLinear(pool_size=8, pool_seed=4)
+    before = small.pool(3)
+    from icl_lib import tasks as tasks_module
+
+    tasks_module._cached_pool.cache_clear()
+    torch.testing.assert_close(small.pool(3), before, rtol=0, atol=0)
+    torch.testing.assert_close(small.pool(3, dtype=torch.float32), before.float(), rtol=0, atol=0)
+    # the same prompts' tasks whichever generator state built the pool first
+    xs = xs_for(16, 4, 3)
+    first = small.sample(xs, make_generator(9))
+    tasks_module._cached_pool.cache_clear()
+    again = small.sample(xs, make_generator(9))
+    assert torch.equal(first.ys, again.ys) and torch.equal(first.params["index"], again.params["index"])
+    copy = small.pool(3)
+    copy += 1.0  # a copy: changing it leaves the task's pool alone
+    torch.testing.assert_close(small.pool(3), before, rtol=0, atol=0)
+
+
+def test_finite_pool_gaussian_draws_are_noisy_linear_bit_for_bit():
+    xs = xs_for(32, 7, 4)
+    fresh = FinitePoolLinear(pool_size=3, noise_std=0.4, draw="gaussian").sample(xs, make_generator(6))
+    noisy = NoisyLinear(noise_std=0.4).sample(xs, make_generator(6))
+    assert torch.equal(fresh.ys, noisy.ys) and torch.equal(fresh.params["w"], noisy.params["w"])
+    assert "index" not in fresh.params
+    assert FinitePoolLinear().zero_predictor_error(8) == 8.0  # the Gaussian's E|w|^2 = d, for every draw
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"pool_size": 0}, r"^pool_size must be a positive integer"),
+    ({"pool_size": 2**24 + 1}, r"^pool_size must be at most 2\^24"),
+    ({"pool_seed": -1}, r"^pool_seed must be a non-negative integer"),
+    ({"noise_std": -0.5}, r"^noise_std must be a finite number >= 0"),
+    ({"draw": "fresh"}, r"^draw must be one of 'pool', 'gaussian'; got 'fresh'"),
+])
+def test_finite_pool_options_checked(options, message):
+    with pytest.raises(ValueError, match=message):
+        make_task("finite_pool_linear", **options)
