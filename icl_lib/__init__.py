@@ -5,10 +5,11 @@ evaluation -> plotting, and samplers/tasks/prompts -> models -> checkpoints -> t
 for their initialisation.
 
 * ``samplers``: covariates x ~ N(0, c^2 Lambda).
-* ``tasks``: function classes (dense, sparse, noisy linear, ReLU nets, sinusoids, mixtures, convex combinations,
-  in-context linear classification).
+* ``tasks``: function classes (dense, sparse, noisy linear, a finite pool of linear tasks, ReLU nets, sinusoids,
+  mixtures, convex combinations, in-context linear classification).
 * ``prompts``: prompt encodings (Garg et al.'s interleaved tokens, the pair format, the LSA embedding).
-* ``baselines``: least squares, ridge/Bayes, lasso, oracle, k-NN, averaging, one-step GD, Bayes for mixtures.
+* ``baselines``: least squares, ridge/Bayes, lasso, oracle, k-NN, averaging, one-step GD, Bayes for mixtures, the
+  posterior mean over a finite pool of tasks (dMMSE).
 * ``evaluation``: normalised error curves with bootstrap bands.
 * ``shifts``: Garg et al.'s out-of-distribution prompts (skewed covariance, noisy labels, orthants, orthogonal
   query, half subspace, scaled inputs and outputs).

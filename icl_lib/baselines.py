@@ -3,7 +3,8 @@
 Every baseline takes ``xs: (batch, n_points, d)`` and ``ys: (batch, n_points)`` and returns
 ``preds: (batch, n_points)`` where ``preds[:, k]`` predicts ``ys[:, k]`` from ``xs[:, k]`` and the
 first k examples only (k = 0 .. n_points - 1): exactly what a causal transformer reading the prompt
-predicts at the position of x_k. With no example (k = 0) every baseline predicts 0.
+predicts at the position of x_k. With no example (k = 0) every baseline predicts 0, the prior mean, except
+:func:`dmmse`, whose prior mean is the mean of its pool of tasks.
 
 Computation is in float64 on the inputs' device; predictions come back in the inputs' dtype.
 """
@@ -77,6 +78,44 @@ def bayes_linear(xs: torch.Tensor, ys: torch.Tensor, noise_std: float, prior_std
     if noise_std == 0:
         return least_squares(xs, ys)
     return ridge(xs, ys, penalty=(noise_std / prior_std) ** 2)
+
+
+def dmmse(xs: torch.Tensor, ys: torch.Tensor, pool: torch.Tensor, noise_std: float,
+          max_elements: int = 2**20) -> torch.Tensor:
+    """The discrete minimum-mean-squared-error estimator (dMMSE): the posterior mean over a finite pool of tasks.
+
+    Prior: w uniform over the rows of ``pool: (M, d)`` (:meth:`icl_lib.tasks.FinitePoolLinear.pool`); labels
+    y_i = <w, x_i> + N(0, noise_std^2). After the first k examples the posterior weight of task m is proportional to
+    exp(-sum_{i<k} (y_i - <w_m, x_i>)^2 / (2 noise_std^2)), and the prediction at x_k is sum_m p_m(k) <w_m, x_k>:
+    the Bayes-optimal predictor when the prompts' tasks come from the pool. Computed for every prompt and prefix at
+    once in float64, the weights by a log-sum-exp (softmax after subtracting the largest log-likelihood), in chunks of
+    prompts holding at most ``max_elements`` entries of the ``(prompts, n_points, M)`` likelihood table. At k = 0 the
+    posterior is the prior, so entry 0 is <mean of the pool, x_0>, not 0 as for the other baselines.
+    """
+    batch, n_points, d = checks.prompt_tensors(xs, ys)
+    if not isinstance(pool, torch.Tensor) or pool.ndim != 2 or pool.shape[1] != d or pool.shape[0] < 1:
+        got = tuple(pool.shape) if isinstance(pool, torch.Tensor) else type(pool).__name__
+        raise ValueError(f"pool must be a tensor of shape (M, d) = (M, {d}) with M >= 1 tasks, got {got}")
+    checks.finite_tensor("pool", pool)
+    noise_std = checks.positive_float("noise_std", noise_std)
+    max_elements = checks.positive_int("max_elements", max_elements)
+    x64, y64 = _float64(xs, ys)
+    w64 = pool.to(device=xs.device, dtype=torch.float64)
+    chunk = max(1, max_elements // (n_points * w64.shape[0]))
+    scale = -1.0 / (2 * noise_std**2)
+    preds = [(x64[:, 0] @ w64.mean(0))[:, None]]  # k = 0: the prior mean, the pool's mean
+    tail = []
+    for start in range(0, batch, chunk):
+        values = x64[start : start + chunk] @ w64.T  # (chunk, n, M): <w_m, x_i>
+        # log-likelihood after k examples: scale * sum_{i<k} (y_i - <w_m, x_i>)^2, so position k reads the
+        # cumulative sum at k - 1 and example k never enters its own prediction.
+        logits = (values[:, :-1] - y64[start : start + chunk, :-1, None]).square_()
+        logits = torch.cumsum(logits, dim=1).mul_(scale)
+        logits = logits.sub_(logits.amax(dim=-1, keepdim=True)).exp_()  # log-sum-exp: the largest weight is 1
+        tail.append((logits * values[:, 1:]).sum(-1) / logits.sum(-1))
+    if n_points > 1:
+        preds.append(torch.cat(tail))
+    return torch.cat(preds, dim=1)[:, :n_points].to(xs.dtype)
 
 
 def oracle_least_squares(xs: torch.Tensor, ys: torch.Tensor, support: torch.Tensor) -> torch.Tensor:

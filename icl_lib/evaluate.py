@@ -48,6 +48,15 @@ def _oracle(xs: torch.Tensor, ys: torch.Tensor, params: Mapping[str, torch.Tenso
     return baselines.oracle_least_squares(xs, ys, params["support"])
 
 
+def _dmmse(xs: torch.Tensor, ys: torch.Tensor, params: Mapping[str, torch.Tensor], options: Mapping) -> torch.Tensor:
+    if "pool_size" not in options:
+        raise ValueError("it needs the option pool_size (with pool_seed and noise_std: the run's finite_pool_linear "
+                         "task), e.g. --estimator-option dmmse.pool_size=512")
+    task = tasks.FinitePoolLinear(pool_size=options["pool_size"], pool_seed=options.get("pool_seed", 0),
+                                  noise_std=options.get("noise_std", 0.5))
+    return baselines.dmmse(xs, ys, task.pool(xs.shape[-1]), task.noise_std)
+
+
 ESTIMATORS: dict[str, Estimator] = {
     "least_squares": lambda xs, ys, p, o: baselines.least_squares(xs, ys),
     "ridge": lambda xs, ys, p, o: baselines.ridge(xs, ys, penalty=o.get("penalty", 0.1)),
@@ -56,6 +65,7 @@ ESTIMATORS: dict[str, Estimator] = {
     "averaging": lambda xs, ys, p, o: baselines.averaging(xs, ys),
     "oracle": _oracle,
     "relu_net_gd": lambda xs, ys, p, o: baselines.relu_net_gd(xs, ys, **o),
+    "dmmse": _dmmse,
 }
 # The options each estimator takes (``estimator_options``, ``--estimator-option NAME.KEY=VALUE``).
 ESTIMATOR_OPTIONS: dict[str, tuple[str, ...]] = {
@@ -66,6 +76,7 @@ ESTIMATOR_OPTIONS: dict[str, tuple[str, ...]] = {
     "averaging": (),
     "oracle": (),
     "relu_net_gd": ("hidden", "steps", "learning_rate", "seed"),
+    "dmmse": ("pool_size", "pool_seed", "noise_std"),
 }
 # Names for plots (icl_lib.plotting colours estimators by these).
 LABELS = {
@@ -77,6 +88,7 @@ LABELS = {
     "averaging": "averaging",
     "oracle": "oracle least squares",
     "relu_net_gd": "2-layer ReLU net, GD",
+    "dmmse": "dMMSE",
 }
 DEFAULT_ESTIMATORS = ("least_squares", "lasso", "knn", "averaging")
 
