@@ -45,6 +45,18 @@ def sparse_window(record: dict, config: dict) -> float | None:
     return sum(by_k) / len(by_k) if by_k else None
 
 
+def sweep_command(run: Path, meta: dict) -> str:
+    """The command that reruns a run: a sweep record's own config (its header's "Run:" line), else the run's command.
+
+    A sweep record's meta.json keeps the command it first ran under, whose config may since have been renamed."""
+    config = ROOT / "configs" / "sweep" / f"{run.name}.toml"
+    if run.parent.name == "sweep" and config.is_file():
+        for line in config.read_text().splitlines():
+            if line.startswith("# Run:"):
+                return line.removeprefix("# Run:").strip()
+    return meta["command"]
+
+
 def sweep_row(run: Path) -> tuple[str, list[tuple[int, float]]]:
     """One row of the sweep table and the run's window curve ``[(step, window error), ...]``."""
     meta = checkpoints.load_meta(run)
@@ -53,7 +65,8 @@ def sweep_row(run: Path) -> tuple[str, list[tuple[int, float]]]:
     curve = [(r["step"], w) for r in records if (w := sparse_window(r, config)) is not None]
     rates = [r["steps_per_s"] for r in records if "steps_per_s" in r]
     if task["name"] == "mixture":
-        task_text = " + ".join(c["name"] + (f" (k = {c['k']})" if "k" in c else "") for c in task["components"])
+        task_text = " + ".join(c["name"] + (f" (k = {c['k']})" if "k" in c else "")
+                               + (f" (label scale {c['scale']})" if "scale" in c else "") for c in task["components"])
         task_text += f", weights {task['weights']}"
     else:
         task_text = task["name"] + (f", k = {task['k']}" if "k" in task else "")
@@ -61,15 +74,18 @@ def sweep_row(run: Path) -> tuple[str, list[tuple[int, float]]]:
                                         if config["lr_schedule"] == "wsd" else "")
     setting = (f"{model['n_layers']} layers, width {model['width']}, {model['n_heads']} heads, "
                f"{model['token_format']} tokens; {task_text}; d = {config['n_dims']}, {config['n_points']} points, "
-               f"batch {config['batch_size']}, lr {config['lr']} {schedule}, warm-up {config['warmup_steps']}")
+               f"batch {config['batch_size']}, lr {config['lr']} {schedule}, warm-up {config['warmup_steps']}"
+               + (f"; warm start from `{config['init_from']}`" if config.get("init_from") else ""))
     marks = [f"{step // 1000}k: {w:.3f}" for step, w in curve if step % 4000 == 0 or step == curve[-1][0]]
     result = ", ".join(marks) if marks else (f"evaluated in training on {task['name']} prompts only; on sparse "
                                              "prompts see `selection_bar.md`")
     speed = f"{sorted(rates)[len(rates) // 2]:.1f}" if rates else "-"
     # A sweep run kept in benchmarks/sweep/ is never live: one that did not finish was stopped (or killed) early.
-    status = meta["status"] if meta["status"] == "finished" or run.parent.name != "sweep" else "stopped early"
+    # A run in checkpoints/in_progress/ is paused, to be resumed in a later session.
+    status = ("finished" if meta["status"] == "finished" else "stopped early" if run.parent.name == "sweep"
+              else "paused" if run.parent.name == checkpoints.IN_PROGRESS else meta["status"])
     row = (f"| `{run.name}` | {setting} | {meta['steps_done']} of {meta['steps']} ({status}) | "
-           f"{meta['wall_time_s'] / 60:.0f} min, {speed} steps/s | {result} | `{meta['command']}` |")
+           f"{meta['wall_time_s'] / 60:.0f} min, {speed} steps/s | {result} | `{sweep_command(run, meta)}` |")
     return row, curve
 
 
