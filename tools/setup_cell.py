@@ -149,9 +149,10 @@ def chapters(root: Path = ROOT) -> list[Path]:
 
 def update(root: Path = ROOT, check: bool = False) -> list[Path]:
     """Write the setup cell into every chapter (``check``: write nothing); return the chapters that were not current."""
+    paths = chapters(root)
     cell = setup_cell(root)
     stale = []
-    for path in chapters(root):
+    for path in paths:
         nb = nbformat.read(path, as_version=4)
         if is_current(nb, cell):
             continue
