@@ -51,7 +51,9 @@ def fill_alt_text(app, doctree) -> None:
     for image in doctree.findall(nodes.image):
         if image.get("alt") or not str(image.get("uri", "")).lower().endswith(".png"):
             continue
-        _, path = app.env.relfn2path(image["uri"], app.env.docname)
+        # By doctree-read, Sphinx's image collector has made ``uri`` and ``candidates`` relative to the source folder.
+        candidate = image.get("candidates", {}).get("*")
+        path = Path(app.srcdir) / candidate if candidate else Path(app.env.relfn2path(image["uri"], app.env.docname)[1])
         try:
             text = png_text(Path(path).read_bytes()).get(KEY, "").strip()
         except OSError:
@@ -61,5 +63,5 @@ def fill_alt_text(app, doctree) -> None:
 
 
 def setup(app):
-    app.connect("doctree-read", fill_alt_text)
+    app.connect("doctree-read", fill_alt_text, priority=900)  # after the image collector (priority 500)
     return {"parallel_read_safe": True, "parallel_write_safe": True, "version": "1"}
