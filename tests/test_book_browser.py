@@ -33,6 +33,11 @@ def _chapter_pages() -> list[Path]:
     return sorted((BUILD / "notebooks").glob("*.html"))
 
 
+def _book_pages() -> list[Path]:
+    """Every page of the book: the chapters and the prose pages (not Sphinx's search and index pages)."""
+    return _chapter_pages() + sorted((BUILD / "book").glob("*.html"))
+
+
 @pytest.fixture(scope="module")
 def site():
     """Base URL of the built book, served by a local HTTP server on 127.0.0.1."""
@@ -86,8 +91,16 @@ def browser():
     shutil.rmtree(profile, ignore_errors=True)
 
 
-def _open(browser, url: str) -> None:
+def _open(browser, url: str, math: bool = True) -> None:
+    """Open ``url`` and wait for MathJax to typeset it (``math=False``: for the images to load instead)."""
     browser.get(url)
+    if not math:
+        browser.execute_async_script(
+            "const done = arguments[arguments.length - 1];"
+            "Promise.all(Array.from(document.images).map(i => i.complete ? null :"
+            " new Promise(r => { i.onload = i.onerror = r; }))).then(() => done('ok'));"
+        )
+        return
     typeset = browser.execute_async_script(
         "const done = arguments[arguments.length - 1];"
         "if (!window.MathJax || !MathJax.startup) { done('MathJax did not load'); return; }"
@@ -124,6 +137,23 @@ def test_chapter_figures_are_present(browser, site):
         )
         assert widths, f"{page.name}: no figure in the executed chapter"
         assert all(width > 0 for width in widths), f"{page.name}: a figure failed to load (widths {widths})"
+
+
+def test_every_image_loaded_and_says_what_it_shows(browser, site):
+    """Each page's images loaded (natural width > 0) and carry alt text, which for a figure is a description
+    (icl_lib.plotting's, or a chapter's own), never empty and never the image's file name (Sphinx's default)."""
+    for page in _book_pages():
+        _open(browser, site + page.relative_to(BUILD).as_posix(), math=False)
+        images = browser.execute_script(
+            "return Array.from(document.querySelectorAll('main img')).map(i => ({src: i.getAttribute('src') || '',"
+            " alt: (i.getAttribute('alt') || '').trim(), width: i.naturalWidth, complete: i.complete}))"
+        )
+        for image in images:
+            name = image["src"].rsplit("/", 1)[-1]
+            assert image["complete"] and image["width"] > 0, f"{page.name}: the image {name} did not load"
+            assert image["alt"], f"{page.name}: the image {name} has no alt text"
+            assert name not in image["alt"] and not image["alt"].lower().endswith((".png", ".svg", ".jpg")), (
+                f"{page.name}: the alt text of {name} is a file name ({image['alt']!r}), not what the figure shows")
 
 
 def test_exercise_solution_opens_on_click(browser, site):

@@ -187,3 +187,75 @@ def test_every_chapter_shows_its_figures_through_the_blank_figure_check():
         code = ["".join(c["source"]) for c in cells if c["cell_type"] == "code"]
         assert not any("plt.show(" in source for source in code), f"{path.name} calls plt.show(): use plotting.show(fig)"
         assert any("plotting.show(" in source for source in code), f"{path.name} shows no figure through plotting.show"
+
+
+# ---------------------------------------------------------------- alt text (read back with Pillow, independently)
+
+
+def _png_text(data: bytes) -> dict:
+    from io import BytesIO
+
+    from PIL import Image
+
+    with Image.open(BytesIO(data)) as image:
+        image.load()
+        return dict(image.text)
+
+
+def test_figure_description_names_the_titles_labels_and_legend():
+    from icl_lib.plotting import figure_description
+
+    fig, axes = plt.subplots(1, 2)
+    axes[0].plot([0, 1, 2], [1.0, 0.5, 0.0], label="least squares")
+    axes[0].plot([0, 1, 2], [1.0, 0.6, 0.2], label="ridge ($\\lambda = 0.1$)")
+    axes[0].set(title="dense prompts", xlabel="number of in-context examples k", ylabel="normalised squared error")
+    axes[0].legend()
+    axes[1].bar([0, 1], [2, 3])
+    axes[1].set_title("$f(x_0 + t\\,e_1)$")
+    fig.suptitle("Errors")
+    text = figure_description(fig)
+    assert text.startswith("Figure: Errors. 2 panels: (1) dense prompts: lines of normalised squared error against "
+                           "number of in-context examples k (legend: least squares, ridge (lambda = 0.1)); "
+                           "(2) f(x_0 + t e_1): bars"), text
+    assert "$" not in text and "\\" not in text
+
+
+def test_the_png_carries_the_description_or_the_authors_alt_text():
+    from icl_lib.plotting import ALT_TEXT_KEY, figure_description, figure_png, set_alt
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [0, 1])
+    ax.set(title="a line", xlabel="x", ylabel="y")
+    assert _png_text(figure_png(fig))[ALT_TEXT_KEY] == figure_description(fig) == \
+        "Figure with one panel: a line: lines of y against x."
+    set_alt(fig, "  The identity   on [0, 1]. σ ")  # whitespace collapsed, Unicode kept (an iTXt chunk)
+    assert _png_text(figure_png(fig))[ALT_TEXT_KEY] == "The identity on [0, 1]. σ"
+
+
+def test_the_book_extension_reads_what_pillow_reads():
+    import importlib.util
+    from pathlib import Path
+
+    from icl_lib.plotting import figure_png, set_alt
+
+    path = Path(__file__).resolve().parents[1] / "book" / "_ext" / "figure_alt.py"
+    spec = importlib.util.spec_from_file_location("figure_alt", path)
+    figure_alt = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(figure_alt)
+    fig, ax = plt.subplots()
+    ax.scatter([0, 1], [1, 0])
+    for alt in (None, "Two points, λ = 1."):
+        if alt:
+            set_alt(fig, alt)
+        data = figure_png(fig)
+        assert figure_alt.png_text(data) == _png_text(data)
+    assert figure_alt.png_text(b"not a png") == {}
+
+
+def test_show_takes_the_alt_text():
+    from icl_lib.plotting import figure_description
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [0, 1])
+    show(fig, alt="A rising line.")
+    assert figure_description(fig) == "A rising line."
