@@ -676,8 +676,9 @@ def _train(
     model = models.make_model(config.model, config.n_dims, config.n_points, seed=derive_seed(config.seed, "init"))
     if stored is None and config.init_from is not None:
         warm_start = _warm_start(model, config)
-    elif stored is not None and config.init_from is not None:
-        warm_start = checkpoints.load_meta(out_dir).get("init_from")
+    elif stored is not None and config.init_from is not None:  # resumed: the weights come from the checkpoint
+        meta_file = out_dir / checkpoints.META_FILE
+        warm_start = checkpoints.load_meta(out_dir).get("init_from") if meta_file.exists() else None
     else:
         warm_start = None
     model = model.to(device).train()

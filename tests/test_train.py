@@ -369,3 +369,15 @@ def test_a_warm_start_begins_from_the_named_runs_weights_and_records_their_diges
     digest = hashlib.sha256((tmp_path / "first" / MODEL_FILE).read_bytes()).hexdigest()
     assert meta["init_from"] == {"run": str(tmp_path / "first"), "sha256": digest}
     assert meta["config"]["init_from"] == str(tmp_path / "first")
+
+
+def test_a_warm_started_run_resumes_bit_for_bit_and_keeps_its_provenance(tmp_path):
+    train(tiny_config(steps=4, eval_every=0), tmp_path / "first", progress=False)
+    config = tiny_config(steps=6, checkpoint_every=2, eval_every=0, init_from=str(tmp_path / "first"))
+    whole = train(config, tmp_path / "whole", progress=False)
+    train(config, tmp_path / "split", progress=False, stop_at=2)
+    resumed = train(config, tmp_path / "split", progress=False)
+    for name, weight in whole.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[name], weight), name
+    metas = [json.loads((tmp_path / run / META_FILE).read_text()) for run in ("whole", "split")]
+    assert metas[0]["init_from"] == metas[1]["init_from"] and metas[1]["init_from"]["run"] == str(tmp_path / "first")
