@@ -33,7 +33,7 @@ import torch
 from icl_lib import baselines, checkpoints, evaluation, models
 from icl_lib.devices import make_generator
 from icl_lib.samplers import gaussian_xs
-from icl_lib.tasks import DenseLinear, SparseLinear
+from icl_lib.tasks import DenseLinear, SparseLinear, dense_label_scale
 
 ROOT = Path(__file__).resolve().parent.parent
 D, K, N_POINTS, LASSO_ALPHA = 8, 2, 12, 1e-3
@@ -80,13 +80,6 @@ def prompts(task, n_prompts: int, seed: int) -> tuple[torch.Tensor, torch.Tensor
     return xs, task.sample(xs, generator).ys
 
 
-def dense_scale(meta: dict) -> float:
-    """The label scale of the dense class a run was trained on (``DenseLinear.scale``; 1 if it saw none)."""
-    task = meta["config"]["task"]
-    specs = task.get("components", []) if task["name"] == "mixture" else [task]
-    return next((float(c.get("scale", 1.0)) for c in specs if c["name"] == "linear"), 1.0)
-
-
 def errors_by_prompt(runs: dict[str, torch.nn.Module], xs: torch.Tensor, ys: torch.Tensor, normalizer: float,
                      scales: dict[str, float] | None = None) -> dict[str, np.ndarray]:
     """Per-prompt, per-k normalised squared errors ``(batch, n_points)`` of every run and both baselines.
@@ -130,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     sparse_task = SparseLinear(k=K)
     sparse = errors_by_prompt(runs, *prompts(sparse_task, args.prompts, args.seed), sparse_task.zero_predictor_error(D))
     dense_task = DenseLinear()
-    scales = {name: dense_scale(meta) for name, (_, meta, _) in loaded.items()}
+    scales = {name: dense_label_scale(meta["config"]["task"]) for name, (_, meta, _) in loaded.items()}
     dense = errors_by_prompt(runs, *prompts(dense_task, args.prompts, args.seed + 1), dense_task.zero_predictor_error(D),
                              scales)
 

@@ -52,8 +52,7 @@ def _dmmse(xs: torch.Tensor, ys: torch.Tensor, params: Mapping[str, torch.Tensor
     if "pool_size" not in options:
         raise ValueError("it needs the option pool_size (with pool_seed and noise_std: the run's finite_pool_linear "
                          "task), e.g. --estimator-option dmmse.pool_size=512")
-    task = tasks.FinitePoolLinear(pool_size=options["pool_size"], pool_seed=options.get("pool_seed", 0),
-                                  noise_std=options.get("noise_std", 0.5))
+    task = tasks.FinitePoolLinear(**options)  # ESTIMATOR_OPTIONS["dmmse"] are the task's own fields
     return baselines.dmmse(xs, ys, task.pool(xs.shape[-1]), task.noise_std)
 
 

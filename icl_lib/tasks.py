@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import itertools
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -409,6 +410,15 @@ TASKS: dict[str, type] = {
     for cls in (DenseLinear, SparseLinear, NoisyLinear, FinitePoolLinear, ReluNet, Sinusoid, Mixture,
                 ConvexCombination, LinearClassification)
 }
+
+
+def dense_label_scale(spec: Mapping) -> float:
+    """The label scale of the dense class in a task spec (``{"name": "linear", "scale": s}``, alone or as a mixture
+    component): the scale a run trained on that task saw its dense labels at, 1 if it set none or has no dense class."""
+    if not isinstance(spec, Mapping) or "name" not in spec:
+        raise ValueError(f"spec must be a task table with a 'name', got {spec!r}")
+    specs = spec.get("components", []) if spec["name"] == "mixture" else [spec]
+    return next((float(c.get("scale", 1.0)) for c in specs if c.get("name") == "linear"), 1.0)
 
 
 def make_task(name: str, **options) -> FunctionClass:

@@ -309,6 +309,8 @@ LIBRARY_ERRORS = [
     ("read_metrics of a corrupt metrics.jsonl",
      lambda run, tmp: ((run / METRICS_FILE).write_text("{"), checkpoints.read_metrics(run)),
      r"metrics.jsonl is not valid JSON lines"),
+    ("dense_label_scale of a table without a name", lambda run, tmp: tasks.dense_label_scale({"scale": 2}),
+     r"spec must be a task table with a 'name', got \{'scale': 2\}"),
     ("load_meta on a corrupt meta.json",
      lambda run, tmp: ((run / META_FILE).write_text("not json"), checkpoints.load_meta(run)), r"meta.json is not valid JSON"),
     ("gaussian_xs(generator=None)", lambda run, tmp: samplers.gaussian_xs(2, 3, 4, None),

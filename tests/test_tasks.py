@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from icl_lib import tasks
 from icl_lib.devices import make_generator
 from icl_lib.samplers import gaussian_xs
 from icl_lib.tasks import (
@@ -482,3 +483,17 @@ def test_finite_pool_gaussian_draws_are_noisy_linear_bit_for_bit():
 def test_finite_pool_options_checked(options, message):
     with pytest.raises(ValueError, match=message):
         make_task("finite_pool_linear", **options)
+
+
+@pytest.mark.parametrize("spec, scale", [
+    ({"name": "linear"}, 1.0),
+    ({"name": "linear", "scale": 0.5}, 0.5),
+    ({"name": "sparse_linear", "k": 2}, 1.0),
+    ({"name": "mixture", "components": [{"name": "linear", "scale": 0.25}, {"name": "sparse_linear", "k": 2}],
+      "weights": [0.5, 0.5]}, 0.25),
+    ({"name": "mixture", "components": [{"name": "sparse_linear", "k": 2}], "weights": [1.0]}, 1.0),
+])
+def test_dense_label_scale_reads_the_dense_class_of_a_task_spec(spec, scale):
+    assert tasks.dense_label_scale(spec) == scale
+    if spec["name"] == "linear":  # the scale is the one the task draws its labels at: E[f^2] = scale^2 d
+        assert tasks.make_task(**spec).zero_predictor_error(8) == pytest.approx(scale**2 * 8)
