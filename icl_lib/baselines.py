@@ -325,6 +325,119 @@ def dense_sparse_posterior_probability(
     return _dense_sparse_posterior(xs, ys, p_sparse, k_sparse, noise_std)[1]
 
 
+def _wave_grid(freq_min: float, freq_max: float, n_freq: int, n_phase: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Midpoints of a grid on [freq_min, freq_max] x [0, 2 pi): ``freqs: (n_freq,)`` and ``phases: (n_phase,)``."""
+    freq_min = checks.nonnegative_float("freq_min", freq_min)
+    freq_max = checks.nonnegative_float("freq_max", freq_max)
+    if freq_max < freq_min:
+        raise ValueError(f"freq_max must be >= freq_min = {freq_min}, got {freq_max}")
+    n_freq = checks.positive_int("n_freq", n_freq)
+    n_phase = checks.positive_int("n_phase", n_phase)
+    freqs = freq_min + (freq_max - freq_min) * (torch.arange(n_freq, dtype=torch.float64) + 0.5) / n_freq
+    phases = 2 * math.pi * (torch.arange(n_phase, dtype=torch.float64) + 0.5) / n_phase
+    return freqs, phases
+
+
+def _wave_posterior_mean(
+    xs: torch.Tensor, ys: torch.Tensor, hypotheses: list[tuple[float, float, float, bool]],
+    freqs: torch.Tensor, phases: torch.Tensor, noise_std: float, max_elements: int,
+) -> torch.Tensor:
+    """Posterior mean for y = a w x + b sin(omega x + phi) + N(0, noise_std^2) in d = 1, w ~ N(0, 1).
+
+    ``hypotheses`` lists groups ``(log_prior, a, b, on_grid)``: a group on the grid is one hypothesis per grid point
+    (omega, phi), each with prior exp(log_prior) / H; a group off the grid has no wave (b is ignored) and prior
+    exp(log_prior); the grid is every pair of ``freqs: (F,)`` and ``phases: (P,)``, H = F P. Given a hypothesis the residual r = y - b s is Gaussian with covariance sigma^2 I + a^2 x x^T, so w
+    integrates out in closed form (Woodbury): with prefix sums Sxx, Sxr, Srr over the first k examples,
+    precision = 1 + a^2 Sxx / sigma^2, log-likelihood = -(Srr - a^2 Sxr^2 / (sigma^2 precision)) / (2 sigma^2)
+    - log(precision) / 2 (dropping terms that all hypotheses share), and the prediction at x_k is
+    b s(x_k) + a x_k (a Sxr / sigma^2) / precision.
+    """
+    batch, n_points, d = checks.prompt_tensors(xs, ys)
+    if d != 1:
+        raise ValueError(f"xs must have d = 1 (in d = 1 the sinusoid's direction is a sign, folded into the phase), "
+                         f"got d = {d}")
+    noise_std = checks.positive_float("noise_std", noise_std)
+    max_elements = checks.positive_int("max_elements", max_elements)
+    x64, y64 = _float64(xs, ys)
+    x64 = x64[..., 0]
+    variance = noise_std**2
+    freqs, phases = freqs.to(xs.device), phases.to(xs.device)
+    n_grid = freqs.shape[0] * phases.shape[0]
+    chunk = max(1, max_elements // (n_points * n_grid))
+
+    def exclusive_cumsum(terms: torch.Tensor) -> torch.Tensor:  # position k sums examples 0 .. k-1
+        sums = torch.zeros_like(terms)
+        torch.cumsum(terms[:, :-1], dim=1, out=sums[:, 1:])
+        return sums
+
+    out = []
+    for start in range(0, batch, chunk):
+        x, y = x64[start : start + chunk, :, None], y64[start : start + chunk, :, None]  # (c, n, 1)
+        sxx = exclusive_cumsum(x.square())
+        logits, preds = [], []
+        for log_prior, a, b, on_grid in hypotheses:
+            if on_grid:  # sin(omega x + phi) = sin(omega x) cos(phi) + cos(omega x) sin(phi): F sines, not F P
+                angles = x * freqs  # (c, n, F)
+                residual = torch.sin(angles)[..., None] * torch.cos(phases)
+                residual.addcmul_(torch.cos(angles)[..., None], torch.sin(phases))
+                residual = residual.flatten(-2).mul_(-b).add_(y)  # (c, n, H): y - b sin(.) at (freqs[h // P], phases[h % P])
+            else:
+                residual = y.clone()
+            logit = exclusive_cumsum(residual.square()).mul_(-1 / (2 * variance))
+            logit.add_(log_prior - math.log(residual.shape[-1]))
+            pred = residual.neg_().add_(y)  # b sin(.) at x_k, in place of the residual
+            if a != 0:
+                sxr = exclusive_cumsum(x * (y - pred))
+                precision = 1 + a**2 * sxx / variance
+                logit.add_(sxr.square() * (a**2 / (2 * variance**2)) / precision).sub_(0.5 * torch.log(precision))
+                pred.add_(sxr * (a**2 / variance) * x / precision)
+            logits.append(logit)
+            preds.append(pred)
+        top = torch.stack([logit.amax(-1) for logit in logits]).amax(0)[..., None]  # log-sum-exp over all groups
+        numerator, denominator = 0, 0
+        for logit, pred in zip(logits, preds):
+            weight = logit.sub_(top).exp_()
+            numerator = numerator + (weight * pred).sum(-1)
+            denominator = denominator + weight.sum(-1)
+        out.append(numerator / denominator)
+    return torch.cat(out).to(xs.dtype)[..., :n_points]
+
+
+def bayes_convex_sinusoid(
+    xs: torch.Tensor, ys: torch.Tensor, alpha: float, noise_std: float, freq_min: float = 0.5, freq_max: float = 2.0,
+    n_freq: int = 96, n_phase: int = 128, max_elements: int = 2**22,
+) -> torch.Tensor:
+    """Grid-Bayes predictor for f(x) = alpha w x + (1 - alpha) sin(omega x + phi) in d = 1 (``tasks.ConvexCombination``).
+
+    Prior: w ~ N(0, 1), omega uniform on [freq_min, freq_max], phi uniform on [0, 2 pi) (``tasks.Sinusoid``, amplitude
+    1; in d = 1 the direction v = -1 is the phase pi - phi, so it adds nothing), labels with N(0, noise_std^2) noise.
+    The posterior over (omega, phi) is computed on an ``n_freq`` x ``n_phase`` grid of midpoints, w integrated out
+    exactly; the grid approximates the continuous prior, so ``noise_std`` should exceed the grid's largest residual
+    (about |x| * step_omega / 2 + step_phi / 2, some 0.04 for the defaults and |x| <= 2.5). alpha = 0 is the
+    sinusoid class's posterior mean, alpha = 1 Bayesian linear regression.
+    """
+    alpha = checks.unit_interval("alpha", alpha)
+    freqs, phases = _wave_grid(freq_min, freq_max, n_freq, n_phase)
+    return _wave_posterior_mean(xs, ys, [(0.0, alpha, 1 - alpha, True)], freqs, phases, noise_std, max_elements)
+
+
+def bayes_linear_sinusoid_mixture(
+    xs: torch.Tensor, ys: torch.Tensor, p_linear: float, noise_std: float, freq_min: float = 0.5,
+    freq_max: float = 2.0, n_freq: int = 96, n_phase: int = 128, max_elements: int = 2**22,
+) -> torch.Tensor:
+    """Grid-Bayes predictor for the mixture: f(x) = w x with probability p_linear, else sin(omega x + phi), d = 1.
+
+    The two classes as in :func:`bayes_convex_sinusoid` (its alpha = 1 and alpha = 0); the posterior weighs the
+    linear class's marginal likelihood against every grid point's. The Bayes-optimal predictor for a model
+    pretrained on ``tasks.Mixture`` of ``linear`` and ``sinusoid`` with weights (p_linear, 1 - p_linear).
+    """
+    p_linear = checks.unit_interval("p_linear", p_linear)
+    freqs, phases = _wave_grid(freq_min, freq_max, n_freq, n_phase)
+    groups = [(math.log(p), a, b, grid) for p, a, b, grid in ((p_linear, 1.0, 0.0, False), (1 - p_linear, 0.0, 1.0, True))
+              if p > 0]
+    return _wave_posterior_mean(xs, ys, groups, freqs, phases, noise_std, max_elements)
+
+
 def relu_net_init(
     batch: int, n_points: int, d: int, hidden: int, generator: torch.Generator, dtype: torch.dtype = torch.float32
 ) -> dict[str, torch.Tensor]:

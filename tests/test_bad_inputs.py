@@ -272,6 +272,10 @@ def nan_prompt() -> tuple[torch.Tensor, torch.Tensor]:
     return xs, ys
 
 
+def one_d_prompt() -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.randn(2, 4, 1, generator=make_generator(0)), torch.randn(2, 4, generator=make_generator(1))
+
+
 def model_file_of_another_shape(run: Path) -> Path:
     """model.pt whose config says n_dims = 4 while its weights are for 3."""
     stored = torch.load(run / MODEL_FILE, weights_only=True)
@@ -335,6 +339,21 @@ LIBRARY_ERRORS = [
      r"pool must be a tensor of shape \(M, d\) = \(M, 3\) with M >= 1 tasks, got \(4, 2\)"),
     ("dmmse noise_std=0", lambda run, tmp: baselines.dmmse(torch.zeros(2, 4, 3), torch.zeros(2, 4), torch.zeros(5, 3), 0.0),
      r"noise_std must be a finite number > 0, got 0.0"),
+    ("bayes_convex_sinusoid in d = 3", lambda run, tmp: baselines.bayes_convex_sinusoid(*nan_prompt(), 0.5, 0.05),
+     r"xs must have d = 1 \(in d = 1 the sinusoid's direction is a sign, folded into the phase\), got d = 3"),
+    ("bayes_convex_sinusoid alpha=1.5", lambda run, tmp: baselines.bayes_convex_sinusoid(*one_d_prompt(), 1.5, 0.05),
+     r"alpha must lie in \[0, 1\], got 1.5"),
+    ("bayes_convex_sinusoid n_freq=0", lambda run, tmp: baselines.bayes_convex_sinusoid(*one_d_prompt(), 0.5, 0.05, n_freq=0),
+     r"n_freq must be a positive integer \(>= 1\), got 0"),
+    ("bayes_linear_sinusoid_mixture freq_max < freq_min",
+     lambda run, tmp: baselines.bayes_linear_sinusoid_mixture(*one_d_prompt(), 0.5, 0.05, freq_min=2.0, freq_max=1.0),
+     r"freq_max must be >= freq_min = 2.0, got 1.0"),
+    ("bayes_linear_sinusoid_mixture noise_std=0",
+     lambda run, tmp: baselines.bayes_linear_sinusoid_mixture(*one_d_prompt(), 0.5, 0.0),
+     r"noise_std must be a finite number > 0, got 0.0"),
+    ("bayes_linear_sinusoid_mixture p_linear=-0.1",
+     lambda run, tmp: baselines.bayes_linear_sinusoid_mixture(*one_d_prompt(), -0.1, 0.05),
+     r"p_linear must lie in \[0, 1\], got -0.1"),
     ("dmmse on nan", lambda run, tmp: baselines.dmmse(*nan_prompt(), torch.zeros(5, 3), 0.5), r"ys must hold finite numbers"),
     ("least_squares on nan", lambda run, tmp: baselines.least_squares(*nan_prompt()),
      r"ys must hold finite numbers, got 1 nan or inf entries"),

@@ -711,3 +711,95 @@ def test_relu_net_gd_fits_its_examples_and_rejects_bad_options():
         baselines.relu_net_gd(xs, ys, hidden=0)
     with pytest.raises(ValueError, match="learning_rate"):
         baselines.relu_net_gd(xs, ys, learning_rate=-1.0)
+
+
+# ================================================================= grid-Bayes predictors for linear functions and sinusoids (d = 1)
+def np_wave_posterior(xs, ys, groups, freqs, phases, noise_std):
+    """One prompt and one prefix at a time: for every hypothesis (a, b, omega, phi) the residual y - b sin(.) is
+    N(0, sigma^2 I + a^2 x x^T), evaluated with numpy's slogdet and solve; E[w | y] = a x^T C^-1 r."""
+    batch, n_points = ys.shape
+    freqs, phases = zip(*itertools.product(freqs, phases))
+    preds = np.zeros((batch, n_points))
+    for b_ in range(batch):
+        x, y = xs[b_, :, 0], ys[b_]
+        for k in range(n_points):
+            logits, values = [], []
+            for log_prior, a, b, on_grid in groups:
+                grid = list(zip(freqs, phases)) if on_grid else [(0.0, 0.0)]
+                for omega, phi in grid:
+                    wave = np.sin(omega * x + phi) if on_grid else np.zeros_like(x)
+                    r = y[:k] - b * wave[:k]
+                    cov = noise_std**2 * np.eye(k) + a**2 * np.outer(x[:k], x[:k])
+                    _, logdet = np.linalg.slogdet(cov) if k else (1.0, 0.0)
+                    quad = r @ np.linalg.solve(cov, r) if k else 0.0
+                    w_mean = a * x[:k] @ np.linalg.solve(cov, r) if k else 0.0
+                    logits.append(log_prior - math.log(len(grid)) - 0.5 * (quad + logdet))
+                    values.append(b * wave[k] + a * w_mean * x[k])
+            weights = np.exp(np.array(logits) - max(logits))
+            preds[b_, k] = weights @ np.array(values) / weights.sum()
+    return preds
+
+
+def wave_prompts(batch, n_points, alpha, noise_std, seed):
+    from icl_lib.tasks import ConvexCombination, Sinusoid
+
+    g = make_generator(seed)
+    xs = gaussian_xs(batch, n_points, 1, g, dtype=torch.float64)
+    task = ConvexCombination(first=DenseLinear(), second=Sinusoid(), alpha=alpha)
+    ys = task.sample(xs, g).ys
+    return xs, ys + noise_std * torch.randn(ys.shape, generator=g, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 1.0])
+def test_bayes_convex_sinusoid_matches_a_numpy_loop_over_prompts_prefixes_and_grid_points(alpha):
+    xs, ys = wave_prompts(3, 6, alpha, 0.2, seed=40)
+    freqs, phases = baselines._wave_grid(0.5, 2.0, 4, 5)
+    expected = np_wave_posterior(xs.numpy(), ys.numpy(), [(0.0, alpha, 1 - alpha, True)], freqs.numpy(),
+                                 phases.numpy(), 0.2)
+    got = baselines.bayes_convex_sinusoid(xs, ys, alpha, 0.2, n_freq=4, n_phase=5)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-9, atol=1e-12)
+    # in chunks of one prompt, the same numbers
+    chunked = baselines.bayes_convex_sinusoid(xs, ys, alpha, 0.2, n_freq=4, n_phase=5, max_elements=1)
+    np.testing.assert_allclose(chunked.numpy(), expected, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("p_linear", [0.0, 0.5, 0.9])
+def test_bayes_linear_sinusoid_mixture_matches_a_numpy_loop(p_linear):
+    xs, ys = wave_prompts(3, 6, 0.5, 0.3, seed=41)
+    freqs, phases = baselines._wave_grid(0.5, 2.0, 3, 4)
+    groups = [(math.log(p), a, b, grid) for p, a, b, grid in ((p_linear, 1.0, 0.0, False), (1 - p_linear, 0.0, 1.0, True))
+              if p > 0]
+    expected = np_wave_posterior(xs.numpy(), ys.numpy(), groups, freqs.numpy(), phases.numpy(), 0.3)
+    got = baselines.bayes_linear_sinusoid_mixture(xs, ys, p_linear, 0.3, n_freq=3, n_phase=4)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-9, atol=1e-12)
+
+
+def test_grid_bayes_on_linear_functions_is_bayesian_linear_regression():
+    """alpha = 1 and p_linear = 1 leave only w ~ N(0, 1): the posterior mean is ridge with penalty sigma^2, here
+    numpy's closed form (sum x y) / (sum x^2 + sigma^2) per prefix."""
+    xs, ys = wave_prompts(5, 8, 1.0, 0.1, seed=42)
+    x, y = xs[..., 0].numpy(), ys.numpy()
+    sxy = np.concatenate([np.zeros((5, 1)), np.cumsum(x * y, 1)[:, :-1]], 1)
+    sxx = np.concatenate([np.zeros((5, 1)), np.cumsum(x * x, 1)[:, :-1]], 1)
+    expected = x * sxy / (sxx + 0.1**2)
+    for preds in (baselines.bayes_convex_sinusoid(xs, ys, 1.0, 0.1),
+                  baselines.bayes_linear_sinusoid_mixture(xs, ys, 1.0, 0.1)):
+        np.testing.assert_allclose(preds.numpy(), expected, rtol=1e-9, atol=1e-12)
+
+
+def test_grid_bayes_recovers_a_noiseless_sinusoid_and_tells_the_classes_apart():
+    """On noiseless sinusoids the grid posterior (noise_std = 0.05, above the default grid's residual) predicts within
+    a small fraction of E f^2 = 1/2 from k = 4; on noiseless lines the mixture's posterior is the linear class's."""
+    g = make_generator(43)
+    xs = gaussian_xs(200, 10, 1, g, dtype=torch.float64)
+    from icl_lib.tasks import Sinusoid
+
+    sines = Sinusoid().sample(xs, g).ys
+    lines = DenseLinear().sample(xs, g).ys
+    for preds in (baselines.bayes_convex_sinusoid(xs, sines, 0.0, 0.05),
+                  baselines.bayes_linear_sinusoid_mixture(xs, sines, 0.5, 0.05)):
+        error = ((preds - sines) ** 2).mean(0) / 0.5
+        assert error[4:].max() < 0.02 and error[0] > 0.9, f"normalised error by k: {error.numpy().round(4)}"
+    on_lines = baselines.bayes_linear_sinusoid_mixture(xs, lines, 0.5, 0.05)
+    linear_only = baselines.bayes_linear_sinusoid_mixture(xs, lines, 1.0, 0.05)
+    assert ((on_lines - linear_only)[:, 4:] ** 2).mean() < 1e-3 * (lines**2).mean()
