@@ -369,8 +369,16 @@ class ConvexCombination:
         _function_class("second", self.second)
         checks.unit_interval("alpha", self.alpha)
 
-    def sample(self, xs: torch.Tensor, generator: torch.Generator) -> TaskSample:
-        first, second = self.first.sample(xs, generator), self.second.sample(xs, generator)  # type: ignore[attr-defined]
+    @property
+    def takes_active_dims(self) -> bool:
+        """Whether a part draws differently under a curriculum (see :meth:`SparseLinear.sample`)."""
+        return any(getattr(c, "takes_active_dims", False) for c in (self.first, self.second))
+
+    def sample(self, xs: torch.Tensor, generator: torch.Generator,
+               active_dims: torch.Tensor | int | None = None) -> TaskSample:
+        first, second = (part.sample(xs, generator, **({"active_dims": active_dims}  # type: ignore[attr-defined]
+                                                        if getattr(part, "takes_active_dims", False) else {}))
+                         for part in (self.first, self.second))
         params = {f"first.{k}": v for k, v in first.params.items()}
         params |= {f"second.{k}": v for k, v in second.params.items()}
         return TaskSample(ys=self.alpha * first.ys + (1 - self.alpha) * second.ys, params=params)

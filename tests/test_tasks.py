@@ -497,3 +497,16 @@ def test_dense_label_scale_reads_the_dense_class_of_a_task_spec(spec, scale):
     assert tasks.dense_label_scale(spec) == scale
     if spec["name"] == "linear":  # the scale is the one the task draws its labels at: E[f^2] = scale^2 d
         assert tasks.make_task(**spec).zero_predictor_error(8) == pytest.approx(scale**2 * 8)
+
+
+def test_a_convex_combination_passes_the_curriculum_to_a_sparse_part():
+    """Under a curriculum a sparse part keeps its support among the active coordinates, as it does on its own and in
+    a Mixture: the combination's first part is SparseLinear drawn with the same generator state."""
+    d, active = 6, 3
+    xs = gaussian_xs(50, 5, d, make_generator(6))
+    combo = ConvexCombination(first=SparseLinear(k=2), second=DenseLinear(), alpha=0.5)
+    assert combo.takes_active_dims and not ConvexCombination(first=DenseLinear(), second=DenseLinear()).takes_active_dims
+    drawn = combo.sample(xs, make_generator(7), active_dims=active)
+    alone = SparseLinear(k=2).sample(xs, make_generator(7), active_dims=active)
+    assert torch.equal(drawn.params["first.support"], alone.params["support"])
+    assert not drawn.params["first.support"][:, active:].any()
