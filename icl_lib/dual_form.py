@@ -147,15 +147,29 @@ def gd_layer_weights(
     return p, q
 
 
+def _rates(name: str, values: Sequence[float]) -> list[float]:
+    """A non-empty sequence of finite numbers, one per layer or step, as floats."""
+    if isinstance(values, (int, float)) or not isinstance(values, Sequence) or len(values) < 1:
+        raise ValueError(f"{name} must be a non-empty sequence of numbers, got {values!r}")
+    return [checks.finite_float(name, v) for v in values]
+
+
+def _rates_and_gammas(learning_rates: Sequence[float], gammas: Sequence[float], per: str) -> list[tuple[float, float]]:
+    """GD++'s (learning rate, gamma) pairs, one per ``per`` (layer or step)."""
+    rates, gammas = _rates("learning_rates", learning_rates), _rates("gammas", gammas)
+    if len(rates) != len(gammas):
+        raise ValueError(f"learning_rates and gammas must have one entry per {per}, got {len(rates)} and {len(gammas)}")
+    return list(zip(rates, gammas))
+
+
 def gd_transformer(
     d: int, learning_rates: Sequence[float], preconditioner: torch.Tensor | None = None
 ) -> LinearTransformer:
     """A float64 :class:`LinearTransformer` whose layer l takes a GD step of size ``learning_rates[l]`` from w = 0."""
-    if isinstance(learning_rates, (int, float)) or len(learning_rates) < 1:
-        raise ValueError(f"learning_rates must be a non-empty sequence of step sizes, got {learning_rates!r}")
-    model = LinearTransformer(d, n_layers=len(learning_rates)).double()
+    rates = _rates("learning_rates", learning_rates)
+    model = LinearTransformer(d, n_layers=len(rates)).double()
     with torch.no_grad():
-        for layer, rate in zip(model.layers, learning_rates):
+        for layer, rate in zip(model.layers, rates):
             p, q = gd_layer_weights(d, rate, preconditioner)
             layer.P.copy_(p)
             layer.Q.copy_(q)
@@ -173,25 +187,18 @@ def gd_steps_prediction(
     batch, n_points, d = checks.prompt_tensors(xs, ys)
     if n_points < 2:
         raise ValueError(f"the prompt needs N >= 1 examples and a query, got n_points = {n_points}")
-    if isinstance(learning_rates, (int, float)) or len(learning_rates) < 1:
-        raise ValueError(f"learning_rates must be a non-empty sequence of step sizes, got {learning_rates!r}")
+    rates = _rates("learning_rates", learning_rates)
     x, y = xs[:, :-1].double(), ys[:, :-1].double()
     a = torch.eye(d, dtype=torch.float64) if preconditioner is None else preconditioner.double()
     w = torch.zeros(batch, d, dtype=torch.float64)
-    for rate in learning_rates:
+    for rate in rates:
         residual = torch.einsum("bnd,bd->bn", x, w) - y
         gradient = torch.einsum("bn,bnd->bd", residual, x) / (n_points - 1)
-        w = w - checks.finite_float("learning_rate", rate) * gradient @ a.T
+        w = w - rate * gradient @ a.T
     return torch.einsum("bd,bd->b", w, xs[:, -1].double())
 
 
 # ---------------------------------------------------------------- GD++: GD steps with a curvature correction of the inputs
-
-
-def _rates(name: str, values: Sequence[float]) -> list[float]:
-    if isinstance(values, (int, float)) or not isinstance(values, Sequence) or len(values) < 1:
-        raise ValueError(f"{name} must be a non-empty sequence of numbers, got {values!r}")
-    return [checks.finite_float(name, v) for v in values]
 
 
 def gdpp_layer_weights(
@@ -218,12 +225,10 @@ def gdpp_layer_weights(
 def gdpp_transformer(d: int, learning_rates: Sequence[float], gammas: Sequence[float]) -> LinearTransformer:
     """A float64 :class:`LinearTransformer` whose layer l is :func:`gdpp_layer_weights` with ``learning_rates[l]``
     and ``gammas[l]`` (one of each per layer)."""
-    rates, gammas = _rates("learning_rates", learning_rates), _rates("gammas", gammas)
-    if len(rates) != len(gammas):
-        raise ValueError(f"learning_rates and gammas must have one entry per layer, got {len(rates)} and {len(gammas)}")
-    model = LinearTransformer(d, n_layers=len(rates)).double()
+    steps = _rates_and_gammas(learning_rates, gammas, per="layer")
+    model = LinearTransformer(d, n_layers=len(steps)).double()
     with torch.no_grad():
-        for layer, rate, gamma in zip(model.layers, rates, gammas):
+        for layer, (rate, gamma) in zip(model.layers, steps):
             p, q = gdpp_layer_weights(d, rate, gamma)
             layer.P.copy_(p)
             layer.Q.copy_(q)
@@ -243,14 +248,12 @@ def gdpp_steps_prediction(
     batch, n_points, d = checks.prompt_tensors(xs, ys)
     if n_points < 2:
         raise ValueError(f"the prompt needs N >= 1 examples and a query, got n_points = {n_points}")
-    rates, gammas = _rates("learning_rates", learning_rates), _rates("gammas", gammas)
-    if len(rates) != len(gammas):
-        raise ValueError(f"learning_rates and gammas must have one entry per step, got {len(rates)} and {len(gammas)}")
+    steps = _rates_and_gammas(learning_rates, gammas, per="step")
     x = xs.double().clone()
     r = ys.double().clone()
     r[:, -1] = 0.0
     n = n_points - 1
-    for rate, gamma in zip(rates, gammas):
+    for rate, gamma in steps:
         b = torch.einsum("bn,bnd->bd", r[:, :-1], x[:, :-1]) / n
         s = torch.einsum("bni,bnj->bij", x[:, :-1], x[:, :-1]) / n
         r = r - rate * torch.einsum("bd,bnd->bn", b, x)
