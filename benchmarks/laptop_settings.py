@@ -7,7 +7,8 @@ Every number comes from a run directory's ``meta.json`` / ``metrics.jsonl`` or f
 The second table is the sparse-regression sweep (issue 13): every run of it, failures included, from the committed
 chapter runs in ``checkpoints/`` and from ``benchmarks/sweep/<run>/`` (sweep runs that no chapter loads keep their
 ``meta.json`` and ``metrics.jsonl`` there, not their weights). Its curves (the window error k = s+1 .. d-1 against
-steps, on each run's fixed evaluation prompts) are drawn in ``benchmarks/sweep_curves.png``.
+steps, on each run's fixed evaluation prompts) are drawn in ``benchmarks/sweep_curves.png``. The third table sets
+chapter 5's one-dimensional runs beside their first, cosine-to-zero versions.
 """
 
 from __future__ import annotations
@@ -33,7 +34,22 @@ DEFAULT_RUNS = [
 ]
 
 
-SWEEP_GLOBS = ("checkpoints/yadlowsky_selection_*", "checkpoints/in_progress/*", "benchmarks/sweep/*")
+SWEEP_GLOBS = ("checkpoints/yadlowsky_selection_*", "checkpoints/in_progress/yadlowsky_*", "benchmarks/sweep/*")
+ONE_D_GLOBS = ("checkpoints/yadlowsky_*_1d_laptop", "benchmarks/sweep/yadlowsky_*_1d_laptop_cosine")
+ONE_D_POSITIONS = (2, 4, 12)
+
+
+def one_d_row(run: Path) -> str:
+    """One row of the one-dimensional runs' table: schedule, steps and the final evaluation error at a few k."""
+    meta = checkpoints.load_meta(run)
+    config = meta["config"]
+    task = config["task"]
+    components = task.get("components", [task])
+    task_text = " + ".join(c["name"] for c in components)
+    final = [r for r in checkpoints.read_metrics(run) if "eval_error_by_position" in r][-1]
+    errors = ", ".join(f"{final['eval_error_by_position'][k]:.4f}" for k in ONE_D_POSITIONS)
+    return (f"| `{run.name}` | {task_text} | lr {config['lr']} {config['lr_schedule']}, warm-up {config['warmup_steps']} | "
+            f"{meta['steps_done']} | {meta['wall_time_s'] / 60:.0f} min | {errors} | `{meta['git_commit'][:7]}` |")
 
 
 def sparse_window(record: dict, config: dict) -> float | None:
@@ -148,7 +164,9 @@ def summarise(run: Path) -> str:
 def main(paths: list[str]) -> None:
     runs = [Path(p) if Path(p).is_absolute() else ROOT / p for p in (paths or DEFAULT_RUNS)]
     rows = [summarise(run) for run in runs]
-    sweep_runs = sorted({p for pattern in SWEEP_GLOBS for p in ROOT.glob(pattern) if (p / "meta.json").exists()})
+    sweep_runs = sorted({p for pattern in SWEEP_GLOBS for p in ROOT.glob(pattern)
+                         if (p / "meta.json").exists() and "_1d_" not in p.name})
+    one_d_runs = sorted({p for pattern in ONE_D_GLOBS for p in ROOT.glob(pattern) if (p / "meta.json").exists()})
     sweep = {run.name: sweep_row(run) for run in sweep_runs}
     sweep_figure({name: curve for name, (_, curve) in sweep.items()}, ROOT / "benchmarks" / "sweep_curves.png")
     lines = [
@@ -172,6 +190,18 @@ def main(paths: list[str]) -> None:
         "| run | setting | steps | wall time, median speed | window error | command |",
         "|---|---|---|---|---|---|",
         *(row for row, _ in sweep.values()),
+        "",
+        "## The one-dimensional runs of chapter 5 (issue 14)",
+        "",
+        "The linear, sinusoid and linear + sinusoid models in d = 1 (3 layers, width 64, 2 heads, paired tokens, 13 "
+        "points, batch 256), first on a cosine schedule that decays to zero within 500-1500 steps (kept in "
+        "`benchmarks/sweep/`), then on the recipe's schedule (constant 1e-3 after warm-up, linear decay over the last "
+        "20%) for 3000-10000 steps (the chapter's runs). The error column is each run's final evaluation, on its own "
+        "1024 prompts of its training distribution, at k = " + ", ".join(map(str, ONE_D_POSITIONS)) + ".",
+        "",
+        "| run | task | schedule | steps | wall time | error at k = " + ", ".join(map(str, ONE_D_POSITIONS)) + " | commit |",
+        "|---|---|---|---|---|---|---|",
+        *(one_d_row(run) for run in one_d_runs),
     ]
     (ROOT / "benchmarks" / "laptop_settings.md").write_text("\n".join(lines) + "\n")
     print("\n".join(rows))
