@@ -26,16 +26,18 @@ def _float64(xs: torch.Tensor, ys: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     return checks.finite_tensor("xs", xs).to(torch.float64), checks.finite_tensor("ys", ys).to(torch.float64)
 
 
+def _exclusive_cumsum(terms: torch.Tensor) -> torch.Tensor:
+    """Sums over dim 1 where position k sums terms 0 .. k-1. Shifting (rather than subtracting term k from the
+    inclusive sum) keeps example k and later ones out of position k exactly, not just up to rounding."""
+    sums = torch.zeros_like(terms)
+    torch.cumsum(terms[:, :-1], dim=1, out=sums[:, 1:])
+    return sums
+
+
 def _prefix_moments(xs: torch.Tensor, ys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Sums over the first k examples: ``gram: (batch, n, d, d)`` = sum x x^T and ``xy: (batch, n, d)``."""
     outer = xs[..., :, None] * xs[..., None, :]
-
-    def exclusive_cumsum(terms: torch.Tensor) -> torch.Tensor:
-        # Position k sums examples 0 .. k-1. Shifting (rather than subtracting term k from the inclusive
-        # sum) keeps example k and later ones out of position k exactly, not just up to rounding.
-        return torch.cat((torch.zeros_like(terms[:, :1]), torch.cumsum(terms[:, :-1], dim=1)), dim=1)
-
-    return exclusive_cumsum(outer), exclusive_cumsum(ys[..., None] * xs)
+    return _exclusive_cumsum(outer), _exclusive_cumsum(ys[..., None] * xs)
 
 
 def _predict(xs: torch.Tensor, weights: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -365,15 +367,10 @@ def _wave_posterior_mean(
     n_grid = freqs.shape[0] * phases.shape[0]
     chunk = max(1, max_elements // (n_points * n_grid))
 
-    def exclusive_cumsum(terms: torch.Tensor) -> torch.Tensor:  # position k sums examples 0 .. k-1
-        sums = torch.zeros_like(terms)
-        torch.cumsum(terms[:, :-1], dim=1, out=sums[:, 1:])
-        return sums
-
     out = []
     for start in range(0, batch, chunk):
         x, y = x64[start : start + chunk, :, None], y64[start : start + chunk, :, None]  # (c, n, 1)
-        sxx = exclusive_cumsum(x.square())
+        sxx = _exclusive_cumsum(x.square())
         logits, preds = [], []
         for log_prior, a, b, on_grid in hypotheses:
             if on_grid:  # sin(omega x + phi) = sin(omega x) cos(phi) + cos(omega x) sin(phi): F sines, not F P
@@ -383,11 +380,11 @@ def _wave_posterior_mean(
                 residual = residual.flatten(-2).mul_(-b).add_(y)  # (c, n, H): y - b sin(.) at (freqs[h // P], phases[h % P])
             else:
                 residual = y.clone()
-            logit = exclusive_cumsum(residual.square()).mul_(-1 / (2 * variance))
+            logit = _exclusive_cumsum(residual.square()).mul_(-1 / (2 * variance))
             logit.add_(log_prior - math.log(residual.shape[-1]))
             pred = residual.neg_().add_(y)  # b sin(.) at x_k, in place of the residual
             if a != 0:
-                sxr = exclusive_cumsum(x * (y - pred))
+                sxr = _exclusive_cumsum(x * (y - pred))
                 precision = 1 + a**2 * sxx / variance
                 logit.add_(sxr.square() * (a**2 / (2 * variance**2)) / precision).sub_(0.5 * torch.log(precision))
                 pred.add_(sxr * (a**2 / variance) * x / precision)
