@@ -94,14 +94,14 @@ def dmmse(xs: torch.Tensor, ys: torch.Tensor, pool: torch.Tensor, noise_std: flo
     prompts holding at most ``max_elements`` entries of the ``(prompts, n_points, M)`` likelihood table. At k = 0 the
     posterior is the prior, so entry 0 is <mean of the pool, x_0>, not 0 as for the other baselines.
     """
-    batch, n_points, d = checks.prompt_tensors(xs, ys)
+    x64, y64 = _float64(xs, ys)
+    batch, n_points, d = xs.shape
     if not isinstance(pool, torch.Tensor) or pool.ndim != 2 or pool.shape[1] != d or pool.shape[0] < 1:
         got = tuple(pool.shape) if isinstance(pool, torch.Tensor) else type(pool).__name__
         raise ValueError(f"pool must be a tensor of shape (M, d) = (M, {d}) with M >= 1 tasks, got {got}")
     checks.finite_tensor("pool", pool)
     noise_std = checks.positive_float("noise_std", noise_std)
     max_elements = checks.positive_int("max_elements", max_elements)
-    x64, y64 = _float64(xs, ys)
     w64 = pool.to(device=xs.device, dtype=torch.float64)
     chunk = max(1, max_elements // (n_points * w64.shape[0]))
     scale = -1.0 / (2 * noise_std**2)
@@ -144,13 +144,13 @@ def gd_one_step(
     learning_rate = checks.nonnegative_float("learning_rate", learning_rate)
     x64, y64 = _float64(xs, ys)
     _, n_points, d = xs.shape
+    if preconditioner is not None and not (isinstance(preconditioner, torch.Tensor) and preconditioner.shape == (d, d)):
+        got = tuple(preconditioner.shape) if isinstance(preconditioner, torch.Tensor) else type(preconditioner).__name__
+        raise ValueError(f"preconditioner must be a tensor of shape (d, d) = {(d, d)}, got {got}")
     _, xy = _prefix_moments(x64, y64)
     counts = torch.arange(n_points, dtype=torch.float64, device=xs.device).clamp_min(1)
     direction = xy / counts[None, :, None]
     if preconditioner is not None:
-        if not isinstance(preconditioner, torch.Tensor) or tuple(preconditioner.shape) != (d, d):
-            got = tuple(preconditioner.shape) if isinstance(preconditioner, torch.Tensor) else type(preconditioner).__name__
-            raise ValueError(f"preconditioner must be a tensor of shape (d, d) = {(d, d)}, got {got}")
         direction = direction @ preconditioner.to(direction).T
     return _predict(x64, learning_rate * direction, xs)
 
@@ -441,10 +441,9 @@ def relu_net_init(
     """Initial weights of :func:`relu_net_gd`'s networks, one per prompt and prefix length k.
 
     ``first: (batch, n_points, d, hidden)`` ~ N(0, 1/d), ``first_bias: (batch, n_points, hidden)`` = 0,
-    ``second: (batch, n_points, hidden)`` ~ N(0, 1/hidden), ``second_bias: (batch, n_points)`` = 0.
+    ``second: (batch, n_points, hidden)`` ~ N(0, 1/hidden), ``second_bias: (batch, n_points)`` = 0. The sizes come
+    from :func:`relu_net_gd`, which checks them.
     """
-    for name, value in (("batch", batch), ("n_points", n_points), ("d", d), ("hidden", hidden)):
-        checks.positive_int(name, value)
     device = generator.device
     first = torch.randn(batch, n_points, d, hidden, generator=generator, device=device, dtype=dtype) / math.sqrt(d)
     second = torch.randn(batch, n_points, hidden, generator=generator, device=device, dtype=dtype) / math.sqrt(hidden)

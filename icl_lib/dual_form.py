@@ -28,32 +28,24 @@ from icl_lib import checks
 from icl_lib.models import LinearTransformer
 
 
-def _matrix(name: str, value: object) -> torch.Tensor:
-    if not isinstance(value, torch.Tensor) or value.ndim != 2:
-        got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-        raise ValueError(f"{name} must be a 2-d tensor (a matrix), got {got}")
-    return value
-
-
-def _tokens(name: str, value: object, d_in: int) -> torch.Tensor:
-    if not isinstance(value, torch.Tensor) or value.ndim != 2 or value.shape[1] != d_in:
-        got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-        raise ValueError(f"{name} must have shape (n_tokens, d_in) with d_in = {d_in}, got {got}")
-    return value
-
-
-def _projections(w_k: torch.Tensor, w_v: torch.Tensor) -> int:
-    _matrix("w_k", w_k)
-    _matrix("w_v", w_v)
-    if w_k.shape[1] != w_v.shape[1]:
-        raise ValueError(f"w_k and w_v must read the same input size, got {tuple(w_k.shape)} and {tuple(w_v.shape)}")
-    return w_k.shape[1]
+def _check_shapes(**tensors: tuple[object, str]) -> None:
+    """Check ``name=(tensor, "m d_in")`` pairs: one size per named axis, a name being one size throughout;
+    ``ValueError`` naming the first tensor that does not fit and the sizes the tensors before it fixed."""
+    sizes: dict[str, int] = {}
+    for name, (value, axes) in tensors.items():
+        axes = axes.split()
+        known = {axis: sizes[axis] for axis in axes if axis in sizes}
+        if not (isinstance(value, torch.Tensor) and value.ndim == len(axes)
+                and all(known.get(axis, size) == size for axis, size in zip(axes, value.shape))):
+            got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            fixed = " with " + ", ".join(f"{axis} = {size}" for axis, size in known.items()) if known else ""
+            raise ValueError(f"{name} must have shape ({', '.join(axes)}){fixed}, got {got}")
+        sizes.update(zip(axes, value.shape))
 
 
 def outer_product_sum(w_k: torch.Tensor, w_v: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """sum_j (W_V t_j)(W_K t_j)^T: ``w_k: (d_k, d_in)``, ``w_v: (d_v, d_in)``, ``tokens: (n, d_in) -> (d_v, d_k)``."""
-    d_in = _projections(w_k, w_v)
-    tokens = _tokens("tokens", tokens, d_in)
+    _check_shapes(w_k=(w_k, "d_k d_in"), w_v=(w_v, "d_v d_in"), tokens=(tokens, "n d_in"))
     return (tokens @ w_v.T).T @ (tokens @ w_k.T)
 
 
@@ -75,9 +67,7 @@ def relaxed_linear_attention(
     ``tokens: (n, d_in)`` (demonstrations and query side together), ``queries: (n_q, d_k)`` -> ``(n_q, d_v)``.
     Entry j of the scores is (W_K t_j)^T q: no softmax, no scaling (Dai et al.'s relaxation).
     """
-    d_in = _projections(w_k, w_v)
-    tokens = _tokens("tokens", tokens, d_in)
-    queries = _tokens("queries", queries, w_k.shape[0])
+    _check_shapes(w_k=(w_k, "d_k d_in"), w_v=(w_v, "d_v d_in"), tokens=(tokens, "n d_in"), queries=(queries, "n_q d_k"))
     scores = queries @ (tokens @ w_k.T).T  # (n_q, n): (W_K t_j)^T q
     return scores @ (tokens @ w_v.T)  # (n_q, d_v)
 
@@ -91,11 +81,7 @@ def sgd_linear_layer(
     e_i = -learning_rate (W_{i-1} x_i - t_i). Returns ``(W_m, signals)``, ``signals: (m, d_out)`` holding the e_i, so
     that W_m = W_0 + sum_i e_i x_i^T (:func:`linear_layer_as_attention`).
     """
-    w0 = _matrix("w0", w0)
-    inputs = _tokens("inputs", inputs, w0.shape[1])
-    if not isinstance(targets, torch.Tensor) or tuple(targets.shape) != (inputs.shape[0], w0.shape[0]):
-        got = tuple(targets.shape) if isinstance(targets, torch.Tensor) else type(targets).__name__
-        raise ValueError(f"targets must have shape (m, d_out) = {(inputs.shape[0], w0.shape[0])}, got {got}")
+    _check_shapes(w0=(w0, "d_out d_in"), inputs=(inputs, "m d_in"), targets=(targets, "m d_out"))
     learning_rate = checks.positive_float("learning_rate", learning_rate)
     weights, signals = w0.clone(), []
     for x, t in zip(inputs, targets):
@@ -112,12 +98,8 @@ def linear_layer_as_attention(
 
     ``w0: (d_out, d_in)``, ``inputs: (m, d_in)``, ``signals: (m, d_out)``, ``queries: (n_q, d_in)`` -> ``(n_q, d_out)``.
     """
-    w0 = _matrix("w0", w0)
-    inputs = _tokens("inputs", inputs, w0.shape[1])
-    signals = _tokens("signals", signals, w0.shape[0])
-    queries = _tokens("queries", queries, w0.shape[1])
-    if signals.shape[0] != inputs.shape[0]:
-        raise ValueError(f"signals must have one row per input ({inputs.shape[0]}), got {signals.shape[0]}")
+    _check_shapes(w0=(w0, "d_out d_in"), inputs=(inputs, "m d_in"), signals=(signals, "m d_out"),
+                  queries=(queries, "n_q d_in"))
     return queries @ w0.T + (queries @ inputs.T) @ signals
 
 

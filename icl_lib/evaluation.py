@@ -41,7 +41,7 @@ def squared_errors(preds: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
     if not isinstance(ys, torch.Tensor) or ys.ndim != 2:
         got = tuple(ys.shape) if isinstance(ys, torch.Tensor) else type(ys).__name__
         raise ValueError(f"ys must be a tensor of shape (batch, n_points), got {got}")
-    if not isinstance(preds, torch.Tensor) or preds.shape != ys.shape or preds.ndim != 2:
+    if not isinstance(preds, torch.Tensor) or preds.shape != ys.shape:
         got = tuple(preds.shape) if isinstance(preds, torch.Tensor) else type(preds).__name__
         raise ValueError(f"preds must be a tensor of shape (batch, n_points) = {tuple(ys.shape)}, got {got}")
     return (preds.to(torch.float64) - ys.to(torch.float64)) ** 2

@@ -45,15 +45,35 @@ from icl_lib.prompts import x_positions
 # ---------------------------------------------------------------- prompts and an explicit forward pass
 
 
+# The public functions below check their arguments once, at the top; the helpers they call do not check again.
+
+
+def _shape_of(value: object) -> tuple[int, ...] | str:
+    """For an error message: a tensor's shape, or the type of what came instead."""
+    return tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+
+
 def _check_gpt(model: object) -> GPT:
     if not isinstance(model, GPT):
         raise ValueError(f"model must be an icl_lib.models.GPT, got {type(model).__name__}")
     return model
 
 
+def _check_flag(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def _check_one_shape(names: str, shape: str, *tensors: object) -> None:
+    """``ValueError`` unless ``tensors`` are tensors of one shape, at least 1-d (``names`` and ``shape`` name them)."""
+    if not all(isinstance(t, torch.Tensor) and t.ndim >= 1 for t in tensors) or len({t.shape for t in tensors}) > 1:
+        raise ValueError(f"{names} must be tensors of one shape {shape}, got {[_shape_of(t) for t in tensors]}")
+
+
 def icl_tokens(model: GPT, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
     """The ICL input: the model's tokens of the whole prompt, ``(batch, 2 n_points, token_dim)``."""
-    return _check_gpt(model).tokens(xs, ys)
+    return model.tokens(xs, ys)
 
 
 def zero_shot_tokens(model: GPT, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
@@ -98,13 +118,10 @@ def trace(
 
     ``layer_causal``: detach every block's input (the values are unchanged; gradients of ``layer_predictions[l]``
     then reach block l's parameters only, as Deutch et al.'s layer-causal GD needs)."""
-    model = _check_gpt(model)
-    if not isinstance(layer_causal, bool):
-        raise ValueError(f"layer_causal must be True or False, got {layer_causal!r}")
-    config = model.config
+    config = _check_gpt(model).config
+    _check_flag("layer_causal", layer_causal)
     if not isinstance(tokens, torch.Tensor) or tokens.ndim != 3 or tokens.shape[2] != config.token_dim:
-        got = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__
-        raise ValueError(f"tokens must have shape (batch, T, token_dim = {config.token_dim}), got {got}")
+        raise ValueError(f"tokens must have shape (batch, T, token_dim = {config.token_dim}), got {_shape_of(tokens)}")
     if deltas is not None and len(deltas) != config.n_layers:
         raise ValueError(f"deltas must hold one KeyValueDelta per layer ({config.n_layers}), got {len(deltas)}")
     batch, length, _ = tokens.shape
@@ -144,8 +161,6 @@ def trace(
 
 def zero_deltas(model: GPT, batch: int) -> list[KeyValueDelta]:
     """No change: one zero :class:`KeyValueDelta` per layer for ``batch`` prompts."""
-    model = _check_gpt(model)
-    batch = checks.positive_int("batch", batch)
     width = model.config.width
     like = model.read_in.weight
     return [KeyValueDelta(like.new_zeros(batch, 2 * width, width), like.new_zeros(batch, 2 * width))
@@ -175,8 +190,7 @@ def finetune_key_value_recorded(
         raise ValueError(f"fine-tuning reads paired or interleaved tokens, got token_format "
                          f"{model.config.token_format!r}")
     learning_rate = checks.nonnegative_float("learning_rate", learning_rate)
-    if not isinstance(layer_causal, bool):
-        raise ValueError(f"layer_causal must be True or False, got {layer_causal!r}")
+    _check_flag("layer_causal", layer_causal)
     tokens = zero_shot_tokens(model, xs, ys)
     deltas = zero_deltas(model, batch)
     recorded = []
@@ -215,9 +229,6 @@ def finetune_key_value(
 def random_deltas_like(deltas: Sequence[KeyValueDelta], generator: torch.Generator) -> list[KeyValueDelta]:
     """The random-update control: Gaussian directions with each prompt's and layer's Frobenius norms of the given
     weight and bias changes (so the update has the fine-tuning update's size, not its direction)."""
-    if not isinstance(generator, torch.Generator):
-        raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-
     def like(t: torch.Tensor) -> torch.Tensor:
         noise = torch.randn(t.shape, generator=generator, dtype=t.dtype, device=t.device)
         dims = tuple(range(1, t.ndim))
@@ -307,11 +318,10 @@ def compare(
 ) -> Comparison:
     """Zero-shot, ICL, fine-tuned (:func:`finetune_key_value`, layer-causal if ``layer_causal``) and randomly updated
     model on each prompt's query."""
-    model = _check_gpt(model)
-    _, n_points, _ = checks.prompt_tensors(xs, ys)
-    query = 2 * (n_points - 1)  # position of the query's x token
-    record = finetune_key_value_recorded(model, xs, ys, learning_rate, layer_causal=layer_causal)
+    checks.generator("generator", generator)
+    record = finetune_key_value_recorded(model, xs, ys, learning_rate, layer_causal=layer_causal)  # checks the rest
     deltas = record.deltas
+    query = 2 * (xs.shape[1] - 1)  # position of the query's x token
     blank = zero_shot_tokens(model, xs, ys)
     zsl = _read(model, blank, None, query)
     icl = _read(model, icl_tokens(model, xs, ys), None, query)
@@ -339,11 +349,7 @@ def finetuning_accuracy(
 
 def correct(predictions: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Right/wrong for +-1 labels: sign(prediction) == label, with sign(0) read as +1. ``(n,), (n,) -> (n,)`` bool."""
-    if not isinstance(predictions, torch.Tensor) or not isinstance(labels, torch.Tensor):
-        raise ValueError("predictions and labels must be tensors")
-    if predictions.shape != labels.shape:
-        raise ValueError(f"predictions and labels must have the same shape, got {tuple(predictions.shape)} "
-                         f"and {tuple(labels.shape)}")
+    _check_one_shape("predictions and labels", "(n,)", predictions, labels)
     return torch.where(predictions >= 0, 1.0, -1.0) == labels.to(predictions.dtype)
 
 
@@ -352,24 +358,17 @@ def accuracy(predictions: torch.Tensor, labels: torch.Tensor) -> float:
     return correct(predictions, labels).double().mean().item()
 
 
-def _bool_vector(name: str, value: object) -> torch.Tensor:
-    if not isinstance(value, torch.Tensor) or value.dtype != torch.bool or value.ndim != 1:
-        got = (tuple(value.shape), value.dtype) if isinstance(value, torch.Tensor) else type(value).__name__
-        raise ValueError(f"{name} must be a 1-d bool tensor (right = True), got {got}")
-    return value
-
-
 def rec2ftp(zsl_correct: torch.Tensor, icl_correct: torch.Tensor, ft_correct: torch.Tensor) -> float:
     """Dai et al.'s recall to fine-tuning predictions: among the examples that fine-tuning gets right and zero-shot
     gets wrong, the share that ICL also gets right. Arguments: ``(n,)`` bool. NaN if there is no such example."""
-    zsl, icl, ft = (_bool_vector(n, v) for n, v in
-                    (("zsl_correct", zsl_correct), ("icl_correct", icl_correct), ("ft_correct", ft_correct)))
-    if not zsl.shape == icl.shape == ft.shape:
-        raise ValueError(f"zsl_correct, icl_correct and ft_correct must have one shape, got "
-                         f"{tuple(zsl.shape)}, {tuple(icl.shape)}, {tuple(ft.shape)}")
-    recovered = ft & ~zsl
+    for name, value in (("zsl_correct", zsl_correct), ("icl_correct", icl_correct), ("ft_correct", ft_correct)):
+        if not isinstance(value, torch.Tensor) or value.dtype != torch.bool or value.ndim != 1:
+            got = (tuple(value.shape), value.dtype) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise ValueError(f"{name} must be a 1-d bool tensor (right = True), got {got}")
+    _check_one_shape("zsl_correct, icl_correct and ft_correct", "(n,)", zsl_correct, icl_correct, ft_correct)
+    recovered = ft_correct & ~zsl_correct
     count = int(recovered.sum())
-    return float("nan") if count == 0 else int((recovered & icl).sum()) / count
+    return float("nan") if count == 0 else int((recovered & icl_correct).sum()) / count
 
 
 def cosine_similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -377,9 +376,7 @@ def cosine_similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
     A zero vector has cosine 0 with everything.
     """
-    if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor) or a.shape != b.shape or a.ndim < 1:
-        got = [tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__ for t in (a, b)]
-        raise ValueError(f"a and b must be tensors of one shape (..., n), got {got}")
+    _check_one_shape("a and b", "(..., n)", a, b)
     norms = a.norm(dim=-1) * b.norm(dim=-1)
     dots = (a * b).sum(-1)
     return torch.where(norms > 0, dots / norms.clamp_min(torch.finfo(norms.dtype).tiny), torch.zeros_like(dots))
@@ -391,14 +388,10 @@ def update_cosines(
     """cos(h_ICL - h_ZSL, h_other - h_ZSL) for every leading index: ``(..., width)`` three times -> ``(...)``.
 
     ``normalize``: first divide every vector by its length, as Dai et al.'s ``compute_sim.py`` does (``norm_hidden``)."""
-    if not isinstance(normalize, bool):
-        raise ValueError(f"normalize must be True or False, got {normalize!r}")
-    tensors = (h_zsl, h_icl, h_other)
-    if not all(isinstance(t, torch.Tensor) for t in tensors) or not h_zsl.shape == h_icl.shape == h_other.shape:
-        got = [tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__ for t in tensors]
-        raise ValueError(f"h_zsl, h_icl and h_other must be tensors of one shape (..., width), got {got}")
+    _check_flag("normalize", normalize)
+    _check_one_shape("h_zsl, h_icl and h_other", "(..., width)", h_zsl, h_icl, h_other)
     if normalize:
-        h_zsl, h_icl, h_other = (t / t.norm(dim=-1, keepdim=True).clamp_min(1e-20) for t in tensors)
+        h_zsl, h_icl, h_other = (t / t.norm(dim=-1, keepdim=True).clamp_min(1e-20) for t in (h_zsl, h_icl, h_other))
     return cosine_similarity(h_icl - h_zsl, h_other - h_zsl)
 
 
@@ -424,9 +417,7 @@ def kendall_tau(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     tau_b = (C - D) / sqrt((P - T_a)(P - T_b)) over the P = n (n - 1) / 2 pairs, with C concordant and D discordant
     pairs and T_a, T_b the pairs tied in a, in b (scipy's default). NaN where a or b is constant.
     """
-    if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor) or a.shape != b.shape or a.ndim < 1:
-        got = [tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__ for t in (a, b)]
-        raise ValueError(f"a and b must be tensors of one shape (..., n), got {got}")
+    _check_one_shape("a and b", "(..., n)", a, b)
     if a.shape[-1] < 2:
         raise ValueError(f"kendall_tau needs n >= 2 values along the last axis, got {a.shape[-1]}")
     sign_a = torch.sign(a[..., :, None] - a[..., None, :])
@@ -444,8 +435,7 @@ def demonstration_attention(maps: torch.Tensor) -> torch.Tensor:
     """The query's attention to the demonstrations' tokens (all positions but the query's own), averaged over layers
     and heads: ``(batch, n_layers, n_heads, q + 1) -> (batch, q)``."""
     if not isinstance(maps, torch.Tensor) or maps.ndim != 4 or maps.shape[-1] < 3:
-        got = tuple(maps.shape) if isinstance(maps, torch.Tensor) else type(maps).__name__
-        raise ValueError(f"maps must have shape (batch, n_layers, n_heads, q + 1) with q >= 2, got {got}")
+        raise ValueError(f"maps must have shape (batch, n_layers, n_heads, q + 1) with q >= 2, got {_shape_of(maps)}")
     return maps[..., :-1].mean(dim=(1, 2))
 
 
@@ -463,9 +453,8 @@ def training_token_attention(query: torch.Tensor, training_queries: torch.Tensor
     if (not isinstance(query, torch.Tensor) or not isinstance(training_queries, torch.Tensor) or query.ndim != 3
             or training_queries.ndim != 4 or training_queries.shape[:2] != query.shape[:2]
             or training_queries.shape[3] != query.shape[2]):
-        got = [tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__ for t in (query, training_queries)]
         raise ValueError(f"query must be (batch, n_layers, width) and training_queries (batch, n_layers, n_tokens, "
-                         f"width), got {got}")
+                         f"width), got {[_shape_of(query), _shape_of(training_queries)]}")
     return torch.einsum("blw,bltw->blt", query, training_queries).softmax(dim=-1)
 
 
@@ -476,8 +465,7 @@ def context_attention(scores: torch.Tensor, n_context: int) -> torch.Tensor:
     ``scores: (batch, n_layers, n_heads, positions)`` -> ``(batch, n_layers, n_context)``.
     """
     if not isinstance(scores, torch.Tensor) or scores.ndim != 4:
-        got = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
-        raise ValueError(f"scores must have shape (batch, n_layers, n_heads, positions), got {got}")
+        raise ValueError(f"scores must have shape (batch, n_layers, n_heads, positions), got {_shape_of(scores)}")
     n_context = checks.positive_int("n_context", n_context)
     if n_context > scores.shape[-1]:
         raise ValueError(f"n_context must be at most the number of positions ({scores.shape[-1]}), got {n_context}")
@@ -489,7 +477,6 @@ def example_level(attention: torch.Tensor, tokens_per_example: int) -> torch.Ten
     tokens_per_example) -> (..., n_examples)``."""
     tokens_per_example = checks.positive_int("tokens_per_example", tokens_per_example)
     if not isinstance(attention, torch.Tensor) or attention.ndim < 1 or attention.shape[-1] % tokens_per_example:
-        got = tuple(attention.shape) if isinstance(attention, torch.Tensor) else type(attention).__name__
         raise ValueError(f"attention's last axis must be a multiple of tokens_per_example = {tokens_per_example}, "
-                         f"got {got}")
+                         f"got {_shape_of(attention)}")
     return attention.unflatten(-1, (-1, tokens_per_example)).sum(-1)

@@ -19,18 +19,9 @@ def query_prompts(xs: torch.Tensor, ys: torch.Tensor, queries: torch.Tensor) -> 
 
     ``xs: (k, d)`` and ``ys: (k,)`` are the examples, ``queries: (m, d)``; returns ``(m, k + 1, d)`` inputs and
     ``(m, k + 1)`` labels whose last column is 0 (a causal model never reads it for its own prediction).
+    :func:`in_context_fit` checks the shapes.
     """
-    if not isinstance(xs, torch.Tensor) or xs.ndim != 2:
-        got = tuple(xs.shape) if isinstance(xs, torch.Tensor) else type(xs).__name__
-        raise ValueError(f"xs must be a tensor of shape (k, d), got {got}")
-    k, d = xs.shape
-    if not isinstance(ys, torch.Tensor) or ys.shape != (k,):
-        got = tuple(ys.shape) if isinstance(ys, torch.Tensor) else type(ys).__name__
-        raise ValueError(f"ys must be a tensor of shape (k,) = ({k},), got {got}")
-    if not isinstance(queries, torch.Tensor) or queries.ndim != 2 or queries.shape[1] != d:
-        got = tuple(queries.shape) if isinstance(queries, torch.Tensor) else type(queries).__name__
-        raise ValueError(f"queries must be a tensor of shape (m, d) with d = {d}, got {got}")
-    m = queries.shape[0]
+    (k, d), m = xs.shape, queries.shape[0]
     prompt_xs = torch.cat([xs.expand(m, k, d), queries[:, None, :].to(xs.dtype)], dim=1)
     prompt_ys = torch.cat([ys.expand(m, k), torch.zeros(m, 1, dtype=ys.dtype, device=ys.device)], dim=1)
     return prompt_xs, prompt_ys
@@ -43,10 +34,16 @@ def in_context_fit(predict: Predictor, xs: torch.Tensor, ys: torch.Tensor, queri
     first i examples (a trained model, or a baseline of :mod:`icl_lib.baselines`); ``xs: (k, d)``, ``ys: (k,)``,
     ``queries: (m, d)``. Runs without gradients.
     """
+    arguments = {"xs": xs, "ys": ys, "queries": queries}
+    if not (all(isinstance(t, torch.Tensor) for t in arguments.values()) and xs.ndim == 2 and ys.shape == xs.shape[:1]
+            and queries.ndim == 2 and queries.shape[1] == xs.shape[1]):
+        got = ", ".join(f"{name} {tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}"
+                        for name, t in arguments.items())
+        raise ValueError(f"in_context_fit takes xs: (k, d), ys: (k,) and queries: (m, d) (one k, one d), got {got}")
     prompt_xs, prompt_ys = query_prompts(xs, ys, queries)
     with torch.no_grad():
         preds = predict(prompt_xs, prompt_ys)
-    if not isinstance(preds, torch.Tensor) or preds.shape != prompt_ys.shape:
+    if not isinstance(preds, torch.Tensor) or preds.shape != prompt_ys.shape:  # predict is the caller's code
         got = tuple(preds.shape) if isinstance(preds, torch.Tensor) else type(preds).__name__
         raise ValueError(f"predict must return a tensor of shape (batch, n_points) = {tuple(prompt_ys.shape)}, got {got}")
     return preds[:, -1]

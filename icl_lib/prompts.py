@@ -37,16 +37,17 @@ def paired_tokens(xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
 
 
 def compact_tokens(xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
-    """One token per point: ``(batch, n_points, 2 d + 1)``, token i = (x_i, x_{i-1}, y_{i-1}), zeros before x_1."""
-    batch, n_points, d = checks.prompt_tensors(xs, ys)
+    """One token per point: ``(batch, n_points, 2 d + 1)``, token i = (x_i, x_{i-1}, y_{i-1}), zeros before x_1.
+
+    Called by :meth:`icl_lib.models.GPT.tokens`, which checks the prompt first."""
     previous = torch.cat((xs, ys[..., None]), dim=-1)[:, :-1]  # (batch, n_points - 1, d + 1)
     previous = torch.cat((torch.zeros_like(previous[:, :1]), previous), dim=1)  # shifted right by one point
     return torch.cat((xs, previous), dim=-1)
 
 
 def x_positions(n_points: int) -> slice:
-    """Positions of the x tokens in an interleaved or paired sequence, where predictions are read."""
-    checks.positive_int("n_points", n_points)
+    """Positions of the x tokens in an interleaved or paired sequence of ``n_points`` points, where predictions are
+    read (``n_points`` comes from a prompt's shape, so it is not checked)."""
     return slice(0, 2 * n_points, 2)
 
 
@@ -54,12 +55,9 @@ def lsa_embedding(xs: torch.Tensor, ys: torch.Tensor, x_query: torch.Tensor) -> 
     """Zhang-Frei-Bartlett embedding ``E: (batch, d + 1, N + 1)`` of N examples and a query.
 
     ``xs: (batch, N, d)``, ``ys: (batch, N)``, ``x_query: (batch, d)``. Column i < N is (x_i, y_i); the last
-    column is (x_q, 0). The model's prediction is entry (d + 1, N + 1) of its output.
+    column is (x_q, 0). The model's prediction is entry (d + 1, N + 1) of its output. The LSA models build it from a
+    prompt they have checked (:mod:`icl_lib.models`), so the shapes are not checked again here.
     """
-    batch, n_points, d = checks.prompt_tensors(xs, ys)
-    if not isinstance(x_query, torch.Tensor) or tuple(x_query.shape) != (batch, d):
-        shape = tuple(x_query.shape) if isinstance(x_query, torch.Tensor) else type(x_query).__name__
-        raise ValueError(f"x_query must have shape (batch, d) = {(batch, d)}, got {shape}")
     top = torch.cat((xs, x_query[:, None, :]), dim=1)  # (batch, N + 1, d)
     bottom = torch.cat((ys, torch.zeros_like(ys[:, :1])), dim=1)  # (batch, N + 1)
     return torch.cat((top, bottom[..., None]), dim=-1).transpose(1, 2)

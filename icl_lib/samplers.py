@@ -34,28 +34,26 @@ def gaussian_xs(
     checks.positive_int("d", d)
     scale = checks.nonnegative_float("scale", scale)
     device = checks.generator("generator", generator).device
+    if cov is not None and not (isinstance(cov, torch.Tensor) and tuple(cov.shape) in ((d, d), (batch, d, d))):
+        got = tuple(cov.shape) if isinstance(cov, torch.Tensor) else type(cov).__name__
+        raise ValueError(f"cov must be a tensor of shape (d, d) = {(d, d)} or (batch, d, d) = {(batch, d, d)}, "
+                         f"got {got}")
+    if cov is not None and not torch.allclose(cov.double(), cov.double().transpose(-1, -2), atol=1e-8):
+        raise ValueError("cov must be symmetric")
     z = torch.randn(batch, n_points, d, generator=generator, device=device, dtype=dtype)
     if cov is not None:
-        z = z @ cov_sqrt(cov, d, batch).to(device=device, dtype=dtype).transpose(-1, -2)
+        z = z @ cov_sqrt(cov).to(device=device, dtype=dtype).transpose(-1, -2)
     return scale * z
 
 
-def cov_sqrt(cov: torch.Tensor, d: int, batch: int | None = None) -> torch.Tensor:
-    """Symmetric square root of a PSD covariance ``(d, d)`` or ``(batch, d, d)``, computed in float64."""
-    if not isinstance(cov, torch.Tensor):
-        raise ValueError(f"cov must be a tensor of shape (d, d) or (batch, d, d), got {type(cov).__name__}")
-    accepted = [(d, d)] + ([(batch, d, d)] if batch is not None else [])
-    if tuple(cov.shape) not in accepted:
-        raise ValueError(f"cov must have shape {' or '.join(map(str, accepted))}, got {tuple(cov.shape)}")
-    cov64 = cov.to(torch.float64)
-    if not torch.allclose(cov64, cov64.transpose(-1, -2), atol=1e-8):
-        raise ValueError("cov must be symmetric")
-    eigenvalues, eigenvectors = torch.linalg.eigh(cov64)
+def cov_sqrt(cov: torch.Tensor) -> torch.Tensor:
+    """Symmetric square root of a symmetric PSD covariance ``(d, d)`` or ``(batch, d, d)``, computed in float64."""
+    eigenvalues, eigenvectors = torch.linalg.eigh(cov.to(torch.float64))
     # Rounding makes a singular covariance's zero eigenvalues slightly negative: about d * eps of the input's dtype
     # relative to the largest (eps = 1.2e-7 in float32), so the tolerance scales with it.
     eps = torch.finfo(cov.dtype).eps if cov.is_floating_point() else 0.0
-    tolerance = max(1e-8, d * eps) * eigenvalues.abs().amax(dim=-1, keepdim=True).clamp_min(1.0)
-    if (eigenvalues < -tolerance).any():
+    tolerance = max(1e-8, cov.shape[-1] * eps) * eigenvalues.abs().amax(dim=-1, keepdim=True).clamp_min(1.0)
+    if (eigenvalues < -tolerance).any():  # a check on the argument that needs the eigenvalues, so it is made here
         raise ValueError("cov must be positive semi-definite (it has a negative eigenvalue)")
     root = eigenvalues.clamp_min(0).sqrt()
     return (eigenvectors * root.unsqueeze(-2)) @ eigenvectors.transpose(-1, -2)

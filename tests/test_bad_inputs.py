@@ -28,8 +28,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from icl_lib import (baselines, checkpoints, dual_form, evaluate, evaluation, finetuning, models, plotting, samplers,
-                     tasks, theory)
+from icl_lib import (baselines, checkpoints, dual_form, evaluate, evaluation, finetuning, fits, models, plotting,
+                     samplers, tasks, theory)
 from icl_lib import train as train_module
 from icl_lib.checkpoints import CHECKPOINT_FILE, META_FILE, METRICS_FILE, MODEL_FILE, repository_root
 from icl_lib.devices import make_generator
@@ -409,6 +409,21 @@ LIBRARY_ERRORS = [
      r"fig must be a matplotlib Figure, got Axes"),
     ("sim_aou of mismatched shapes", lambda run, tmp: finetuning.sim_aou(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(3, 3)),
      r"h_zsl, h_icl and h_other must be tensors of one shape"),
+    ("compare(generator=7)", lambda run, tmp: finetuning.compare(
+        models.make_model({"name": "gpt", "n_layers": 1, "width": 8, "n_heads": 2, "token_format": "paired"}, 2, 3, seed=0),
+        torch.zeros(1, 3, 2), torch.zeros(1, 3), 0.1, 7), r"generator must be a torch.Generator .*, got 7"),
+    ("relaxed_linear_attention w_v of another d_in", lambda run, tmp: dual_form.relaxed_linear_attention(
+        torch.zeros(3, 4), torch.zeros(3, 5), torch.zeros(2, 4), torch.zeros(1, 3)),
+     r"w_v must have shape \(d_v, d_in\) with d_in = 4, got \(3, 5\)"),
+    ("gd_transformer preconditioner of another d",
+     lambda run, tmp: dual_form.gd_transformer(3, [0.1], preconditioner=torch.eye(2)),
+     r"preconditioner must have shape \(d, d\) = \(3, 3\), got \(2, 2\)"),
+    ("in_context_fit ys of another k", lambda run, tmp: fits.in_context_fit(
+        lambda xs, ys: ys, torch.zeros(3, 1), torch.zeros(2), torch.zeros(2, 1)),
+     r"in_context_fit takes xs: \(k, d\), ys: \(k,\) and queries: \(m, d\) \(one k, one d\), got xs \(3, 1\), ys \(2,\), "
+     r"queries \(2, 1\)"),
+    ("gaussian_xs cov of another d", lambda run, tmp: samplers.gaussian_xs(4, 3, 2, make_generator(0), cov=torch.eye(3)),
+     r"cov must be a tensor of shape \(d, d\) = \(2, 2\) or \(batch, d, d\) = \(4, 2, 2\), got \(3, 3\)"),
 ]
 
 

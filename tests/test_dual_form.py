@@ -93,18 +93,22 @@ def test_gd_layer_weights_layout():
 
 def test_bad_inputs_raise_value_errors_naming_the_argument():
     w = randn(3, 4)
-    with pytest.raises(ValueError, match="w_k must be a 2-d tensor"):
-        dual_form.outer_product_sum(randn(3), w, randn(2, 4))
-    with pytest.raises(ValueError, match="tokens must have shape"):
-        dual_form.outer_product_sum(w, w, randn(2, 5))
-    with pytest.raises(ValueError, match="w_k and w_v must read the same input size"):
-        dual_form.outer_product_sum(randn(3, 4), randn(3, 5), randn(2, 4))
+    with pytest.raises(ValueError, match=r"w_k must have shape \(d_k, d_in\), got \(3,\)"):
+        dual_form.zero_shot_weights(randn(3), w, randn(2, 4))
+    with pytest.raises(ValueError, match=r"tokens must have shape \(n, d_in\) with d_in = 4, got \(2, 5\)"):
+        dual_form.icl_weight_update(w, w, randn(2, 5))
+    with pytest.raises(ValueError, match=r"w_v must have shape \(d_v, d_in\) with d_in = 4, got \(3, 5\)"):
+        dual_form.relaxed_linear_attention(randn(3, 4), randn(3, 5), randn(2, 4), randn(1, 3))
+    with pytest.raises(ValueError, match=r"queries must have shape \(n_q, d_k\) with d_k = 3, got \(1, 4\)"):
+        dual_form.relaxed_linear_attention(w, w, randn(2, 4), randn(1, 4))
+    with pytest.raises(ValueError, match=r"signals must have shape \(m, d_out\) with m = 2, d_out = 3, got \(3, 3\)"):
+        dual_form.linear_layer_as_attention(w, randn(2, 4), randn(3, 3), randn(1, 4))
     with pytest.raises(ValueError, match="learning_rate must be a finite number > 0"):
         dual_form.sgd_linear_layer(w, randn(2, 4), randn(2, 3), learning_rate=0.0)
-    with pytest.raises(ValueError, match="targets must have shape"):
+    with pytest.raises(ValueError, match=r"targets must have shape \(m, d_out\) with m = 2, d_out = 3, got \(2, 2\)"):
         dual_form.sgd_linear_layer(w, randn(2, 4), randn(2, 2), learning_rate=0.1)
     with pytest.raises(ValueError, match="preconditioner must have shape"):
-        dual_form.gd_layer_weights(3, 0.1, preconditioner=torch.eye(2))
+        dual_form.gd_transformer(3, [0.1], preconditioner=torch.eye(2))
     with pytest.raises(ValueError, match="learning_rates must be a non-empty sequence"):
         dual_form.gd_transformer(3, [])
     with pytest.raises(ValueError, match="learning_rates must be a non-empty sequence"):

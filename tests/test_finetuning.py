@@ -140,15 +140,21 @@ def test_demonstration_attention_averages_layers_and_heads():
 
 
 def test_bad_inputs_raise_value_errors():
-    with pytest.raises(ValueError, match="model must be an icl_lib.models.GPT"):
-        ft.zero_deltas(torch.nn.Linear(2, 2), 3)
+    with pytest.raises(ValueError, match="model must be an icl_lib.models.GPT, got Linear"):
+        ft.zero_shot_tokens(torch.nn.Linear(2, 2), *prompts())
     model = make_model(SPEC, 3, 5, seed=0)
+    with pytest.raises(ValueError, match="model must be an icl_lib.models.GPT, got Linear"):
+        ft.compare(torch.nn.Linear(2, 2), *prompts(), 0.1, make_generator(0))
+    with pytest.raises(ValueError, match="generator must be a torch.Generator"):
+        ft.compare(model, *prompts(), 0.1, 7)
     with pytest.raises(ValueError, match="tokens must have shape"):
         ft.trace(model, torch.zeros(2, 4, 7))
     with pytest.raises(ValueError, match="learning_rate must be a finite number >= 0"):
         ft.finetune_key_value(model, *prompts(), -1.0)
-    with pytest.raises(ValueError, match="a and b must be tensors of one shape"):
+    with pytest.raises(ValueError, match=r"a and b must be tensors of one shape \(\.\.\., n\), got \[\(2,\), \(3,\)\]"):
         ft.cosine_similarity(torch.ones(2), torch.ones(3))
+    with pytest.raises(ValueError, match=r"predictions and labels must be tensors of one shape \(n,\), got .*'list'"):
+        ft.correct(torch.ones(2), [1.0, 1.0])
 
 
 # ---------------------------------------------------------------- Dai et al.'s definitions and layer-causal GD

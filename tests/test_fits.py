@@ -44,16 +44,18 @@ def test_a_causal_model_does_not_see_the_zero_label_of_its_query():
 
 
 @pytest.mark.parametrize(
-    ("xs", "ys", "queries", "argument"),
+    ("xs", "ys", "queries", "got"),
     [
-        (torch.zeros(3), torch.zeros(3), torch.zeros(2, 1), "xs"),
-        (torch.zeros(3, 1), torch.zeros(2), torch.zeros(2, 1), "ys"),
-        (torch.zeros(3, 1), torch.zeros(3), torch.zeros(2, 2), "queries"),
+        (torch.zeros(3), torch.zeros(3), torch.zeros(2, 1), r"xs \(3,\), ys \(3,\), queries \(2, 1\)"),
+        (torch.zeros(3, 1), torch.zeros(2), torch.zeros(2, 1), r"xs \(3, 1\), ys \(2,\), queries \(2, 1\)"),
+        (torch.zeros(3, 1), torch.zeros(3), torch.zeros(2, 2), r"xs \(3, 1\), ys \(3,\), queries \(2, 2\)"),
+        (torch.zeros(3, 1), [0.0] * 3, torch.zeros(2, 1), r"xs \(3, 1\), ys list, queries \(2, 1\)"),
     ],
 )
-def test_bad_shapes_are_named(xs, ys, queries, argument):
-    with pytest.raises(ValueError, match=argument):
-        query_prompts(xs, ys, queries)
+def test_bad_shapes_are_shown_with_the_accepted_ones(xs, ys, queries, got):
+    message = r"^in_context_fit takes xs: \(k, d\), ys: \(k,\) and queries: \(m, d\) \(one k, one d\), got "
+    with pytest.raises(ValueError, match=message + got + "$"):
+        in_context_fit(lambda a, b: b, xs, ys, queries)
 
 
 def test_a_predictor_with_the_wrong_output_shape_is_named():

@@ -129,7 +129,7 @@ def test_encodings_do_not_modify_their_inputs():
 # ---------------------------------------------------------------- bad input
 
 
-@pytest.mark.parametrize("encode", [interleaved_tokens, paired_tokens, compact_tokens])
+@pytest.mark.parametrize("encode", [interleaved_tokens, paired_tokens])  # the chapters call these two directly
 def test_token_encodings_reject_bad_shapes(encode):
     xs, ys = random_prompt(2, 3, 4)
     with pytest.raises(ValueError, match=r"xs must be a tensor of shape \(batch, n_points, d\), got \(3, 4\)"):
@@ -140,21 +140,3 @@ def test_token_encodings_reject_bad_shapes(encode):
         encode(xs, ys[..., None])
     with pytest.raises(ValueError, match=r"xs must be a tensor .*got list"):
         encode(xs.tolist(), ys)
-
-
-def test_lsa_embedding_rejects_bad_query():
-    xs, ys = random_prompt(2, 3, 4)
-    with pytest.raises(ValueError, match=r"x_query must have shape \(batch, d\) = \(2, 4\), got \(2, 3\)"):
-        lsa_embedding(xs, ys, torch.zeros(2, 3, dtype=torch.float64))
-    with pytest.raises(ValueError, match=r"x_query must have shape \(batch, d\) = \(2, 4\), got \(4,\)"):
-        lsa_embedding(xs, ys, torch.zeros(4, dtype=torch.float64))
-    with pytest.raises(ValueError, match=r"x_query must have shape .*got list"):
-        lsa_embedding(xs, ys, [[0.0] * 4] * 2)
-    with pytest.raises(ValueError, match=r"ys must be a tensor of shape"):
-        lsa_embedding(xs, ys[:1], torch.zeros(2, 4, dtype=torch.float64))
-
-
-@pytest.mark.parametrize("n_points", [0, -1, 2.0])
-def test_x_positions_rejects_bad_n_points(n_points):
-    with pytest.raises(ValueError, match=r"^n_points must be a positive integer"):
-        x_positions(n_points)
