@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import platform
 import subprocess
 import tempfile
 from collections.abc import Callable, Mapping
@@ -30,7 +31,7 @@ from typing import IO, Any
 import torch
 from torch import nn
 
-from icl_lib.devices import resolve_device
+from icl_lib.devices import device_name, resolve_device
 from icl_lib.models import make_model
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -182,6 +183,15 @@ def git_commit(cwd: str | os.PathLike | None = None) -> tuple[str, bool | None]:
     except (OSError, subprocess.SubprocessError):
         dirty = None
     return commit, dirty
+
+
+def provenance(device: torch.device) -> dict[str, Any]:
+    """Where and with what a run or an evaluation was made, as ``meta.json`` and the result files record it: the git
+    commit (and whether the work tree had uncommitted changes), the device and its name, torch's and Python's
+    versions."""
+    commit, dirty = git_commit()
+    return {"git_commit": commit, "git_dirty": dirty, "device": str(device), "device_name": device_name(device),
+            "torch_version": torch.__version__, "python_version": platform.python_version()}
 
 
 def write_meta(directory: str | os.PathLike, meta: Mapping[str, Any]) -> Path:

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from icl_lib import baselines, checkpoints, checks, evaluation, models, shifts, tasks
-from icl_lib.devices import device_name, make_generator, resolve_device
+from icl_lib.devices import make_generator, resolve_device
 from icl_lib.evaluation import ErrorCurve
 from icl_lib.samplers import gaussian_xs
 
@@ -413,8 +413,7 @@ def _run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         "command": "python -m icl_lib.evaluate " + shlex.join(argv),
         "n_prompts": args.prompts, "seed": args.seed, "n_dims": n_dims, "n_points": n_points,
         "shift": shift_spec, "estimators": list(estimators), "estimator_options": estimator_options,
-        "device": str(device), "device_name": device_name(device), "torch_version": torch.__version__,
-        "wall_time_s": round(wall, 3),
+        **checkpoints.provenance(device), "wall_time_s": round(wall, 3),
     }
     path = write_result(out, curves, run=meta, task=task_spec, provenance=provenance)
     summary = {name: [round(float(v), 4) for v in curve.mean] for name, curve in curves.items()}

@@ -29,7 +29,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import platform
 import shlex
 import sys
 import time
@@ -46,7 +45,7 @@ from torch import nn
 from tqdm import tqdm
 
 from icl_lib import checks, checkpoints, models
-from icl_lib.devices import device_name, make_generator, parse_device, resolve_device
+from icl_lib.devices import make_generator, parse_device, resolve_device
 from icl_lib.samplers import gaussian_xs
 from icl_lib.tasks import make_task
 
@@ -290,14 +289,21 @@ def derive_seed(seed: int, stream: str) -> int:
 # ---------------------------------------------------------------- the step
 
 
-@dataclass
-class _StepState:
-    """Device tensors a step reads and writes in place (static addresses, as a CUDA graph needs)."""
+def sample_batch(task: Any, batch_size: int, n_points: int, n_dims: int, generator: torch.Generator,
+                 active_dims: torch.Tensor | int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The prompts of a training step or a held-out evaluation: ``xs: (batch_size, n_points, n_dims)`` drawn from
+    N(0, I), then their labels ``ys: (batch_size, n_points)`` from ``task``, both from ``generator``.
 
-    dims: torch.Tensor  # () int64: active dimension
-    points: torch.Tensor  # () int64: active number of points
-    zero_error: torch.Tensor  # () float32: the task's zero-predictor error at the active dimension
-    totals: torch.Tensor  # (2,) float32: sum of losses and of normalised errors since the last log
+    With ``active_dims`` (an int, or a 0-dim device tensor, read without a host sync) the coordinates beyond it are
+    zeroed, as Garg et al.'s curriculum does, and a task that ``takes_active_dims`` draws its functions among the
+    active coordinates.
+    """
+    xs = gaussian_xs(batch_size, n_points, n_dims, generator)
+    if active_dims is None:
+        return xs, task.sample(xs, generator).ys
+    xs = xs * (torch.arange(n_dims, device=xs.device) < active_dims).to(xs.dtype)
+    options = {"active_dims": active_dims} if getattr(task, "takes_active_dims", False) else {}
+    return xs, task.sample(xs, generator, **options).ys
 
 
 def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
@@ -322,42 +328,97 @@ def masked_mse(
     return (errors * weights).sum() / (weights.sum() * errors.shape[0])
 
 
-def _active_dims_option(task: Any, curriculum: bool, dims: torch.Tensor | int) -> dict[str, Any]:
-    """``{"active_dims": dims}`` for a task that draws among the active coordinates under a curriculum, else ``{}``."""
-    return {"active_dims": dims} if curriculum and getattr(task, "takes_active_dims", False) else {}
+class _Step:
+    """The training step: sample, forward, loss, backward, clip, AdamW, eagerly or replayed from a CUDA graph.
 
+    It never waits for the host: what changes between steps (learning rate, active shape) lives in device tensors
+    filled in place, and the loss and normalised error are summed on the device in ``totals`` until
+    :meth:`take_means` reads them. It owns what a step changes (model, optimizer, data generator, totals), so it is
+    also what a checkpoint saves (:meth:`state_dict`) and a resumed run restores (:meth:`load_state_dict`).
+    """
 
-def _make_step(
-    model: nn.Module,
-    task: Any,
-    optimizer: torch.optim.Optimizer,
-    generator: torch.Generator,
-    config: TrainConfig,
-    device: torch.device,
-    state: _StepState,
-) -> Callable[[], None]:
-    """The training step as a closure with no host synchronisation (so it can be captured in a CUDA graph)."""
-    dim_index = torch.arange(config.n_dims, device=device)
-    sequence = getattr(model, "predicts_every_position", False)
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    active = _active_dims_option(task, config.curriculum is not None, state.dims)
+    def __init__(self, model: nn.Module, task: Any, config: TrainConfig, device: torch.device) -> None:
+        self.model, self.task, self.config, self.device = model, task, config, device
+        use_graph = config.cuda_graph and device.type == "cuda"
+        self.optimizer = _make_optimizer(model, config, device, capturable=use_graph)
+        # On CUDA the learning rate is a device tensor, kept here: loading an optimizer state replaces the group's.
+        self.lr = self.optimizer.param_groups[0]["lr"] if device.type == "cuda" else None
+        self.generator = make_generator(derive_seed(config.seed, "train"), device)
+        self.dims = torch.zeros((), dtype=torch.int64, device=device)  # the active dimension
+        self.points = torch.zeros((), dtype=torch.int64, device=device)  # the active number of points
+        self.zero_error = torch.ones((), dtype=torch.float32, device=device)  # the task's, at the active dimension
+        self.totals = torch.zeros(2, dtype=torch.float32, device=device)  # sums of losses and normalised errors
+        self.summed = 0  # steps in totals
+        self.parameters = [p for p in model.parameters() if p.requires_grad]
+        self.every_position = getattr(model, "predicts_every_position", False)  # else the loss is the query's only
+        self.active: tuple[int, int] | None = None
+        self.graph = _CudaGraphStep(self._eager, self.optimizer, self.generator, device) if use_graph else None
 
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        xs = gaussian_xs(config.batch_size, config.n_points, config.n_dims, generator)
-        xs = xs * (dim_index < state.dims).to(xs.dtype)  # zero the coordinates beyond the active dimension
-        ys = task.sample(xs, generator, **active).ys
-        with _autocast(device, config.autocast):
-            preds = model(xs, ys)
-        loss = masked_mse(preds, ys, state.points if sequence else None)
+    def set_lr(self, value: float) -> None:
+        if self.lr is not None:
+            self.lr.fill_(value)  # a kernel launch, no synchronisation
+        for group in self.optimizer.param_groups:
+            group["lr"] = value if self.lr is None else self.lr
+
+    def set_active(self, dims: int, points: int) -> None:
+        """The curriculum's shape ``(n_dims, n_points)``; filled only when it changes (each fill is a kernel)."""
+        if (dims, points) != self.active:
+            self.active = (dims, points)
+            self.dims.fill_(dims)
+            self.points.fill_(points)
+            self.zero_error.fill_(self.task.zero_predictor_error(dims))
+
+    def __call__(self) -> None:
+        self.summed += 1
+        (self.graph or self._eager)()
+
+    def _eager(self) -> None:
+        config = self.config
+        self.optimizer.zero_grad(set_to_none=True)
+        xs, ys = sample_batch(self.task, config.batch_size, config.n_points, config.n_dims, self.generator,
+                              self.dims if config.curriculum is not None else None)
+        with _autocast(self.device, config.autocast):
+            preds = self.model(xs, ys)
+        loss = masked_mse(preds, ys, self.points if self.every_position else None)
         loss.backward()
         if config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip)
-        optimizer.step()
+            torch.nn.utils.clip_grad_norm_(self.parameters, config.grad_clip)
+        self.optimizer.step()
         loss = loss.detach()
-        state.totals.add_(torch.stack((loss, loss / state.zero_error)))
+        self.totals.add_(torch.stack((loss, loss / self.zero_error)))
 
-    return step
+    def take_means(self) -> dict[str, float]:
+        """The mean training loss and normalised error since the last call: the only read of them (a sync)."""
+        loss_sum, error_sum = self.totals.tolist()
+        means = {"train_loss": loss_sum / self.summed, "train_normalized_error": error_sum / self.summed}
+        self.totals.zero_()
+        self.summed = 0
+        return means
+
+    def state_dict(self, step: int, wall_s: float) -> dict[str, Any]:
+        """The training state of ``checkpoint.pt`` (with the global random states: dropout draws from them)."""
+        return {
+            "config": self.config.to_dict(),
+            "step": step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "rng_cpu": torch.get_rng_state(),
+            **({"rng_cuda": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {}),
+            "totals": self.totals.detach().cpu(),
+            "totals_steps": self.summed,
+            "wall_s": wall_s,
+        }
+
+    def load_state_dict(self, stored: Mapping[str, Any]) -> None:
+        self.model.load_state_dict(stored["model"])
+        self.optimizer.load_state_dict(stored["optimizer"])
+        self.generator.set_state(stored["generator"])
+        torch.set_rng_state(stored["rng_cpu"])
+        if self.device.type == "cuda" and "rng_cuda" in stored:
+            torch.cuda.set_rng_state(stored["rng_cuda"], self.device)
+        self.totals.copy_(stored["totals"])
+        self.summed = stored["totals_steps"]
 
 
 class _CudaGraphStep:
@@ -382,6 +443,11 @@ class _CudaGraphStep:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.calls = 0
         self.failed: str | None = None
+
+    @property
+    def status(self) -> str:
+        """What ``meta.json`` records as ``cuda_graph``."""
+        return "captured" if self.graph is not None else (self.failed or "not yet captured")
 
     def __call__(self) -> None:
         if self.graph is not None:
@@ -430,21 +496,11 @@ def _make_optimizer(model: nn.Module, config: TrainConfig, device: torch.device,
     return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas)
 
 
-def _set_lr(optimizer: torch.optim.Optimizer, value: float, lr_tensor: torch.Tensor | None) -> None:
-    if lr_tensor is not None:
-        lr_tensor.fill_(value)  # a kernel launch, no synchronisation
-        for group in optimizer.param_groups:
-            group["lr"] = lr_tensor
-    else:
-        for group in optimizer.param_groups:
-            group["lr"] = value
-
-
-# ---------------------------------------------------------------- evaluation
+# ---------------------------------------------------------------- held-out metrics
 
 
 @torch.no_grad()
-def evaluate(
+def held_out_metrics(
     model: nn.Module,
     task: Any,
     n_dims: int,
@@ -456,7 +512,8 @@ def evaluate(
     active_points: int | None = None,
     autocast: bool = False,
 ) -> dict[str, Any]:
-    """Error of ``model`` on ``batch_size`` fresh prompts ``(n_points, n_dims)`` drawn from ``generator``.
+    """The metrics a run logs on held-out prompts: ``model``'s error on ``batch_size`` fresh prompts
+    ``(n_points, n_dims)`` drawn from ``generator`` by :func:`sample_batch`, as a training step draws them.
 
     Coordinates beyond ``active_dims`` are zeroed and only the first ``active_points`` positions count (the
     curriculum's view). Returns ``eval_loss`` (MSE), ``eval_normalized_error`` (divided by the task's zero-predictor
@@ -465,14 +522,12 @@ def evaluate(
     """
     active_dims = n_dims if active_dims is None else active_dims
     active_points = n_points if active_points is None else active_points
-    device = generator.device
     was_training = model.training
     model.eval()
     try:
-        xs = gaussian_xs(batch_size, n_points, n_dims, generator)
-        xs = xs * (torch.arange(n_dims, device=device) < active_dims).to(xs.dtype)
-        ys = task.sample(xs, generator, **_active_dims_option(task, active_dims < n_dims, active_dims)).ys
-        with _autocast(device, autocast):
+        xs, ys = sample_batch(task, batch_size, n_points, n_dims, generator,
+                              active_dims if active_dims < n_dims else None)
+        with _autocast(generator.device, autocast):
             preds = model(xs, ys)
     finally:
         model.train(was_training)
@@ -509,6 +564,8 @@ def train(
     config: TrainConfig | Mapping[str, Any],
     out_dir: str | Path | None = None,
     *,
+    model: nn.Module | None = None,
+    task: Any = None,
     resume: bool = True,
     progress: bool = True,
     hooks: Sequence[Hook] = (),
@@ -517,6 +574,11 @@ def train(
 ) -> TrainResult:
     """Train the model ``config`` describes; with ``out_dir``, write checkpoints, ``meta.json`` and ``metrics.jsonl``.
 
+    * ``model``, ``task``: objects to train instead of building ``config.model`` and ``config.task`` (those specs
+      are then ignored), e.g. a model with a modified attention, or a function class of one's own: any object with
+      ``sample(xs, generator) -> TaskSample`` and ``zero_predictor_error(d)``, as in :mod:`icl_lib.tasks`. The model
+      object is trained in place (and moved to the device). A run directory records the specs that replay its run,
+      so objects need ``out_dir=None``.
     * ``resume``: continue from ``out_dir/checkpoint.pt`` if there is one (the config must match, except for the
       fields in ``RESUMABLE_CHANGES``). A directory that holds this config's finished run is left as it is
       (``already_finished``; a run killed after its last checkpoint is completed), and one that holds any other run,
@@ -534,6 +596,7 @@ def train(
     """
     if not isinstance(config, TrainConfig):
         config = TrainConfig.from_dict(config)
+    _check_objects(config, out_dir, model, task)
     if stop_at is not None:
         checks.positive_int("stop_at", stop_at)
     if out_dir is not None:
@@ -547,9 +610,96 @@ def train(
             torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
         ):
             return _train(config, device, Path(out_dir) if out_dir is not None else None, resume, progress,
-                          tuple(hooks), stop_at, command)
+                          tuple(hooks), stop_at, command, model, task)
     finally:
         torch.set_num_threads(previous_threads)
+
+
+def _check_objects(config: TrainConfig, out_dir: str | Path | None, model: Any, task: Any) -> None:
+    """Refuse (``ValueError``) model and task objects that :func:`train` cannot use in place of the specs."""
+    if model is not None and not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module or None (build config.model), got {type(model).__name__}")
+    methods = ("sample", "zero_predictor_error")
+    if task is not None and (isinstance(task, type) or not all(callable(getattr(task, m, None)) for m in methods)):
+        found = f"the class {task.__name__} (not an instance)" if isinstance(task, type) else type(task).__name__
+        raise ValueError(f"task must be None (build config.task) or an object with the methods sample(xs, generator) "
+                         f"and zero_predictor_error(d), got {found}")
+    if (model is not None or task is not None) and out_dir is not None:
+        raise ValueError("out_dir must be None when train() is given a model or task object: a run directory records "
+                         "the specs that replay it (put them in config.model and config.task instead)")
+    if model is not None and config.init_from is not None:
+        raise ValueError(f"init_from must be None when train() is given a model object (a warm start loads "
+                         f"{config.init_from!r} into config.model), got {config.init_from!r}")
+    grows = config.curriculum is not None and config.curriculum.points_start < config.n_points
+    if model is not None and grows and not getattr(model, "predicts_every_position", False):
+        raise ValueError("curriculum: a curriculum over points needs a model that predicts at every position; this "
+                         "model predicts the query only (set points_start = points_end = n_points)")
+
+
+def _train(config: TrainConfig, device: torch.device, out_dir: Path | None, resume: bool, progress: bool,
+           hooks: tuple[Hook, ...], stop_at: int | None, command: str | None, model: nn.Module | None,
+           task: Any) -> TrainResult:
+    """The loop: set up (or resume) the run, then step, log, evaluate and checkpoint until ``config.steps``."""
+    task = make_task(**config.task) if task is None else task
+    stored = _resumable_state(out_dir, config) if (out_dir is not None and resume) else None
+    if out_dir is not None and resume and stored is None and (finished := _finished_run(out_dir, config, device)):
+        return finished
+    torch.default_generator.manual_seed(derive_seed(config.seed, "global"))  # dropout, inside fork_rng
+    if device.type == "cuda":
+        torch.cuda.manual_seed(derive_seed(config.seed, "global"))
+    model, warm_start = _initial_model(config, model, stored, out_dir)
+    step_fn = _Step(model.to(device).train(), task, config, device)
+    step, wall_before, history = _resume(stored, out_dir, step_fn) if stored is not None else (0, 0.0, [])
+    if stored is not None and step >= config.steps and _on_disk_as_finished(out_dir):
+        return TrainResult(model.eval(), config, step, _final_metrics(history), history, out_dir, already_finished=True)
+    step_fn.set_lr(learning_rate(config, step))  # re-attach the device lr after loading a state
+    writer = RunWriter(out_dir, config, history, resumed_from=step if stored is not None else None, command=command,
+                       model=model, device=device, warm_start=warm_start, graph=step_fn.graph)
+    clock = _Clock(wall_before, step)
+    bar = tqdm(total=config.steps, initial=step, disable=not progress, desc=out_dir.name if out_dir else "train",
+               dynamic_ncols=True, file=sys.stderr)
+    try:
+        if step >= config.steps:  # killed after the last checkpoint, before model.pt or meta.json
+            writer.finish(model, step, clock.wall())
+        while step < config.steps and (stop_at is None or step < stop_at):
+            lr = learning_rate(config, step)
+            step_fn.set_lr(lr)
+            dims, points = config.curriculum.at(step) if config.curriculum else (config.n_dims, config.n_points)
+            step_fn.set_active(dims, points)
+            step_fn()
+            step += 1
+            bar.update(1)
+            record: dict[str, Any] = {}
+            last = step == config.steps
+            if step % config.log_every == 0 or last:
+                record.update(step_fn.take_means(), lr=lr, n_dims=dims, n_points=points, **clock.lap(step))
+                bar.set_postfix(loss=f"{record['train_loss']:.4f}", err=f"{record['train_normalized_error']:.3f}")
+            if (config.eval_every and step % config.eval_every == 0) or last:
+                held_out = make_generator(derive_seed(config.seed, "eval"), device)  # the same prompts every time
+                record.update(held_out_metrics(model, task, config.n_dims, config.n_points, config.eval_batch, held_out,
+                                               active_dims=dims, active_points=points, autocast=config.autocast))
+                record.update(_hook_metrics(hooks, step, model))
+            _check_finite(record, step, config, writer)
+            if record:
+                writer.log({"step": step, **record})
+            if out_dir is not None and (
+                (config.checkpoint_every and step % config.checkpoint_every == 0) or last or step == stop_at
+            ):
+                writer.checkpoint(step_fn.state_dict(step, clock.wall()), step)
+                if last:
+                    writer.finish(model, step, clock.wall())
+                else:
+                    writer.write_meta("stopped" if step == stop_at else "running", step, clock.wall())
+    except BaseException as error:
+        writer.mark("diverged" if isinstance(error, FloatingPointError) else "interrupted")
+        raise
+    finally:
+        bar.close()
+        writer.close()
+    return TrainResult(model.eval(), config, step, _final_metrics(writer.history), writer.history, out_dir)
+
+
+# ---------------------------------------------------------------- resume
 
 
 # How to get past a run directory that cannot be resumed, in every message that refuses one.
@@ -590,9 +740,9 @@ def _resumable_state(out_dir: Path, config: TrainConfig) -> dict | None:
     return stored
 
 
-def _finished_without_checkpoint(out_dir: Path, config: TrainConfig) -> int | None:
-    """For a directory with no checkpoint: the steps of ``config``'s finished run if it holds one (the layout of the
-    committed runs: ``model.pt`` and ``meta.json``), None if it holds no run; any other run is refused."""
+def _finished_run(out_dir: Path, config: TrainConfig, device: torch.device) -> TrainResult | None:
+    """For a directory with no checkpoint: ``config``'s finished run if it holds one (the layout of the committed
+    runs: ``model.pt`` and ``meta.json``), loaded, or None if it holds no run; any other run is refused."""
     held = [name for name in (checkpoints.MODEL_FILE, checkpoints.META_FILE) if (out_dir / name).exists()]
     if not held:
         return None
@@ -605,7 +755,9 @@ def _finished_without_checkpoint(out_dir: Path, config: TrainConfig) -> int | No
         raise ValueError(f"{_run_name(out_dir)} is another run: its config differs in {changes}; {WAY_OUT}")
     if meta.get("status") != "finished" or checkpoints.MODEL_FILE not in held:
         raise ValueError(f"{_run_name(out_dir)} has no {checkpoints.CHECKPOINT_FILE} to resume from; {WAY_OUT}")
-    return meta["steps_done"]
+    history = checkpoints.read_metrics(out_dir, missing_ok=True)
+    return TrainResult(checkpoints.load_model(out_dir, device=device), config, meta["steps_done"],
+                       _final_metrics(history), history, out_dir, already_finished=True)
 
 
 def _on_disk_as_finished(out_dir: Path) -> bool:
@@ -616,22 +768,20 @@ def _on_disk_as_finished(out_dir: Path) -> bool:
         return False
 
 
-def _non_finite(record: Mapping[str, Any]) -> list[str]:
-    """The keys of ``record`` whose value (a number or a list of numbers) holds a nan or an infinity."""
-    def finite(value: Any) -> bool:
-        if isinstance(value, list):
-            return all(finite(v) for v in value)
-        return not isinstance(value, float) or math.isfinite(value)
-
-    return [key for key, value in record.items() if not finite(value)]
-
-
-def _final_metrics(history: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """The latest value of every metric in ``history``, with the step it was measured at."""
-    final: dict[str, Any] = {}
-    for record in history:
-        final.update(record)
-    return final
+def _initial_model(
+    config: TrainConfig, model: nn.Module | None, stored: Mapping[str, Any] | None, out_dir: Path | None
+) -> tuple[nn.Module, dict | None]:
+    """The model to train (``model``, else ``config.model`` initialised from the run's "init" seed) and what
+    ``meta.json`` records of a warm start: a fresh run loads ``config.init_from``'s weights, a resumed one keeps
+    the record of its ``meta.json`` (its weights come from the checkpoint)."""
+    if model is None:
+        model = models.make_model(config.model, config.n_dims, config.n_points, seed=derive_seed(config.seed, "init"))
+    if config.init_from is None:
+        return model, None
+    if stored is None:
+        return model, _warm_start(model, config)
+    meta_file = out_dir / checkpoints.META_FILE
+    return model, (checkpoints.load_meta(out_dir).get("init_from") if meta_file.exists() else None)
 
 
 def _warm_start(model: nn.Module, config: TrainConfig) -> dict[str, str]:
@@ -652,226 +802,158 @@ def _warm_start(model: nn.Module, config: TrainConfig) -> dict[str, str]:
     return {"run": str(config.init_from), "sha256": hashlib.sha256(file.read_bytes()).hexdigest()}
 
 
-def _train(
-    config: TrainConfig,
-    device: torch.device,
-    out_dir: Path | None,
-    resume: bool,
-    progress: bool,
-    hooks: tuple[Hook, ...],
-    stop_at: int | None,
-    command: str | None,
-) -> TrainResult:
-    task = make_task(**config.task)
-    stored = _resumable_state(out_dir, config) if (out_dir is not None and resume) else None
-    if out_dir is not None and resume and stored is None:
-        finished_steps = _finished_without_checkpoint(out_dir, config)
-        if finished_steps is not None:
-            history = checkpoints.read_metrics(out_dir, missing_ok=True)
-            return TrainResult(model=checkpoints.load_model(out_dir, device=device), config=config, step=finished_steps,
-                               metrics=_final_metrics(history), history=history, out_dir=out_dir, already_finished=True)
-    torch.default_generator.manual_seed(derive_seed(config.seed, "global"))  # dropout, inside fork_rng
-    if device.type == "cuda":
-        torch.cuda.manual_seed(derive_seed(config.seed, "global"))
-    model = models.make_model(config.model, config.n_dims, config.n_points, seed=derive_seed(config.seed, "init"))
-    if stored is None and config.init_from is not None:
-        warm_start = _warm_start(model, config)
-    elif stored is not None and config.init_from is not None:  # resumed: the weights come from the checkpoint
-        meta_file = out_dir / checkpoints.META_FILE
-        warm_start = checkpoints.load_meta(out_dir).get("init_from") if meta_file.exists() else None
-    else:
-        warm_start = None
-    model = model.to(device).train()
-    use_graph = config.cuda_graph and device.type == "cuda"
-    optimizer = _make_optimizer(model, config, device, capturable=use_graph)
-    lr_tensor = optimizer.param_groups[0]["lr"] if device.type == "cuda" else None
-    generator = make_generator(derive_seed(config.seed, "train"), device)
-    state = _StepState(
-        dims=torch.zeros((), dtype=torch.int64, device=device),
-        points=torch.zeros((), dtype=torch.int64, device=device),
-        zero_error=torch.ones((), dtype=torch.float32, device=device),
-        totals=torch.zeros(2, dtype=torch.float32, device=device),
-    )
-    step, logged_steps, wall_before = 0, 0, 0.0
-    history: list[dict[str, Any]] = []
+def _resume(stored: Mapping[str, Any], out_dir: Path, step_fn: _Step) -> tuple[int, float, list[dict[str, Any]]]:
+    """Load a checkpoint's training state into ``step_fn``; returns its step, the wall time spent so far and the
+    metric records up to that step (those logged after it are replayed)."""
+    try:
+        step_fn.load_state_dict(stored)
+    except (RuntimeError, ValueError, KeyError, TypeError) as error:
+        reason = " ".join(str(error).split())[:300]
+        raise ValueError(f"cannot resume {_run_name(out_dir)}: its {checkpoints.CHECKPOINT_FILE} does not fit "
+                         f"its config ({reason}); {WAY_OUT}") from None
+    history = [r for r in checkpoints.read_metrics(out_dir, missing_ok=True) if r["step"] <= stored["step"]]
+    return stored["step"], stored["wall_s"], history
 
-    if stored is not None:
-        try:
-            model.load_state_dict(stored["model"])
-            optimizer.load_state_dict(stored["optimizer"])
-            generator.set_state(stored["generator"])
-            torch.set_rng_state(stored["rng_cpu"])
-            if device.type == "cuda" and "rng_cuda" in stored:
-                torch.cuda.set_rng_state(stored["rng_cuda"], device)
-            state.totals.copy_(stored["totals"])
-        except (RuntimeError, ValueError, KeyError, TypeError) as error:
-            reason = " ".join(str(error).split())[:300]
-            raise ValueError(f"cannot resume {_run_name(out_dir)}: its {checkpoints.CHECKPOINT_FILE} does not fit "
-                             f"its config ({reason}); {WAY_OUT}") from None
-        step, logged_steps, wall_before = stored["step"], stored["totals_steps"], stored["wall_s"]
-        history = [r for r in checkpoints.read_metrics(out_dir, missing_ok=True) if r["step"] <= step]
-        if step >= config.steps and _on_disk_as_finished(out_dir):
-            return TrainResult(model=model.eval(), config=config, step=step, metrics=_final_metrics(history),
-                               history=history, out_dir=out_dir, already_finished=True)
-    checkpoint_step = step if stored is not None else None
-    if out_dir is not None:
+
+# ---------------------------------------------------------------- the run's record
+
+
+class _Clock:
+    """The run's wall time (a resumed run adds the time spent before) and its speed since the last log."""
+
+    def __init__(self, wall_before: float, step: int) -> None:
+        self.before, self.started = wall_before, time.perf_counter()
+        self.last_time, self.last_step = self.started, step
+
+    def wall(self) -> float:
+        return self.before + time.perf_counter() - self.started
+
+    def lap(self, step: int) -> dict[str, float]:
+        """``steps_per_s`` since the last lap and ``wall_s``, the timing keys of a logged record."""
+        now = time.perf_counter()
+        speed = (step - self.last_step) / max(now - self.last_time, 1e-9)
+        self.last_time, self.last_step = now, step
+        return {"steps_per_s": speed, "wall_s": self.wall()}
+
+
+class RunWriter:
+    """The run's record: the metric ``history`` and, in a run directory ``out_dir``, the files that hold it.
+
+    In ``out_dir`` (None: nothing is written) it appends each record to ``metrics.jsonl``, writes ``checkpoint.pt``,
+    ``model.pt`` at the end, and ``meta.json`` (provenance, status, final metrics) after each checkpoint. Opening a
+    run directory removes what an interrupted write left, and either the files of an earlier run (a fresh start) or
+    the records logged after the checkpoint a run resumes from.
+    """
+
+    def __init__(self, out_dir: Path | None, config: TrainConfig, history: list[dict[str, Any]], *,
+                 resumed_from: int | None, command: str | None, model: nn.Module, device: torch.device,
+                 warm_start: dict | None, graph: _CudaGraphStep | None) -> None:
+        self.out_dir, self.config, self.history, self.graph = out_dir, config, history, graph
+        self.checkpoint_step = resumed_from  # the step of the last checkpoint written, None before the first
+        self.metrics_file = None
+        if out_dir is None:
+            return
         checkpoints.remove_leftovers(out_dir)
-        if stored is None:
+        if resumed_from is None:
             for stale in (checkpoints.CHECKPOINT_FILE, checkpoints.MODEL_FILE, checkpoints.META_FILE):
                 (out_dir / stale).unlink(missing_ok=True)
         lines = "".join(json.dumps(r) + "\n" for r in history)
         checkpoints.atomic_write(out_dir / checkpoints.METRICS_FILE, lambda f: f.write(lines.encode()))
-    _set_lr(optimizer, learning_rate(config, step), lr_tensor)  # re-attach the device lr after loading a state
+        self.meta_base = {
+            "name": out_dir.name,
+            "command": command or f"icl_lib.train.train() called from {shlex.join(sys.argv)}",
+            "config": config.to_dict(),
+            "seed": config.seed,
+            **checkpoints.provenance(device),
+            "threads": config.threads,
+            "n_parameters": models.count_parameters(model),
+            "steps": config.steps,
+            **({"init_from": warm_start} if warm_start is not None else {}),
+        }
+        self.metrics_file = open(out_dir / checkpoints.METRICS_FILE, "a")  # noqa: SIM115 - closed by close()
 
-    commit, dirty = checkpoints.git_commit()
-    started = time.perf_counter()
-    meta_base = {
-        "name": out_dir.name if out_dir is not None else None,
-        "command": command or f"icl_lib.train.train() called from {shlex.join(sys.argv)}",
-        "config": config.to_dict(),
-        "seed": config.seed,
-        "git_commit": commit,
-        "git_dirty": dirty,
-        "device": str(device),
-        "device_name": device_name(device),
-        "torch_version": torch.__version__,
-        "python_version": platform.python_version(),
-        "threads": config.threads,
-        "n_parameters": models.count_parameters(model),
-        "steps": config.steps,
-        **({"init_from": warm_start} if warm_start is not None else {}),
-    }
+    def log(self, record: dict[str, Any]) -> None:
+        self.history.append(record)
+        if self.metrics_file is not None:
+            self.metrics_file.write(json.dumps(record) + "\n")
+            self.metrics_file.flush()
 
-    def wall() -> float:
-        return wall_before + time.perf_counter() - started
+    def checkpoint(self, state: Mapping[str, Any], step: int) -> None:
+        checkpoints.save_training_state(self.out_dir, state)
+        self.checkpoint_step = step
 
-    def write_meta(status: str, at_step: int) -> None:
+    def finish(self, model: nn.Module, step: int, wall_s: float) -> None:
+        """Write ``model.pt`` and a ``meta.json`` that says "finished"."""
+        if self.out_dir is not None:
+            config = self.config
+            checkpoints.save_model_file(self.out_dir, model, config.model, config.n_dims, config.n_points)
+            self.write_meta("finished", step, wall_s)
+
+    def write_meta(self, status: str, step: int, wall_s: float) -> None:
         meta = {
-            **meta_base,
+            **self.meta_base,
             "status": status,
-            "steps_done": at_step,
-            "wall_time_s": round(wall(), 3),
-            "final_metrics": _final_metrics([r for r in history if r["step"] <= at_step]),
+            "steps_done": step,
+            "wall_time_s": round(wall_s, 3),
+            "final_metrics": _final_metrics(self.history),
             "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
-        if runner is not None and isinstance(runner, _CudaGraphStep):
-            meta["cuda_graph"] = "captured" if runner.graph is not None else (runner.failed or "not yet captured")
-        checkpoints.write_meta(out_dir, meta)
+        if self.graph is not None:
+            meta["cuda_graph"] = self.graph.status
+        checkpoints.write_meta(self.out_dir, meta)
 
-    def save_checkpoint() -> None:
-        checkpoints.save_training_state(
-            out_dir,
-            {
-                "config": config.to_dict(),
-                "step": step,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "generator": generator.get_state(),
-                "rng_cpu": torch.get_rng_state(),
-                **({"rng_cuda": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
-                "totals": state.totals.detach().cpu(),
-                "totals_steps": logged_steps,
-                "wall_s": wall(),
-            },
+    def mark(self, status: str) -> None:
+        """After an error: the ``meta.json`` of the last checkpoint, if there is one, says ``status``."""
+        if self.out_dir is not None and (self.out_dir / checkpoints.META_FILE).exists():
+            checkpoints.write_meta(self.out_dir, {**checkpoints.load_meta(self.out_dir), "status": status})
+
+    def kept(self) -> str:
+        """What a run that stops on an error leaves behind, as its message says it."""
+        if self.out_dir is None or self.checkpoint_step is None:
+            return "no checkpoint was written"
+        return f"the last good checkpoint, step {self.checkpoint_step}, stays in {self.out_dir}"
+
+    def close(self) -> None:
+        if self.metrics_file is not None:
+            self.metrics_file.close()
+
+
+def _hook_metrics(hooks: Sequence[Hook], step: int, model: nn.Module) -> dict[str, Any]:
+    """What the hooks add to an evaluation's record; they see the model in eval mode, without gradients."""
+    record: dict[str, Any] = {}
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for hook in hooks:
+                record.update(hook(step, model) or {})
+    finally:
+        model.train(was_training)
+    return record
+
+
+def _check_finite(record: Mapping[str, Any], step: int, config: TrainConfig, writer: RunWriter) -> None:
+    """Stop a diverged run: ``FloatingPointError`` if a metric of ``record`` (a number or a list) is nan or infinite."""
+    def finite(value: Any) -> bool:
+        if isinstance(value, list):
+            return all(finite(v) for v in value)
+        return not isinstance(value, float) or math.isfinite(value)
+
+    bad = [key for key, value in record.items() if not finite(value)]
+    if bad:
+        raise FloatingPointError(
+            f"training diverged: {', '.join(bad)} not finite at logged step {step} (lr = {config.lr}); "
+            f"{writer.kept()}; lower lr (or raise warmup_steps) and start over with --fresh (resume=False)"
         )
 
-    curriculum_now: tuple[int, int] | None = None
 
-    def set_curriculum(at_step: int) -> tuple[int, int]:
-        nonlocal curriculum_now
-        value = config.curriculum.at(at_step) if config.curriculum is not None else (config.n_dims, config.n_points)
-        if value != curriculum_now:
-            curriculum_now = value
-            state.dims.fill_(value[0])
-            state.points.fill_(value[1])
-            state.zero_error.fill_(task.zero_predictor_error(value[0]))
-        return value
+def _final_metrics(history: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The latest value of every metric in ``history``, with the step it was measured at."""
+    final: dict[str, Any] = {}
+    for record in history:
+        final.update(record)
+    return final
 
-    step_fn = _make_step(model, task, optimizer, generator, config, device, state)
-    runner: Callable[[], None] | None = _CudaGraphStep(step_fn, optimizer, generator, device) if use_graph else step_fn
-    metrics_file = open(out_dir / checkpoints.METRICS_FILE, "a") if out_dir is not None else None  # noqa: SIM115
-    bar = tqdm(total=config.steps, initial=step, disable=not progress, desc=out_dir.name if out_dir else "train",
-               dynamic_ncols=True, file=sys.stderr)
-    last_log_time, last_log_step = time.perf_counter(), step
-    try:
-        if out_dir is not None and step >= config.steps:  # killed after the last checkpoint, before model.pt or meta
-            checkpoints.save_model_file(out_dir, model, config.model, config.n_dims, config.n_points)
-            write_meta("finished", step)
-        while step < config.steps and (stop_at is None or step < stop_at):
-            lr = learning_rate(config, step)
-            _set_lr(optimizer, lr, lr_tensor)
-            dims, points = set_curriculum(step)
-            runner()
-            step += 1
-            logged_steps += 1
-            bar.update(1)
-
-            record: dict[str, Any] = {}
-            last = step == config.steps
-            if step % config.log_every == 0 or last:
-                loss_sum, error_sum = state.totals.tolist()  # the only read of training metrics: a sync per log
-                state.totals.zero_()
-                now = time.perf_counter()
-                record.update(
-                    train_loss=loss_sum / logged_steps,
-                    train_normalized_error=error_sum / logged_steps,
-                    lr=lr,
-                    n_dims=dims,
-                    n_points=points,
-                    steps_per_s=(step - last_log_step) / max(now - last_log_time, 1e-9),
-                    wall_s=wall(),
-                )
-                logged_steps, last_log_time, last_log_step = 0, now, step
-                bar.set_postfix(loss=f"{record['train_loss']:.4f}", err=f"{record['train_normalized_error']:.3f}")
-            if (config.eval_every and step % config.eval_every == 0) or last:
-                eval_generator = make_generator(derive_seed(config.seed, "eval"), device)
-                record.update(
-                    evaluate(model, task, config.n_dims, config.n_points, config.eval_batch, eval_generator,
-                             active_dims=dims, active_points=points, autocast=config.autocast)
-                )
-                was_training = model.training
-                model.eval()
-                try:
-                    with torch.no_grad():
-                        for hook in hooks:
-                            record.update(hook(step, model) or {})
-                finally:
-                    model.train(was_training)
-            if _non_finite(record):
-                kept = (f"the last good checkpoint, step {checkpoint_step}, stays in {out_dir}"
-                        if checkpoint_step is not None and out_dir is not None else "no checkpoint was written")
-                raise FloatingPointError(
-                    f"training diverged: {', '.join(_non_finite(record))} not finite at logged step {step} "
-                    f"(lr = {config.lr}); {kept}; lower lr (or raise warmup_steps) and start over "
-                    f"with --fresh (resume=False)"
-                )
-            if record:
-                record = {"step": step, **record}
-                history.append(record)
-                if metrics_file is not None:
-                    metrics_file.write(json.dumps(record) + "\n")
-                    metrics_file.flush()
-            if out_dir is not None and (
-                (config.checkpoint_every and step % config.checkpoint_every == 0) or last or step == stop_at
-            ):
-                save_checkpoint()
-                checkpoint_step = step
-                if last:
-                    checkpoints.save_model_file(out_dir, model, config.model, config.n_dims, config.n_points)
-                write_meta("finished" if last else ("stopped" if step == stop_at else "running"), step)
-    except BaseException as error:
-        if out_dir is not None and (out_dir / checkpoints.META_FILE).exists():
-            meta = checkpoints.load_meta(out_dir)
-            meta["status"] = "diverged" if isinstance(error, FloatingPointError) else "interrupted"
-            checkpoints.write_meta(out_dir, meta)
-        raise
-    finally:
-        bar.close()
-        if metrics_file is not None:
-            metrics_file.close()
-    model.eval()
-    return TrainResult(model=model, config=config, step=step, metrics=_final_metrics(history), history=history,
-                       out_dir=out_dir)
 
 
 # ---------------------------------------------------------------- command line

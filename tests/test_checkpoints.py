@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import platform
+import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 
-from icl_lib import checkpoints
+from icl_lib import checkpoints, evaluate
 from icl_lib.checkpoints import (
     CHECKPOINT_FILE,
     META_FILE,
@@ -72,9 +74,29 @@ def test_a_run_directory_records_what_produced_it(tmp_path):
     assert meta["wall_time_s"] > 0 and meta["n_parameters"] > 0
     assert meta["final_metrics"]["step"] == 4
     assert meta["final_metrics"]["eval_normalized_error"] == result.metrics["eval_normalized_error"]
+    assert list(meta) == ["name", "command", "config", "seed", "git_commit", "git_dirty", "device", "device_name",
+                          "torch_version", "python_version", "threads", "n_parameters", "steps", "status", "steps_done",
+                          "wall_time_s", "final_metrics", "updated"]  # the keys of the committed runs' meta.json
     # every file loads with weights_only=True
     for name in (CHECKPOINT_FILE, MODEL_FILE):
         torch.load(tmp_path / "run" / name, weights_only=True)
+
+
+def test_training_and_evaluation_share_one_provenance(tmp_path):
+    done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=checkpoints.repository_root(), capture_output=True,
+                          text=True)
+    expected = {"git_commit": done.stdout.strip() if done.returncode == 0 else "unknown", "device": "cpu",
+                "torch_version": torch.__version__, "python_version": platform.python_version()}
+    provenance = checkpoints.provenance(torch.device("cpu"))
+    assert list(provenance) == ["git_commit", "git_dirty", "device", "device_name", "torch_version", "python_version"]
+    assert {key: provenance[key] for key in expected} == expected
+    train(tiny_config(steps=2), tmp_path / "run", progress=False)
+    assert evaluate.main([str(tmp_path / "run"), "--task", "linear", "--prompts", "8", "--estimators", "",
+                          "--device", "cpu", "--out", str(tmp_path / "result.json")]) == 0
+    meta = load_meta(tmp_path / "run")
+    result = evaluate.read_result(tmp_path / "result.json")[1]["provenance"]
+    for key, value in provenance.items():
+        assert meta[key] == result[key] == value, key
 
 
 def test_load_model_rebuilds_the_trained_model_by_path_and_by_name(tmp_path, monkeypatch):

@@ -7,18 +7,18 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from icl_lib import train as train_module
 from icl_lib.checkpoints import CHECKPOINT_FILE, META_FILE, METRICS_FILE, MODEL_FILE, load_model, repository_root
 from icl_lib.devices import make_generator
 from icl_lib.models import make_model
-from icl_lib.tasks import DenseLinear, SparseLinear
-from icl_lib.train import Curriculum, TrainConfig, learning_rate, load_config, masked_mse, train
+from icl_lib.tasks import DenseLinear, SparseLinear, TaskSample
+from icl_lib.samplers import gaussian_xs
+from icl_lib.train import (Curriculum, TrainConfig, derive_seed, held_out_metrics, learning_rate, load_config,
+                           masked_mse, sample_batch, train)
 
 REPO = repository_root()
 TIMING_KEYS = {"steps_per_s", "wall_s"}
@@ -119,13 +119,12 @@ class RecordingTask:
         return self.inner.zero_predictor_error(d)
 
 
-def test_curriculum_zeroes_the_inactive_coordinates(monkeypatch):
+def test_curriculum_zeroes_the_inactive_coordinates():
     task = RecordingTask()
-    monkeypatch.setattr(train_module, "make_task", lambda **options: task)
     curriculum = {"dims_start": 2, "dims_end": 4, "dims_interval": 2, "points_start": 3, "points_end": 5,
                   "points_interval": 2}
     config = tiny_config(n_dims=4, n_points=5, steps=6, curriculum=curriculum, eval_every=0)
-    result = train(config, progress=False)
+    result = train(config, task=task, progress=False)
     training_batches = [xs for xs in task.seen if xs.shape[0] == config.batch_size]
     assert len(training_batches) == 6
     for step, xs in enumerate(training_batches):
@@ -163,6 +162,94 @@ def test_the_same_seed_gives_the_same_run_and_another_seed_another():
     assert without_timing(a.history) == without_timing(b.history)
     c = train(tiny_config(seed=1), progress=False)
     assert not torch.equal(a.model.read_in.weight, c.model.read_in.weight)
+
+
+def test_a_model_object_or_task_object_trains_as_the_equivalent_specs_do():
+    config = tiny_config(eval_every=2)
+    from_specs = train(config, progress=False)
+    model = make_model(config.model, config.n_dims, config.n_points, seed=derive_seed(config.seed, "init"))
+    from_objects = train(config, model=model, task=DenseLinear(), progress=False)
+    assert from_objects.model is model  # trained in place
+    assert_same_state(from_specs.model.state_dict(), model.state_dict())
+    assert without_timing(from_objects.history) == without_timing(from_specs.history)
+
+
+class Shifted:
+    """A function class of one's own, as a chapter defines one: f(x) = <w, x> + 3, so E f(x)^2 = d + 9."""
+
+    def sample(self, xs, generator):
+        w = torch.randn(xs.shape[0], xs.shape[-1], generator=generator)
+        return TaskSample(ys=torch.einsum("bnd,bd->bn", xs, w) + 3.0, params={"w": w})
+
+    def zero_predictor_error(self, d):
+        return d + 9.0
+
+
+def test_train_learns_a_task_object_of_its_own_and_normalises_by_its_zero_predictor():
+    config = tiny_config(steps=60, lr=1e-2, warmup_steps=0, lr_schedule="constant", log_every=1, eval_every=0)
+    history = train(config, task=Shifted(), progress=False).history
+    assert all(r["train_normalized_error"] == pytest.approx(r["train_loss"] / 12.0, rel=1e-5) for r in history)
+    first, final = np.mean([r["train_loss"] for r in history[:5]]), np.mean([r["train_loss"] for r in history[-5:]])
+    assert final < 0.5 * first, f"the loss should fall (it learns the offset 3): {first:.2f} -> {final:.2f}"
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        ({"model": "gpt"}, r"model must be a torch.nn.Module or None \(build config.model\), got str"),
+        ({"task": DenseLinear}, r"task must be None \(build config.task\) or an object with the methods "
+                                r"sample\(xs, generator\) and zero_predictor_error\(d\), got the class DenseLinear"),
+        ({"task": object()}, r"task must be None .* got object"),
+        ({"task": DenseLinear(), "out_dir": "OUT"}, r"out_dir must be None when train\(\) is given a model or task"),
+        ({"model": "MODEL", "config": tiny_config(init_from="some_run")}, r"init_from must be None when train\(\) is "
+                                                                           r"given a model object"),
+        ({"model": "LSA", "config": tiny_config(curriculum={
+            "dims_start": 2, "dims_end": 3, "points_start": 3, "points_end": 5})},
+         r"curriculum: a curriculum over points needs a model that predicts at every position"),
+    ],
+)
+def test_train_refuses_objects_it_cannot_use(tmp_path, arguments, message):
+    arguments = dict(arguments)
+    config = arguments.pop("config", tiny_config())
+    if arguments.get("out_dir") == "OUT":
+        arguments["out_dir"] = tmp_path / "run"
+    if arguments.get("model") == "MODEL":
+        arguments["model"] = make_model(config.model, config.n_dims, config.n_points, seed=0)
+    if arguments.get("model") == "LSA":
+        arguments["model"] = make_model({"name": "lsa"}, config.n_dims, config.n_points, seed=0)
+    with pytest.raises(ValueError, match=message):
+        train(config, progress=False, **arguments)
+    assert not (tmp_path / "run").exists()
+
+
+def test_sample_batch_draws_gaussian_inputs_then_labels_and_zeroes_the_inactive_coordinates():
+    xs, ys = sample_batch(DenseLinear(), 8, 5, 4, make_generator(3))
+    g = make_generator(3)  # the reference: the same two draws, in the same order, by hand
+    expected_xs = gaussian_xs(8, 5, 4, g)
+    torch.testing.assert_close(xs, expected_xs, rtol=0, atol=0)
+    torch.testing.assert_close(ys, DenseLinear().sample(expected_xs, g).ys, rtol=0, atol=0)
+    active, _ = sample_batch(DenseLinear(), 8, 5, 4, make_generator(3), active_dims=torch.tensor(2))
+    torch.testing.assert_close(active[..., :2], expected_xs[..., :2], rtol=0, atol=0)
+    assert torch.all(active[..., 2:] == 0)
+    task = SparseLinear(k=1)  # it takes active_dims: the support lies among the active coordinates
+    xs, ys = sample_batch(task, 64, 3, 4, make_generator(0), active_dims=2)
+    g = make_generator(0)
+    reference = task.sample(gaussian_xs(64, 3, 4, g) * torch.tensor([1.0, 1.0, 0.0, 0.0]), g, active_dims=2)
+    torch.testing.assert_close(ys, reference.ys, rtol=0, atol=0)
+    assert not reference.params["support"][:, 2:].any()
+
+
+def test_held_out_metrics_are_the_error_on_the_prompts_sample_batch_draws():
+    model = make_model({"name": "gpt", "n_layers": 1, "width": 16, "n_heads": 2}, 3, 6, seed=0)
+    metrics = held_out_metrics(model, DenseLinear(), 3, 6, 32, make_generator(5), active_points=4)
+    g = make_generator(5)
+    xs = gaussian_xs(32, 6, 3, g)
+    ys = DenseLinear().sample(xs, g).ys
+    with torch.no_grad():
+        errors = ((model.eval()(xs, ys) - ys) ** 2)[:, :4]  # (32, 4): the first 4 positions count
+    assert metrics["eval_loss"] == pytest.approx(errors.mean().item(), rel=1e-6)
+    assert metrics["eval_normalized_error"] == pytest.approx(errors.mean().item() / 3, rel=1e-6)
+    np.testing.assert_allclose(metrics["eval_error_by_position"], (errors.mean(0) / 3).numpy(), rtol=1e-6)
 
 
 def test_train_leaves_threads_and_global_random_state_as_they_were():
@@ -342,9 +429,7 @@ def test_a_sparse_task_under_a_curriculum_draws_its_support_among_the_active_coo
     task = RecordingSparse(k=2)
     curriculum = {"dims_start": 3, "dims_end": 6, "dims_interval": 2, "points_start": 5, "points_end": 5}
     config = tiny_config(n_dims=6, n_points=5, steps=6, curriculum=curriculum, eval_every=0)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(train_module, "make_task", lambda **options: task)
-        train(config, progress=False)
+    train(config, task=task, progress=False)
     batches = [(xs, support) for xs, support in recorded if xs.shape[0] == config.batch_size]
     assert len(batches) == 6
     for step, (xs, support) in enumerate(batches):
