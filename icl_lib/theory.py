@@ -148,22 +148,6 @@ def fourth_moment_quadratic(m: sp.Matrix, cov: sp.Matrix) -> sp.Matrix:
     return sp.Matrix(d, d, lambda a, e: sp.Add(*(moment[a, b, c, e] * m[b, c] for b in range(d) for c in range(d))))
 
 
-def isserlis_identity_residual(d: int) -> sp.Matrix:
-    """E[x x^T M x x^T] - (Lambda (M + M^T) Lambda + tr(M Lambda) Lambda), expanded: ``(d, d)``.
-
-    Symbolic full symmetric Lambda and a symbolic general (non-symmetric) M = [m_ij]. Zero iff the identity holds.
-    """
-    lam, _ = lambda_matrix(d, "full")
-    m = sp.Matrix(d, d, lambda i, j: sp.Symbol(f"m_{i + 1}{j + 1}", real=True))
-    expected = lam * (m + m.T) * lam + (m * lam).trace() * lam
-    return (fourth_moment_quadratic(m, lam) - expected).applyfunc(sp.expand)
-
-
-def check_isserlis_identity(d: int) -> bool:
-    """True if E[x x^T M x x^T] = Lambda (M + M^T) Lambda + tr(M Lambda) Lambda holds symbolically at dimension d."""
-    return _is_zero_matrix(isserlis_identity_residual(d))
-
-
 def sample_moment_covariance(cov: sp.Matrix, n: sp.Expr) -> sp.Array:
     """E[S_ab S_ce], shape ``(d, d, d, d)``, for S = (1/N) sum_{i <= N} x_i x_i^T, x_i i.i.d. N(0, cov), N = ``n``.
 
