@@ -89,7 +89,7 @@ def results_root() -> Path:
 
 def labelled(curves: Mapping[str, ErrorCurve]) -> dict[str, ErrorCurve]:
     """The same curves keyed by their plot names (:data:`LABELS`); :func:`icl_lib.plotting.plot_error_curves` takes
-    either (and the ids of any other estimator, which keep their names)."""
+    ids and these names alike."""
     return {LABELS.get(name, name): curve for name, curve in curves.items()}
 
 

@@ -33,9 +33,11 @@ class Style:
     marker: str | None = None
 
 
-# Every estimator and trained model the book plots, by id (the names of icl_lib.evaluate.ESTIMATORS, and the
-# trained models of chapter 5 by what they were trained on): one look in every chapter, colour-blind-safe Okabe-Ito
-# colours; a dashed or dotted line, or a marker, tells apart two entries of one colour.
+# Every estimator and trained model the book plots, by id: the names of icl_lib.evaluate.ESTIMATORS; "bayes", the
+# posterior mean of the prior the prompts (or a model's pretraining prompts) come from, and "bayes_oracle", the one
+# told the task's parameter; "gd_one_step"; and chapter 5's trained models by what they were trained on. One look in
+# every chapter, in colour-blind-safe Okabe-Ito colours; a dashed or dotted line, or a marker, tells two of one colour
+# apart.
 STYLES: dict[str, Style] = {
     "transformer": Style("transformer", "#000000"),
     "least_squares": Style("least squares", "#0072B2"),

@@ -17,7 +17,7 @@ import base64
 import io
 import re
 import weakref
-from collections.abc import Collection as Names, Mapping
+from collections.abc import Container, Mapping
 from typing import Any
 
 import matplotlib.pyplot as plt
@@ -56,7 +56,7 @@ SHIFT_TITLES = {
     "scaled_inputs": "scaled inputs",
     "scaled_outputs": "scaled outputs",
 }
-OPTION_SYMBOLS = {"noise_std": "σ", "scale": "c", "decay": "decay"}
+OPTION_SYMBOLS = {"noise_std": "σ", "scale": "c"}
 K_LABEL = "number of in-context examples k"
 
 
@@ -219,7 +219,7 @@ def plot_error_curves(
     colors: Mapping[str, str] | str | None = None,
     linestyles: Mapping[str, str] | str | None = None,
     markers: Mapping[str, str | None] | str | None = None,
-    bands: bool | Names[str] = True,
+    bands: bool | Container[str] = True,
     x: np.ndarray | None = None,
     xlabel: str = K_LABEL,
     ylabel: str = "normalised squared error",
@@ -242,13 +242,13 @@ def plot_error_curves(
             house = style(name)
         except ValueError:  # not in the table: its own label, the axes' colour cycle
             house = Style(label=name, color=None)
+        where = curve.k if x is None else x
         marker = _option(markers, name, house.marker)
-        (line,) = ax.plot(curve.k if x is None else x, curve.mean, label=_option(labels, name, house.label),
+        (line,) = ax.plot(where, curve.mean, label=_option(labels, name, house.label),
                           color=_option(colors, name, house.color), linestyle=_option(linestyles, name, house.linestyle),
                           marker=marker, markersize=3 if marker else None)
         if bands is True or (bands is not False and name in bands):
-            ax.fill_between(curve.k if x is None else x, curve.low, curve.high, color=line.get_color(), alpha=0.2,
-                            linewidth=0)
+            ax.fill_between(where, curve.low, curve.high, color=line.get_color(), alpha=0.2, linewidth=0)
     if zero_predictor is not None:
         ax.axhline(zero_predictor, color="grey", linestyle=":", linewidth=1, label="zero predictor")
     if d is not None:
