@@ -77,18 +77,8 @@ ESTIMATOR_OPTIONS: dict[str, tuple[str, ...]] = {
     "relu_net_gd": ("hidden", "steps", "learning_rate", "seed"),
     "dmmse": ("pool_size", "pool_seed", "noise_std"),
 }
-# Names for plots (icl_lib.plotting colours estimators by these).
-LABELS = {
-    "transformer": "transformer",
-    "least_squares": "least squares",
-    "ridge": "ridge",
-    "lasso": "lasso",
-    "knn": "k-NN (3)",
-    "averaging": "averaging",
-    "oracle": "oracle least squares",
-    "relu_net_gd": "2-layer ReLU net, GD",
-    "dmmse": "dMMSE",
-}
+# Names for plots: the labels of the book's style table (icl_lib.evaluation.STYLES).
+LABELS = {name: evaluation.style(name).label for name in ("transformer", *ESTIMATORS)}
 DEFAULT_ESTIMATORS = ("least_squares", "lasso", "knn", "averaging")
 
 
@@ -98,7 +88,8 @@ def results_root() -> Path:
 
 
 def labelled(curves: Mapping[str, ErrorCurve]) -> dict[str, ErrorCurve]:
-    """The same curves keyed by their plot names (:data:`LABELS`), for :func:`icl_lib.plotting.plot_error_curves`."""
+    """The same curves keyed by their plot names (:data:`LABELS`); :func:`icl_lib.plotting.plot_error_curves` takes
+    ids and these names alike."""
     return {LABELS.get(name, name): curve for name, curve in curves.items()}
 
 
@@ -129,24 +120,6 @@ def _as_shift(shift: Any) -> shifts.Shift | None:
     if isinstance(shift, Mapping):
         return _from_spec("shift", shift, shifts.make_shift, shifts.SHIFTS)
     raise ValueError(f"shift must be None, a Shift, a name ({list(shifts.SHIFTS)}) or a dict, got {shift!r}")
-
-
-def _predict_in_chunks(predict: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], xs: torch.Tensor,
-                       ys: torch.Tensor, chunk: int) -> torch.Tensor:
-    return torch.cat([predict(xs[i : i + chunk], ys[i : i + chunk]) for i in range(0, xs.shape[0], chunk)])
-
-
-def _predictions(predict: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], prompts: shifts.ShiftedPrompts,
-                 chunk: int) -> torch.Tensor:
-    """``(batch, n_points)``: entry k predicts the query at k from the first k examples."""
-    if not prompts.has_queries:
-        return _predict_in_chunks(predict, prompts.xs, prompts.ys, chunk)
-    columns = []
-    for k in range(prompts.xs.shape[1]):
-        xs = torch.cat((prompts.xs[:, :k], prompts.query_xs[:, k : k + 1]), dim=1)
-        ys = torch.cat((prompts.ys[:, :k], prompts.query_ys[:, k : k + 1]), dim=1)
-        columns.append(_predict_in_chunks(predict, xs, ys, chunk)[:, k])
-    return torch.stack(columns, dim=1)
 
 
 def _dry_run(function_class: Any, estimators: Sequence[str], options: Mapping[str, Any], n_dims: int) -> None:
@@ -222,28 +195,17 @@ def evaluate_model(
     else:
         prompts = shift.apply(xs, function_class, generator)
         params = prompts.params
-    targets = prompts.query_ys if prompts.has_queries else prompts.ys
     normalizer = function_class.zero_predictor_error(n_dims) * prompts.variance
 
-    predictors: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {}
-    if model is not None:
-        was_training = model.training
-        model.eval()
-        predictors["transformer"] = lambda a, b: model(a.to(device), b.to(device)).float()
+    predictors: dict[str, Any] = {} if model is None else {"transformer": model}
     for name in estimators:
         options = estimator_options.get(name, {})
         predictors[name] = (lambda est, opts: lambda a, b: est(a, b, params, opts))(ESTIMATORS[name], options)
-    curves = {}
-    try:
-        for name, predict in predictors.items():
-            # The oracle needs the params row by row, so it runs in one chunk.
-            size = n_prompts if name == "oracle" else chunk
-            preds = _predictions(predict, prompts, size)
-            curves[name] = evaluation.error_curve(preds, targets, normalizer, n_bootstrap=n_bootstrap, seed=seed)
-    finally:
-        if model is not None:
-            model.train(was_training)
-    return curves
+    queries = (prompts.query_xs, prompts.query_ys) if prompts.has_queries else None
+    # The oracle needs the params row by row, so it runs in one chunk.
+    return {name: evaluation.error_curves({name: predict}, prompts.xs, prompts.ys, normalizer, queries=queries,
+                                          chunk=n_prompts if name == "oracle" else chunk, n_bootstrap=n_bootstrap,
+                                          seed=seed)[name] for name, predict in predictors.items()}
 
 
 # ---------------------------------------------------------------- result files

@@ -2,6 +2,10 @@
 
 Errors are normalised as in Garg et al.: divided by the zero predictor's error E[f(x)^2] of the function
 class (d for dense linear, k for k-sparse), so 1.0 means "no better than predicting 0".
+
+:func:`error_curves` is the one way the book evaluates predictors: trained models (through :func:`as_predictor`)
+and baselines on the same prompts; :func:`icl_lib.evaluate.evaluate_model` draws the prompts and calls it.
+:data:`STYLES` is the book's one table of how each estimator is named and drawn (:mod:`icl_lib.plotting`).
 """
 
 from __future__ import annotations
@@ -11,10 +15,58 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 
 from icl_lib import checks
 
 Predictor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Style:
+    """How an estimator is named and drawn: legend ``label``, ``color`` (None: the axes' colour cycle), matplotlib
+    ``linestyle`` and ``marker``."""
+
+    label: str
+    color: str | None
+    linestyle: str = "-"
+    marker: str | None = None
+
+
+# Every estimator and trained model the book plots, by id: the names of icl_lib.evaluate.ESTIMATORS; "bayes", the
+# posterior mean of the prior the prompts (or a model's pretraining prompts) come from, and "bayes_oracle", the one
+# told the task's parameter; "gd_one_step"; and chapter 5's trained models by what they were trained on. One look in
+# every chapter, in colour-blind-safe Okabe-Ito colours; a dashed or dotted line, or a marker, tells two of one colour
+# apart.
+STYLES: dict[str, Style] = {
+    "transformer": Style("transformer", "#000000"),
+    "least_squares": Style("least squares", "#0072B2"),
+    "ridge": Style("ridge", "#56B4E9"),
+    "bayes": Style("Bayes", "#009E73", "--"),
+    "bayes_oracle": Style("Bayes, told the task", "#D55E00", ":"),
+    "lasso": Style("lasso", "#D55E00"),
+    "oracle": Style("oracle least squares", "#CC79A7"),
+    "knn": Style("k-NN (3)", "#E69F00"),
+    "averaging": Style("averaging", "#F0E442"),
+    "gd_one_step": Style("one-step GD", "#999999"),
+    "relu_net_gd": Style("2-layer ReLU net, GD", "#CC79A7", "-."),
+    "dmmse": Style("dMMSE", "#009E73", "-."),
+    "dense_trained": Style("dense-trained", "#56B4E9", marker="o"),
+    "sparse_trained": Style("sparse-trained", "#CC79A7", marker="o"),
+    "mixture_trained": Style("mixture-trained", "#000000", marker="o"),
+    "linear_trained": Style("linear-trained", "#56B4E9", marker="s"),
+    "sinusoid_trained": Style("sinusoid-trained", "#CC79A7", marker="s"),
+}
+
+
+def style(name: str) -> Style:
+    """The :data:`STYLES` entry of an estimator id, or of the label it is drawn with (``"least squares"``)."""
+    if name in STYLES:
+        return STYLES[name]
+    for entry in STYLES.values():
+        if entry.label == name:
+            return entry
+    raise ValueError(f"estimator must be an id of the style table {list(STYLES)} or one of its labels, got {name!r}")
 
 
 @dataclass(frozen=True)
@@ -86,12 +138,73 @@ def error_curve(
     return ErrorCurve(mean=mean, low=low, high=high, n_prompts=errors.shape[0])
 
 
+def as_predictor(model: nn.Module, label_scale: float = 1.0) -> Predictor:
+    """A trained model as a predictor ``(xs, ys) -> preds: (batch, n_points)`` in float64, run in eval mode without
+    gradients on the model's device (float32 inputs).
+
+    ``label_scale``: the model reads the labels times this scale (the scale of its training labels) and its
+    prediction is divided by it, so that it is compared with other predictors on the same prompts.
+    """
+    device = next(model.parameters()).device
+
+    def predict(xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                preds = model(xs.to(device, torch.float32), (ys * label_scale).to(device, torch.float32))
+        finally:
+            model.train(was_training)
+        return preds.double() / label_scale
+
+    return predict
+
+
+def predictions(predict: Predictor, xs: torch.Tensor, ys: torch.Tensor, query_xs: torch.Tensor | None = None,
+                query_ys: torch.Tensor | None = None, chunk: int | None = None) -> torch.Tensor:
+    """``(batch, n_points)``: entry k predicts the query at k from the examples ``xs[:, :k]``, ``ys[:, :k]``.
+
+    The query at k is ``xs[:, k]`` (as in training) unless ``query_xs, query_ys: (batch, n_points, d), (batch,
+    n_points)`` are given (a query shift). ``chunk``: at most that many prompts per call of ``predict`` (None: all).
+    """
+    def in_chunks(xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+        size = xs.shape[0] if chunk is None else chunk
+        return torch.cat([predict(xs[i : i + size], ys[i : i + size]) for i in range(0, xs.shape[0], size)])
+
+    if query_xs is None:
+        return in_chunks(xs, ys)
+    columns = []
+    for k in range(xs.shape[1]):  # the first k examples, then the k-th query in the query's position
+        prompt_xs = torch.cat((xs[:, :k], query_xs[:, k : k + 1]), dim=1)
+        prompt_ys = torch.cat((ys[:, :k], query_ys[:, k : k + 1]), dim=1)
+        columns.append(in_chunks(prompt_xs, prompt_ys)[:, k])
+    return torch.stack(columns, dim=1)
+
+
 def error_curves(
-    predictors: Mapping[str, Predictor], xs: torch.Tensor, ys: torch.Tensor, normalizer: float, **bootstrap
+    predictors: Mapping[str, Predictor | nn.Module],
+    xs: torch.Tensor,
+    ys: torch.Tensor,
+    normalizer: float,
+    *,
+    queries: tuple[torch.Tensor, torch.Tensor] | None = None,
+    chunk: int | None = None,
+    **bootstrap,
 ) -> dict[str, ErrorCurve]:
-    """Error curves of several predictors on the same prompts, by name (the order is kept)."""
+    """Error curves of several predictors on the same prompts ``xs: (batch, n_points, d)``, ``ys: (batch, n_points)``,
+    by name (the order is kept). A predictor is a function ``(xs, ys) -> preds`` or a trained model
+    (:func:`as_predictor`). ``queries``: ``(query_xs, query_ys)`` of a query shift, against whose labels the errors
+    are measured (:func:`predictions`); ``chunk``: prompts per call; ``bootstrap``: options of :func:`error_curve`.
+    """
     checks.prompt_tensors(xs, ys)
-    return {name: error_curve(predict(xs, ys), ys, normalizer, **bootstrap) for name, predict in predictors.items()}
+    query_xs, query_ys = queries if queries is not None else (None, None)
+    targets = ys if query_ys is None else query_ys
+    curves = {}
+    for name, predict in predictors.items():
+        predict = as_predictor(predict) if isinstance(predict, nn.Module) else predict
+        preds = predictions(predict, xs, ys, query_xs, query_ys, chunk)
+        curves[name] = error_curve(preds, targets, normalizer, **bootstrap)
+    return curves
 
 
 def band_contains(curve: ErrorCurve, values: np.ndarray | float, k: slice | np.ndarray) -> bool:

@@ -1,4 +1,8 @@
-"""The book's house style: one look for every figure, one colour per estimator across chapters.
+"""The book's house style: one look for every figure, and one look per estimator across chapters.
+
+Estimators are drawn from the style table :data:`icl_lib.evaluation.STYLES` (label, colour, line style and marker
+by estimator id); :func:`plot_error_curves` takes curves keyed by those ids, with per-call overrides. Every k axis
+has integer ticks (:func:`k_axis`), and distribution shifts get readable titles (:func:`shift_title`).
 
 Every figure carries alt text. In a chapter (an IPython kernel), :func:`use_house_style` makes each figure's PNG
 carry a description in its ``Description`` text chunk: the text given by :func:`set_alt` (or ``show(fig, alt=...)``)
@@ -13,16 +17,19 @@ import base64
 import io
 import re
 import weakref
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
+from typing import Any
 
 import matplotlib.pyplot as plt
+import numpy as np
 from matplotlib.collections import Collection, PathCollection
 from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
+from matplotlib.ticker import MaxNLocator
 
-from icl_lib.evaluation import ErrorCurve
+from icl_lib.evaluation import ErrorCurve, Style, style
 
 HOUSE_STYLE = {
     "figure.figsize": (6.4, 4.0),
@@ -39,18 +46,18 @@ HOUSE_STYLE = {
     "lines.linewidth": 2.0,
 }
 
-# The same estimator has the same colour in every chapter (colour-blind-safe Okabe-Ito palette).
-ESTIMATOR_COLORS = {
-    "transformer": "#000000",
-    "least squares": "#0072B2",
-    "ridge": "#56B4E9",
-    "Bayes": "#009E73",
-    "lasso": "#D55E00",
-    "oracle": "#CC79A7",
-    "k-NN": "#E69F00",
-    "averaging": "#F0E442",
-    "one-step GD": "#999999",
+# Readable titles of icl_lib.shifts' shifts, and the symbols of their options (shift_title).
+SHIFT_TITLES = {
+    "skewed_covariance": "skewed covariance",
+    "noisy_labels": "noisy labels",
+    "opposite_orthant": "opposite orthant",
+    "orthogonal_query": "orthogonal query",
+    "half_subspace": "half subspace",
+    "scaled_inputs": "scaled inputs",
+    "scaled_outputs": "scaled outputs",
 }
+OPTION_SYMBOLS = {"noise_std": "σ", "scale": "c"}
+K_LABEL = "number of in-context examples k"
 
 
 ALT_TEXT_KEY = "Description"  # the PNG text chunk that carries a figure's alt text (book/_ext/figure_alt.py reads it)
@@ -173,12 +180,31 @@ def figure_png(fig: Figure, **savefig_kwargs) -> bytes:
     return buffer.getvalue()
 
 
-def estimator_color(name: str) -> str | None:
-    """The house colour of an estimator, matched on the start of its name (``"lasso (alpha=0.1)"``)."""
-    for key, color in ESTIMATOR_COLORS.items():
-        if name.lower().startswith(key.lower()):
-            return color
-    return None
+def estimator_color(name: str) -> str:
+    """The house colour of an estimator id or label (:data:`icl_lib.evaluation.STYLES`)."""
+    return style(name).color
+
+
+def shift_title(name: str, **options: Any) -> str:
+    """A readable title for the shift ``name`` with ``options``: ``shift_title("noisy_labels", noise_std=0.5)`` is
+    ``"noisy labels, σ = 0.5"``; unknown names and options are shown as given."""
+    values = [f"{OPTION_SYMBOLS.get(key, key)} = {value:g}" if isinstance(value, (int, float)) else f"{key} = {value}"
+              for key, value in options.items()]
+    return ", ".join([SHIFT_TITLES.get(name, name.replace("_", " ")), *values])
+
+
+def k_axis(ax: plt.Axes, label: str = K_LABEL) -> plt.Axes:
+    """Label the x axis of ``ax`` as a number of examples, with integer ticks only; return ``ax``."""
+    ax.set_xlabel(label)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    return ax
+
+
+def _option(value: Mapping[str, Any] | Any, name: str, default: Any) -> Any:
+    """A per-curve style option: ``value[name]`` for a mapping (``default`` if absent), else ``value`` for all."""
+    if isinstance(value, Mapping):
+        return value.get(name, default)
+    return default if value is None else value
 
 
 def plot_error_curves(
@@ -188,32 +214,58 @@ def plot_error_curves(
     title: str | None = None,
     ylim: tuple[float, float] | None = (0.0, 1.25),
     zero_predictor: float | None = 1.0,
+    *,
+    labels: Mapping[str, str] | None = None,
+    colors: Mapping[str, str] | str | None = None,
+    linestyles: Mapping[str, str] | str | None = None,
+    markers: Mapping[str, str | None] | str | None = None,
+    bands: bool | Container[str] = True,
+    x: np.ndarray | None = None,
+    xlabel: str = K_LABEL,
+    ylabel: str = "normalised squared error",
+    legend: bool = True,
 ) -> plt.Axes:
-    """Normalised error vs number of in-context examples, one line and bootstrap band per curve.
+    """Normalised error against the number of in-context examples k, one line and bootstrap band per curve.
 
-    ``d`` draws the interpolation threshold k = d. The dotted line is the zero predictor's normalised
-    error, ``zero_predictor`` (1 for noiseless tasks, 1 + noise_std^2 / d for noisy linear; None: no line).
+    ``curves`` are keyed by estimator id (or label) of :data:`icl_lib.evaluation.STYLES`, which gives each its
+    label, colour, line style and marker; any other key is its own label, in the next colour of the axes' cycle.
+    ``labels``, ``colors``, ``linestyles``, ``markers``: overrides by key (a mapping), or one value for every curve
+    (a string). ``bands``: draw the bands of all curves (True), none (False) or of the keys given. ``d`` draws the
+    interpolation threshold k = d. The dotted line is the zero predictor's normalised error, ``zero_predictor``
+    (1 for noiseless tasks, 1 + noise_std^2 / d for noisy linear; None: no line). ``x``: other x coordinates than
+    k (one per point of every curve; then ``xlabel`` names them and the ticks need not be integers).
     """
     if ax is None:
         _, ax = plt.subplots()
     for name, curve in curves.items():
-        color = estimator_color(name)
-        (line,) = ax.plot(curve.k, curve.mean, label=name, color=color)
-        ax.fill_between(curve.k, curve.low, curve.high, color=line.get_color(), alpha=0.2, linewidth=0)
+        try:
+            house = style(name)
+        except ValueError:  # not in the table: its own label, the axes' colour cycle
+            house = Style(label=name, color=None)
+        where = curve.k if x is None else x
+        marker = _option(markers, name, house.marker)
+        (line,) = ax.plot(where, curve.mean, label=_option(labels, name, house.label),
+                          color=_option(colors, name, house.color), linestyle=_option(linestyles, name, house.linestyle),
+                          marker=marker, markersize=3 if marker else None)
+        if bands is True or (bands is not False and name in bands):
+            ax.fill_between(where, curve.low, curve.high, color=line.get_color(), alpha=0.2, linewidth=0)
     if zero_predictor is not None:
         ax.axhline(zero_predictor, color="grey", linestyle=":", linewidth=1, label="zero predictor")
     if d is not None:
         ax.axvline(d, color="grey", linestyle="--", linewidth=1)
         ax.annotate("k = d", (d, 1.0), xytext=(4, 4), textcoords="offset points", color="grey", fontsize=9)
-    ax.set_xlabel("number of in-context examples k")
-    ax.set_ylabel("normalised squared error")
+    if x is None:
+        k_axis(ax, xlabel)
+    else:
+        ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     if ylim is not None:
         ax.set_ylim(*ylim)
     if title:
         ax.set_title(title)
-    ax.legend()
+    if legend:
+        ax.legend()
     return ax
-
 
 
 def _in_data_coordinates(transform, ax: plt.Axes) -> bool:

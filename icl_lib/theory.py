@@ -18,9 +18,10 @@ with S = (1/N) sum_i x_i x_i^T. Conventions used throughout this module:
 
 Symbolic part (sympy, each step in seconds for d <= 3): a small Wick/Isserlis expander gives the fourth moment and
 E[S_ab S_ce] with symbolic N; from it the loss for concrete d with symbolic Lambda (``"identity"``, ``"diagonal"`` or
-``"full"``); its gradient, stationary point (= Gamma^{-1}), minimum, Hessian; the eigenbasis argument for symbolic d;
-the conserved quantity u^2 - ||U||_F^2. Numerical part (numpy float64): Gamma, the closed-form loss (also under query and
-covariate shifts), the loss of a model trained at N and tested at M, and an RK4 simulator of the reduced flow.
+``"full"``); its gradient, stationary point (= Gamma^{-1}), minimum, Hessian; the eigenbasis argument for symbolic d
+(chapter 2 runs it); the conserved quantity u^2 - ||U||_F^2. Numerical part (numpy float64): Gamma, the closed-form
+loss (also under query and covariate shifts), the loss of a model trained at N and tested at M, and an RK4 simulator
+of the reduced flow.
 """
 
 from __future__ import annotations
@@ -147,22 +148,6 @@ def fourth_moment_quadratic(m: sp.Matrix, cov: sp.Matrix) -> sp.Matrix:
     return sp.Matrix(d, d, lambda a, e: sp.Add(*(moment[a, b, c, e] * m[b, c] for b in range(d) for c in range(d))))
 
 
-def isserlis_identity_residual(d: int) -> sp.Matrix:
-    """E[x x^T M x x^T] - (Lambda (M + M^T) Lambda + tr(M Lambda) Lambda), expanded: ``(d, d)``.
-
-    Symbolic full symmetric Lambda and a symbolic general (non-symmetric) M = [m_ij]. Zero iff the identity holds.
-    """
-    lam, _ = lambda_matrix(d, "full")
-    m = sp.Matrix(d, d, lambda i, j: sp.Symbol(f"m_{i + 1}{j + 1}", real=True))
-    expected = lam * (m + m.T) * lam + (m * lam).trace() * lam
-    return (fourth_moment_quadratic(m, lam) - expected).applyfunc(sp.expand)
-
-
-def check_isserlis_identity(d: int) -> bool:
-    """True if E[x x^T M x x^T] = Lambda (M + M^T) Lambda + tr(M Lambda) Lambda holds symbolically at dimension d."""
-    return _is_zero_matrix(isserlis_identity_residual(d))
-
-
 def sample_moment_covariance(cov: sp.Matrix, n: sp.Expr) -> sp.Array:
     """E[S_ab S_ce], shape ``(d, d, d, d)``, for S = (1/N) sum_{i <= N} x_i x_i^T, x_i i.i.d. N(0, cov), N = ``n``.
 
@@ -183,27 +168,18 @@ def lsa_population_loss(d: int, lambda_kind: str = "full") -> tuple[sp.Expr, LSA
     """L(A) = E[(w^T S A x_q - w^T x_q)^2] derived by Wick pairing, for concrete ``d`` and symbolic N and Lambda.
 
     Returns ``(loss, symbols)``: an expanded polynomial in the entries of A, of Lambda (``lambda_kind``: ``"identity"``,
-    ``"diagonal"`` or ``"full"``) and 1/N, and the :class:`LSASymbols`. No factor 1/2. Derivation: the error is
-    w^T B x_q with B = S A - I; pairing w with w (E[w_i w_i'] = delta_ii') and x_q with x_q (Lambda_bb'), both
-    independent of S, gives sum_{i, b, b'} Lambda_bb' E[B_ib B_ib'], and E[B_ib B_ib'] needs only E[S] = Lambda and
-    E[S_ic S_ic'] (:func:`sample_moment_covariance`).
+    ``"diagonal"`` or ``"full"``) and 1/N, and the :class:`LSASymbols`. No factor 1/2. Derivation (chapter 2 runs the
+    same lines): the error is w^T B x_q with B = S A - I; averaging over w ~ N(0, I_d) and x_q ~ N(0, Lambda), both
+    independent of S, leaves E tr(B Lambda B^T) = E tr(S M S) - 2 tr(Lambda A Lambda) + tr(Lambda) with
+    M = A Lambda A^T, because E[S] = Lambda; and E tr(S M S) = sum_{i, b, c} E[S_ib S_ci] M_bc needs only the second
+    moments of S (:func:`sample_moment_covariance`).
     """
     symbols = lsa_symbols(d, lambda_kind)
     a, lam, n = symbols.A, symbols.Lambda, symbols.N
-    second = sample_moment_covariance(lam, n)
-    delta = sp.eye(d)
-    terms = []
-    for i in range(d):
-        for b in range(d):
-            for b2 in range(d):
-                if lam[b, b2] == 0:
-                    continue
-                quadratic = sp.Add(*(a[c, b] * a[c2, b2] * second[i, c, i, c2] for c in range(d) for c2 in range(d)))
-                mean_b = sp.Add(*(lam[i, c] * a[c, b] for c in range(d)))  # E[(S A)_ib]
-                mean_b2 = sp.Add(*(lam[i, c] * a[c, b2] for c in range(d)))
-                cross = quadratic - delta[i, b2] * mean_b - delta[i, b] * mean_b2 + delta[i, b] * delta[i, b2]
-                terms.append(lam[b, b2] * cross)
-    return sp.expand(sp.Add(*terms)), symbols
+    second = sample_moment_covariance(lam, n)  # E[S_ab S_ce]
+    m = a * lam * a.T
+    quadratic = sp.Add(*(second[i, b, c, i] * m[b, c] for i in range(d) for b in range(d) for c in range(d)))
+    return sp.expand(quadratic - 2 * (lam * a * lam).trace() + lam.trace()), symbols
 
 
 def closed_form_loss(a: sp.Matrix, lam: sp.Matrix, n: sp.Expr) -> sp.Expr:
@@ -216,32 +192,6 @@ def check_closed_form_loss(d: int, lambda_kind: str = "full") -> bool:
     """True if the Wick-derived :func:`lsa_population_loss` equals :func:`closed_form_loss` identically."""
     loss, s = lsa_population_loss(d, lambda_kind)
     return sp.expand(loss - closed_form_loss(s.A, s.Lambda, s.N)) == 0
-
-
-def matrix_level_residuals(d: int) -> dict[str, sp.Matrix]:
-    """The matrix-level argument for general d, each step as a residual that must vanish (checked at concrete d).
-
-    With M a symbolic d x d matrix, full symbolic Lambda and symbolic N:
-
-    * ``"sandwich"``: E[S M S] - ((1 - 1/N) Lambda M Lambda + (1/N)(Lambda (M + M^T) Lambda + tr(M Lambda) Lambda));
-      E[S M S] from :func:`sample_moment_covariance` (entry (a, e) = sum_{b, c} E[S_ab S_ce] M_bc).
-    * ``"trace"``: for symmetric M, tr(E[S M S]) - tr(M Lambda Gamma) (a 1 x 1 matrix).
-
-    Together with E_w E_xq [(w^T B x_q)^2] = tr(B Lambda B^T) for B = S A - I and M = A Lambda A^T (symmetric), they
-    give L(A) = tr(A Lambda A^T Lambda Gamma) - 2 tr(A^T Lambda^2) + tr(Lambda) for every d.
-    """
-    lam, _ = lambda_matrix(d, "full")
-    n = sp.Symbol("N", positive=True)
-    m = sp.Matrix(d, d, lambda i, j: sp.Symbol(f"m_{i + 1}{j + 1}", real=True))
-    m_sym = sp.Matrix(d, d, lambda i, j: sp.Symbol(f"m_{min(i, j) + 1}{max(i, j) + 1}", real=True))
-    second = sample_moment_covariance(lam, n)
-
-    def sandwich(mat: sp.Matrix) -> sp.Matrix:
-        return sp.Matrix(d, d, lambda i, e: sp.Add(*(second[i, b, c, e] * mat[b, c] for b in range(d) for c in range(d))))
-
-    expected = (1 - 1 / n) * lam * m * lam + (lam * (m + m.T) * lam + (m * lam).trace() * lam) / n
-    trace_gap = sandwich(m_sym).trace() - (m_sym * lam * symbolic_gamma(lam, n)).trace()
-    return {"sandwich": (sandwich(m) - expected).applyfunc(sp.expand), "trace": sp.Matrix([[sp.expand(trace_gap)]])}
 
 
 # ================================================================= gradient, stationary point, minimum
@@ -461,17 +411,6 @@ def identity_minimum_loss_general_d() -> tuple[sp.Expr, EigenbasisSymbols]:
     value = eigenbasis_minimum_loss(e)
     ones = value.replace(lambda x: isinstance(x, sp.Indexed) and x.base == e.lam, lambda x: sp.S.One)
     return sp.simplify(ones.doit()), e
-
-
-def eigenbasis_concrete(expr: sp.Expr, e: EigenbasisSymbols, s: LSASymbols) -> sp.Expr:
-    """Evaluate a symbolic-d expression at the concrete d of ``s`` (diagonal Lambda): d -> size, sums expanded,
-    lambda[p] -> s.Lambda[p-1, p-1], A[p, q] -> s.A[p-1, q-1]."""
-    d = s.A.shape[0]
-    concrete = expr.subs(e.d, d).doit()
-    concrete = concrete.replace(lambda x: isinstance(x, sp.Indexed) and x.base == e.lam,
-                                lambda x: s.Lambda[int(x.indices[0]) - 1, int(x.indices[0]) - 1])
-    return concrete.replace(lambda x: isinstance(x, sp.Indexed) and x.base == e.A,
-                            lambda x: s.A[int(x.indices[0]) - 1, int(x.indices[1]) - 1])
 
 
 # ================================================================= the reduced flow, symbolically

@@ -407,6 +407,8 @@ LIBRARY_ERRORS = [
      r"alt must be a non-empty string saying what the figure shows, got 3"),
     ("figure_description of an axes", lambda run, tmp: plotting.figure_description(_figure().axes[0]),
      r"fig must be a matplotlib Figure, got Axes"),
+    ("estimator_color of an unknown estimator", lambda run, tmp: plotting.estimator_color("magic"),
+     r"estimator must be an id of the style table \[.*'least_squares'.*\] or one of its labels, got 'magic'"),
     ("sim_aou of mismatched shapes", lambda run, tmp: finetuning.sim_aou(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(3, 3)),
      r"h_zsl, h_icl and h_other must be tensors of one shape"),
     ("compare(generator=7)", lambda run, tmp: finetuning.compare(

@@ -10,7 +10,16 @@ import torch
 
 from icl_lib.baselines import averaging, least_squares
 from icl_lib.devices import make_generator
-from icl_lib.evaluation import ErrorCurve, band_contains, bootstrap_band, error_curve, error_curves, squared_errors
+from icl_lib.evaluation import (
+    ErrorCurve,
+    as_predictor,
+    band_contains,
+    bootstrap_band,
+    error_curve,
+    error_curves,
+    predictions,
+    squared_errors,
+)
 
 
 def random_preds(batch: int, n_points: int, seed: int):
@@ -110,6 +119,63 @@ def test_error_curves_keeps_the_order_and_matches_error_curve():
         expected = error_curve(predict(xs, ys), ys, 3.0, n_bootstrap=100)
         np.testing.assert_array_equal(curves[name].mean, expected.mean)
         np.testing.assert_array_equal(curves[name].low, expected.low)
+
+
+class LastLabelModel(torch.nn.Module):
+    """Predicts, at every position, 2 x the label of the position before it (0 at the first): a fixed, known rule,
+    in float32 like the book's models; ``calls`` records its training flag and the dtype it was given."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.tensor(2.0))
+        self.calls = []
+
+    def forward(self, xs, ys):
+        self.calls.append((self.training, xs.dtype, ys.dtype, torch.is_grad_enabled()))
+        return self.weight * torch.cat((torch.zeros_like(ys[:, :1]), ys[:, :-1]), dim=1)
+
+
+def test_as_predictor_runs_a_model_in_eval_mode_without_gradients_and_undoes_the_label_scale():
+    model = LastLabelModel().train()
+    xs, ys = torch.randn(4, 5, 3, dtype=torch.float64), torch.randn(4, 5, dtype=torch.float64)
+    preds = as_predictor(model, label_scale=0.5)(xs, ys)
+    assert preds.dtype == torch.float64 and preds.shape == (4, 5)
+    # the model read 0.5 ys in float32; its prediction 2 * 0.5 y_{k-1} is divided by 0.5 again
+    expected = 2 * (0.5 * ys).float().double() / 0.5
+    torch.testing.assert_close(preds[:, 1:], expected[:, :-1], rtol=0, atol=0)
+    assert model.calls == [(False, torch.float32, torch.float32, False)]
+    assert model.training, "the model's own mode is restored"
+
+
+def test_predictions_with_queries_put_the_k_th_query_after_the_first_k_examples():
+    xs, ys = torch.randn(3, 4, 2), torch.randn(3, 4)
+    query_xs, query_ys = torch.randn(3, 4, 2), torch.randn(3, 4)
+    seen = []
+
+    def last_input_sum(prompt_xs, prompt_ys):  # predicts the sum of the last input's coordinates at every position
+        seen.append(prompt_xs.shape)
+        return prompt_xs.sum(-1)
+
+    preds = predictions(last_input_sum, xs, ys, query_xs, query_ys, chunk=2)
+    torch.testing.assert_close(preds, query_xs.sum(-1))
+    assert seen == [(2, k + 1, 2) if i == 0 else (1, k + 1, 2) for k in range(4) for i in range(2)]
+    torch.testing.assert_close(predictions(last_input_sum, xs, ys), xs.sum(-1))
+
+
+def test_error_curves_take_models_and_measure_query_shifts_against_the_query_labels():
+    g = make_generator(11)
+    xs, ys = torch.randn(40, 6, 3, generator=g), torch.randn(40, 6, generator=g)
+    model = LastLabelModel()
+    curves = error_curves({"transformer": model, "zero": lambda a, b: torch.zeros_like(b)}, xs, ys, 2.0,
+                          chunk=7, n_bootstrap=50)
+    assert list(curves) == ["transformer", "zero"]
+    expected = error_curve(as_predictor(model)(xs, ys), ys, 2.0, n_bootstrap=50)
+    np.testing.assert_array_equal(curves["transformer"].mean, expected.mean)
+    np.testing.assert_allclose(curves["zero"].mean, (ys.double() ** 2).mean(0).numpy() / 2.0, rtol=1e-12)
+    query_xs, query_ys = torch.randn(40, 6, 3, generator=g), torch.randn(40, 6, generator=g)
+    shifted = error_curves({"zero": lambda a, b: torch.zeros_like(b)}, xs, ys, 1.0, queries=(query_xs, query_ys),
+                           n_bootstrap=50)
+    np.testing.assert_allclose(shifted["zero"].mean, (query_ys.double() ** 2).mean(0).numpy(), rtol=1e-12)
 
 
 # ---------------------------------------------------------------- bad input

@@ -1,4 +1,4 @@
-"""House style and error-curve plots, smoke level on the Agg backend: lines, bands and colours exist."""
+"""House style, the style table and error-curve plots on the Agg backend: lines, bands, colours, ticks, titles."""
 
 from __future__ import annotations
 
@@ -11,13 +11,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from icl_lib.evaluation import ErrorCurve  # noqa: E402
+from icl_lib import evaluate  # noqa: E402
+from icl_lib.evaluate import ESTIMATORS  # noqa: E402
+from icl_lib.evaluation import STYLES, ErrorCurve, style  # noqa: E402
 from icl_lib.plotting import (  # noqa: E402
-    ESTIMATOR_COLORS,
     HOUSE_STYLE,
     estimator_color,
+    k_axis,
     plot_error_curves,
     plotted_axes_problems,
+    shift_title,
     show,
     use_house_style,
 )
@@ -46,68 +49,126 @@ def test_use_house_style_sets_the_rc_params():
     assert matplotlib.get_backend().lower() == "agg"
 
 
-def test_estimator_colours_are_distinct_valid_colours():
-    colours = list(ESTIMATOR_COLORS.values())
-    assert len(set(c.lower() for c in colours)) == len(colours)
-    assert all(mcolors.is_color_like(c) for c in colours)
+def test_every_estimator_of_the_library_has_a_style():
+    assert set(ESTIMATORS) | {"transformer"} <= set(STYLES)
+    assert evaluate.LABELS == {name: STYLES[name].label for name in ("transformer", *ESTIMATORS)}
 
 
-@pytest.mark.parametrize("name, key", [
-    ("least squares", "least squares"), ("lasso (alpha=0.1)", "lasso"), ("Ridge, penalty 0.25", "ridge"),
-    ("Bayes-optimal", "Bayes"), ("k-NN (3 neighbours)", "k-NN"), ("one-step GD, eta = 0.1", "one-step GD"),
-    ("transformer (mixture)", "transformer"), ("oracle least squares", "oracle"), ("averaging", "averaging"),
+def test_styles_are_valid_and_tell_every_estimator_apart():
+    looks = [(mcolors.to_hex(s.color), s.linestyle, s.marker) for s in STYLES.values()]
+    assert len(set(looks)) == len(looks), "two estimators would look the same"
+    labels = [s.label for s in STYLES.values()]
+    assert len(set(labels)) == len(labels)
+    assert all(mcolors.is_color_like(s.color) for s in STYLES.values())
+    assert all(s.linestyle in ("-", "--", ":", "-.") for s in STYLES.values())
+
+
+def test_style_and_estimator_color_take_an_id_or_its_label():
+    assert style("knn") is style("k-NN (3)") is STYLES["knn"]
+    assert estimator_color("least_squares") == estimator_color("least squares") == STYLES["least_squares"].color
+    with pytest.raises(ValueError, match=r"estimator must be an id of the style table \[.*'least_squares'.*got 'the lasso'"):
+        style("the lasso")
+
+
+@pytest.mark.parametrize("name, options, title", [
+    ("noisy_labels", {"noise_std": 0.5}, "noisy labels, σ = 0.5"),
+    ("scaled_inputs", {"scale": 2.0}, "scaled inputs, c = 2"),
+    ("orthogonal_query", {}, "orthogonal query"),
+    ("skewed_covariance", {"decay": 2}, "skewed covariance, decay = 2"),
+    ("a_new_shift", {"mode": "fast"}, "a new shift, mode = fast"),
 ])
-def test_estimator_color_matches_on_the_start_of_the_name(name, key):
-    assert estimator_color(name) == ESTIMATOR_COLORS[key]
+def test_shift_titles_are_readable(name, options, title):
+    assert shift_title(name, **options) == title
 
 
-def test_estimator_color_is_none_for_unknown_names():
-    assert estimator_color("my new estimator") is None
-    assert estimator_color("the lasso") is None  # the key must start the name
-
-
-def test_plot_error_curves_draws_a_line_and_band_per_curve():
-    curves = {"least squares": make_curve(12, 0.0), "lasso (alpha=0.1)": make_curve(12, 0.1),
-              "my model": make_curve(12, 0.2)}
+def test_plot_error_curves_draws_each_id_in_its_house_style_with_a_band():
+    curves = {"least_squares": make_curve(12, 0.0), "relu_net_gd": make_curve(12, 0.1), "my model": make_curve(12, 0.2)}
     fig, ax = plt.subplots()
     returned = plot_error_curves(curves, ax=ax, d=5, title="dense linear")
     assert returned is ax
 
-    labelled = {line.get_label(): line for line in ax.get_lines()}
-    for name, curve in curves.items():
-        line = labelled[name]
-        np.testing.assert_array_equal(line.get_xdata(), curve.k)
-        np.testing.assert_allclose(line.get_ydata(), curve.mean)
-    assert mcolors.same_color(labelled["least squares"].get_color(), ESTIMATOR_COLORS["least squares"])
-    assert mcolors.same_color(labelled["lasso (alpha=0.1)"].get_color(), ESTIMATOR_COLORS["lasso"])
-    # an unknown estimator falls back to the colour cycle, distinct from the house colours used here
-    assert not mcolors.same_color(labelled["my model"].get_color(), labelled["least squares"].get_color())
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert {"least squares", "2-layer ReLU net, GD", "my model", "zero predictor"} <= set(lines)
+    for label, curve in zip(("least squares", "2-layer ReLU net, GD", "my model"), curves.values()):
+        np.testing.assert_array_equal(lines[label].get_xdata(), curve.k)
+        np.testing.assert_allclose(lines[label].get_ydata(), curve.mean)
+    assert mcolors.same_color(lines["least squares"].get_color(), STYLES["least_squares"].color)
+    relu = lines["2-layer ReLU net, GD"]
+    assert mcolors.same_color(relu.get_color(), STYLES["relu_net_gd"].color) and relu.get_linestyle() == "-."
+    # a key outside the table is its own label, in a colour of the cycle unlike the house colours used here
+    assert not mcolors.same_color(lines["my model"].get_color(), lines["least squares"].get_color())
 
     # one translucent band per curve, in the curve's colour, spanning low .. high
     bands = ax.collections
     assert len(bands) == len(curves)
-    for band, (name, curve) in zip(bands, curves.items()):
+    for band, label, curve in zip(bands, ("least squares", "2-layer ReLU net, GD", "my model"), curves.values()):
         face = band.get_facecolor()[0]
-        assert mcolors.same_color(face[:3], mcolors.to_rgb(labelled[name].get_color()))
+        assert mcolors.same_color(face[:3], mcolors.to_rgb(lines[label].get_color()))
         assert face[3] == pytest.approx(0.2)
         vertices = np.concatenate([path.vertices for path in band.get_paths()])
         assert vertices[:, 1].min() == pytest.approx(curve.low.min())
         assert vertices[:, 1].max() == pytest.approx(curve.high.max())
 
     # zero predictor at 1 and the interpolation threshold at k = d
-    zero = labelled["zero predictor"]
-    np.testing.assert_allclose(zero.get_ydata(), [1.0, 1.0])
+    np.testing.assert_allclose(lines["zero predictor"].get_ydata(), [1.0, 1.0])
     verticals = [line for line in ax.get_lines() if np.allclose(line.get_xdata(), 5)]
     assert len(verticals) == 1 and len(ax.get_lines()) == len(curves) + 2
     assert any(text.get_text() == "k = d" for text in ax.texts)
 
     legend = [text.get_text() for text in ax.get_legend().get_texts()]
-    assert legend == list(curves) + ["zero predictor"]
+    assert legend == ["least squares", "2-layer ReLU net, GD", "my model", "zero predictor"]
     assert ax.get_ylim() == pytest.approx((0.0, 1.25))
     assert ax.get_title() == "dense linear"
     assert ax.get_xlabel() == "number of in-context examples k"
     assert ax.get_ylabel() == "normalised squared error"
-    fig.canvas.draw()  # renders without error
+    fig.canvas.draw()
+    ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+    assert ticks and all(float(t).is_integer() for t in ticks), f"k ticks should be integers, got {ticks}"
+
+
+def test_plot_error_curves_accepts_labels_as_keys():
+    ax = plot_error_curves({"least squares": make_curve(6, 0.0), "k-NN (3)": make_curve(6, 0.1)})
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert mcolors.same_color(lines["least squares"].get_color(), STYLES["least_squares"].color)
+    assert mcolors.same_color(lines["k-NN (3)"].get_color(), STYLES["knn"].color)
+
+
+def test_plot_error_curves_overrides_and_bands():
+    curves = {"lasso": make_curve(6, 0.0), "sparse_trained": make_curve(6, 0.1), "bayes": make_curve(6, 0.2)}
+    ax = plot_error_curves(curves, labels={"lasso": "lasso (α = 0.001)"}, colors={"bayes": "#123456"},
+                           linestyles="--", bands=["sparse_trained"], legend=False)
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert set(lines) >= {"lasso (α = 0.001)", "sparse-trained", "Bayes"}
+    assert mcolors.same_color(lines["lasso (α = 0.001)"].get_color(), STYLES["lasso"].color)
+    assert mcolors.same_color(lines["Bayes"].get_color(), "#123456")
+    assert all(lines[label].get_linestyle() == "--" for label in ("lasso (α = 0.001)", "sparse-trained", "Bayes"))
+    assert lines["sparse-trained"].get_marker() == "o" and lines["lasso (α = 0.001)"].get_marker() in ("None", None, "")
+    assert len(ax.collections) == 1  # only the band asked for
+    assert ax.get_legend() is None
+    none = plot_error_curves(curves, bands=False, markers={"sparse_trained": None})
+    assert not none.collections
+    assert {line.get_label(): line for line in none.get_lines()}["sparse-trained"].get_marker() in ("None", None, "")
+
+
+def test_plot_error_curves_at_other_x_values():
+    alphas = np.linspace(0.0, 1.0, 6)
+    ax = plot_error_curves({"transformer": make_curve(6, 0.0)}, x=alphas, xlabel="alpha", zero_predictor=None)
+    (line,) = ax.get_lines()
+    np.testing.assert_allclose(line.get_xdata(), alphas)
+    assert ax.get_xlabel() == "alpha"
+    vertices = np.concatenate([path.vertices for path in ax.collections[0].get_paths()])
+    assert vertices[:, 0].min() == pytest.approx(0.0) and vertices[:, 0].max() == pytest.approx(1.0)
+
+
+def test_k_axis_labels_and_gives_integer_ticks():
+    fig, ax = plt.subplots()
+    ax.plot(np.arange(5), np.arange(5))
+    assert k_axis(ax) is ax
+    assert ax.get_xlabel() == "number of in-context examples k"
+    fig.canvas.draw()
+    assert all(float(t).is_integer() for t in ax.get_xticks())
+    k_axis(ax, "examples in the prompt M")
+    assert ax.get_xlabel() == "examples in the prompt M"
 
 
 def test_plot_error_curves_defaults():

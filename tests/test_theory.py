@@ -109,13 +109,13 @@ def test_wick_fourth_and_sixth_moments_match_numpy_monte_carlo():
 
 @pytest.mark.parametrize("d", [2, 3])
 def test_isserlis_identity_holds_symbolically_for_full_lambda_and_general_m(d):
-    assert theory.check_isserlis_identity(d)
-    residual = theory.isserlis_identity_residual(d)
-    assert residual.shape == (d, d) and residual.is_zero_matrix
-    # the M + M^T matters: with M not symmetric, 2 Lambda M Lambda + tr(M Lambda) Lambda is wrong
     lam, _ = theory.lambda_matrix(d, "full")
-    m = sp.Matrix(d, d, lambda i, j: sp.Symbol(f"m_{i}{j}"))
-    assert not is_zero(theory.fourth_moment_quadratic(m, lam) - (2 * lam * m * lam + (m * lam).trace() * lam))
+    m = sp.Matrix(d, d, lambda i, j: sp.Symbol(f"m_{i}{j}", real=True))
+    fourth = theory.fourth_moment_quadratic(m, lam)
+    assert fourth.shape == (d, d)
+    assert is_zero(fourth - (lam * (m + m.T) * lam + (m * lam).trace() * lam))
+    # the M + M^T matters: with M not symmetric, 2 Lambda M Lambda + tr(M Lambda) Lambda is wrong
+    assert not is_zero(fourth - (2 * lam * m * lam + (m * lam).trace() * lam))
 
 
 def test_sample_moment_covariance_matches_monte_carlo():
@@ -181,9 +181,22 @@ def test_loss_at_gamma_inverse_matches_monte_carlo_of_the_full_lsa_with_optimal_
 
 @pytest.mark.parametrize("d", [2, 3])
 def test_matrix_level_argument_steps_vanish(d):
-    residuals = theory.matrix_level_residuals(d)
-    assert set(residuals) == {"sandwich", "trace"}
-    assert all(r.is_zero_matrix for r in residuals.values())
+    """The matrix-level argument for general d, each step checked at concrete d (full symbolic Lambda, symbolic N):
+    E[S M S] = (1 - 1/N) Lambda M Lambda + (1/N)(Lambda (M + M^T) Lambda + tr(M Lambda) Lambda) for any M, and
+    tr E[S M S] = tr(M Lambda Gamma) for symmetric M. With E_w E_xq (w^T B x_q)^2 = tr(B Lambda B^T), B = S A - I and
+    M = A Lambda A^T, they give the closed form of L(A) for every d."""
+    lam, _ = theory.lambda_matrix(d, "full")
+    n = sp.Symbol("N", positive=True)
+    m = sp.Matrix(d, d, lambda i, j: sp.Symbol(f"m_{i + 1}{j + 1}", real=True))
+    m_sym = sp.Matrix(d, d, lambda i, j: sp.Symbol(f"m_{min(i, j) + 1}{max(i, j) + 1}", real=True))
+    second = theory.sample_moment_covariance(lam, n)
+
+    def sandwich(mat: sp.Matrix) -> sp.Matrix:  # E[S M S]: entry (a, e) = sum_{b, c} E[S_ab S_ce] M_bc
+        return sp.Matrix(d, d, lambda i, e: sp.Add(*(second[i, b, c, e] * mat[b, c] for b in range(d) for c in range(d))))
+
+    expected = (1 - 1 / n) * lam * m * lam + (lam * (m + m.T) * lam + (m * lam).trace() * lam) / n
+    assert (sandwich(m) - expected).applyfunc(sp.expand).is_zero_matrix
+    assert sp.expand(sandwich(m_sym).trace() - (m_sym * lam * theory.symbolic_gamma(lam, n)).trace()) == 0
 
 
 def test_closed_form_is_rotation_invariant_which_justifies_the_eigenbasis():
@@ -309,15 +322,25 @@ def test_eigenbasis_argument_for_symbolic_d():
     assert sp.simplify(value - e2.d * (e2.d + 1) / (e2.N + e2.d + 1)) == 0
 
 
+def eigenbasis_concrete(expr: sp.Expr, e: theory.EigenbasisSymbols, s: theory.LSASymbols) -> sp.Expr:
+    """Evaluate a symbolic-d expression at the concrete d of ``s`` (diagonal Lambda): d -> size, sums expanded,
+    lambda[p] -> s.Lambda[p-1, p-1], A[p, q] -> s.A[p-1, q-1], N -> s.N."""
+    d = s.A.shape[0]
+    concrete = expr.subs(e.d, d).doit()
+    concrete = concrete.replace(lambda x: isinstance(x, sp.Indexed) and x.base == e.lam,
+                                lambda x: s.Lambda[int(x.indices[0]) - 1, int(x.indices[0]) - 1])
+    concrete = concrete.replace(lambda x: isinstance(x, sp.Indexed) and x.base == e.A,
+                                lambda x: s.A[int(x.indices[0]) - 1, int(x.indices[1]) - 1])
+    return concrete.xreplace({e.N: s.N})
+
+
 @pytest.mark.parametrize("d", [2, 3])
 def test_eigenbasis_loss_at_concrete_d_is_the_wick_loss_with_diagonal_lambda(d):
     e = theory.eigenbasis_symbols()
     loss, s = theory.lsa_population_loss(d, "diagonal")
-    concrete = theory.eigenbasis_concrete(theory.eigenbasis_loss(e), e, s).xreplace({e.N: s.N})
-    assert sp.expand(concrete - loss) == 0
+    assert sp.expand(eigenbasis_concrete(theory.eigenbasis_loss(e), e, s) - loss) == 0
     minimum, _ = theory.minimum_loss(d, "diagonal")  # same symbol names and assumptions, hence the same symbols
-    concrete_minimum = theory.eigenbasis_concrete(theory.eigenbasis_minimum_closed_form(e), e, s).xreplace({e.N: s.N})
-    assert sp.simplify(concrete_minimum - minimum) == 0
+    assert sp.simplify(eigenbasis_concrete(theory.eigenbasis_minimum_closed_form(e), e, s) - minimum) == 0
 
 
 # ================================================================= the reduced flow
