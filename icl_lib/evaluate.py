@@ -258,8 +258,8 @@ def evaluate_model(
     :func:`icl_lib.samplers.gaussian_xs` from ``make_generator(seed)`` on ``device`` (default: the model's device,
     else the CPU), then shifted by ``shift`` (a :class:`icl_lib.shifts.Shift`, its name, a dict, or None).
     ``estimators``: names in :data:`ESTIMATORS`, with options from ``estimator_options`` (``{"lasso": {"alpha":
-    0.01}}``). ``model`` may be None (baselines only). Errors are divided by the task's
-    zero-predictor error times the shift's ``variance``; an orthogonal-query shift stops at ``n_points = n_dims``.
+    0.01}}``). ``model`` may be None (baselines only). Errors are divided by the task's zero-predictor error times
+    the shift's ``variance``; an orthogonal-query shift stops at ``n_points = n_dims``.
     Returns ``{"transformer": ..., "least_squares": ..., ...}`` in that order.
     """
     checks.positive_int("n_dims", n_dims)
@@ -268,8 +268,8 @@ def evaluate_model(
     checks.positive_int("chunk", chunk)
     function_class = _as_task(task)
     shift = _as_shift(shift)
-    estimators = _estimators(estimators, estimator_options or {})
-    _dry_run(function_class, estimators, n_dims)
+    baselines_by_name = _estimators(estimators, estimator_options or {})
+    _dry_run(function_class, baselines_by_name, n_dims)
     if device is None:
         device = next(model.parameters()).device if model is not None else torch.device("cpu")
     device = torch.device(device)
@@ -291,7 +291,7 @@ def evaluate_model(
         was_training = model.training
         model.eval()
         predictors["transformer"] = (lambda a, b: model(a.to(device), b.to(device)).float()), chunk
-    for name, estimator in estimators.items():
+    for name, estimator in baselines_by_name.items():
         size = n_prompts if getattr(estimator, "whole_batch", False) else chunk
         predictors[name] = functools.partial(estimator, params=params), size
     curves = {}
