@@ -2,16 +2,24 @@
 
 They run where data enters the library (factories, command lines, loaders, samplers, estimators), never on the
 values of a tensor inside the training step: a check there must stay on Python values and shapes (no host sync).
+
+:func:`build` is the one way a spec ``{"name": ..., **options}`` becomes an object (a task, a model, a shift, an
+estimator): each kind is a frozen dataclass or a class whose keyword parameters are its options, with its defaults.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import tempfile
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
+
+T = TypeVar("T")
 
 
 def _number(value: object) -> float:
@@ -137,3 +145,40 @@ def writable_file(name: str, path: str | os.PathLike) -> Path:
         raise ValueError(f"{name} must be a file path, got {str(path)!r}, which is a directory")
     writable_directory(f"the directory of {name}", path.parent)
     return path
+
+
+# ---------------------------------------------------------------- specs: {"name": ..., **options}
+
+
+def spec_options(kinds: Mapping[str, Callable[..., Any]], spec: str | Mapping[str, Any], what: str,
+                 context: Collection[str] = ()) -> tuple[str, dict[str, Any]]:
+    """Check a spec against its kind and return ``(name, options)``; a bare name is a spec without options.
+
+    A kind's options are its parameters (a dataclass's fields), less the ``context`` the caller supplies (a
+    model's prompt shape). Errors name ``what`` ("task", "model", ...), the accepted names or the accepted options;
+    the values are the kind's to check when it is built.
+    """
+    if isinstance(spec, str):
+        spec = {"name": spec}
+    if not isinstance(spec, Mapping) or "name" not in spec:
+        raise ValueError(f"{what} must be a table with a 'name' (one of {list(kinds)}), got {spec!r}")
+    options = dict(spec)
+    name = choice(f"{what}.name", options.pop("name"), tuple(kinds))
+    parameters = {p.name: p for p in inspect.signature(kinds[name]).parameters.values()
+                  if p.name not in context and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    unknown = sorted(set(options) - set(parameters))
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown} for {what} {name!r}; accepted: {list(parameters) or 'none'}")
+    missing = [p for p, parameter in parameters.items() if parameter.default is parameter.empty and p not in options]
+    if missing:
+        raise ValueError(f"{what} {name!r} needs the option(s) {missing}; accepted: {list(parameters)}")
+    return name, options
+
+
+def build(kinds: Mapping[str, Callable[..., T]], spec: str | Mapping[str, Any], what: str) -> T:
+    """``kinds[name](**options)`` for a spec checked by :func:`spec_options`; the kind checks the values.
+
+    ``build(tasks.TASKS, {"name": "sparse_linear", "k": 2}, "task")`` is ``SparseLinear(k=2)``.
+    """
+    name, options = spec_options(kinds, spec, what)
+    return kinds[name](**options)

@@ -17,15 +17,18 @@ From the command line (``RUN`` is a checkpoint name under ``checkpoints/`` or a 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import json
 import os
 import shlex
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -38,44 +41,111 @@ from icl_lib.samplers import gaussian_xs
 
 RESULT_FORMAT = "icl_lib-result/1"
 
-# Each estimator: (xs, ys, params, options) -> preds (batch, n_points); params are the sampled functions' params.
-Estimator = Callable[[torch.Tensor, torch.Tensor, Mapping[str, torch.Tensor], Mapping[str, Any]], torch.Tensor]
+# ---------------------------------------------------------------- estimators by name
+
+# Each estimator is a frozen dataclass of its options (``estimator_options``, ``--estimator-option NAME.KEY=VALUE``)
+# with its defaults. Called on prompts ``xs: (batch, n, d)``, ``ys: (batch, n)`` and the sampled functions' ``params``,
+# it returns predictions ``(batch, n)``, entry k predicting ``ys[:, k]`` from the first k examples.
 
 
-def _oracle(xs: torch.Tensor, ys: torch.Tensor, params: Mapping[str, torch.Tensor], options: Mapping) -> torch.Tensor:
-    if "support" not in params:
-        raise ValueError("it needs a sparse task (its params hold no 'support')")
-    return baselines.oracle_least_squares(xs, ys, params["support"])
+@dataclass(frozen=True)
+class LeastSquares:
+    """Minimum-norm least squares (:func:`icl_lib.baselines.least_squares`)."""
+
+    def __call__(self, xs: torch.Tensor, ys: torch.Tensor, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return baselines.least_squares(xs, ys)
 
 
-def _dmmse(xs: torch.Tensor, ys: torch.Tensor, params: Mapping[str, torch.Tensor], options: Mapping) -> torch.Tensor:
-    if "pool_size" not in options:
-        raise ValueError("it needs the option pool_size (with pool_seed and noise_std: the run's finite_pool_linear "
-                         "task), e.g. --estimator-option dmmse.pool_size=512")
-    task = tasks.FinitePoolLinear(**options)  # ESTIMATOR_OPTIONS["dmmse"] are the task's own fields
-    return baselines.dmmse(xs, ys, task.pool(xs.shape[-1]), task.noise_std)
+@dataclass(frozen=True)
+class Ridge:
+    """Ridge regression with ``penalty`` (:func:`icl_lib.baselines.ridge`)."""
+
+    penalty: float = 0.1
+
+    def __call__(self, xs: torch.Tensor, ys: torch.Tensor, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return baselines.ridge(xs, ys, penalty=self.penalty)
 
 
-ESTIMATORS: dict[str, Estimator] = {
-    "least_squares": lambda xs, ys, p, o: baselines.least_squares(xs, ys),
-    "ridge": lambda xs, ys, p, o: baselines.ridge(xs, ys, penalty=o.get("penalty", 0.1)),
-    "lasso": lambda xs, ys, p, o: baselines.lasso(xs, ys, alpha=o.get("alpha", 1e-3)),
-    "knn": lambda xs, ys, p, o: baselines.knn(xs, ys, n_neighbors=o.get("n_neighbors", 3)),
-    "averaging": lambda xs, ys, p, o: baselines.averaging(xs, ys),
-    "oracle": _oracle,
-    "relu_net_gd": lambda xs, ys, p, o: baselines.relu_net_gd(xs, ys, **o),
-    "dmmse": _dmmse,
-}
-# The options each estimator takes (``estimator_options``, ``--estimator-option NAME.KEY=VALUE``).
-ESTIMATOR_OPTIONS: dict[str, tuple[str, ...]] = {
-    "least_squares": (),
-    "ridge": ("penalty",),
-    "lasso": ("alpha",),
-    "knn": ("n_neighbors",),
-    "averaging": (),
-    "oracle": (),
-    "relu_net_gd": ("hidden", "steps", "learning_rate", "seed"),
-    "dmmse": ("pool_size", "pool_seed", "noise_std"),
+@dataclass(frozen=True)
+class Lasso:
+    """The lasso with penalty ``alpha`` (:func:`icl_lib.baselines.lasso`)."""
+
+    alpha: float = 1e-3
+
+    def __call__(self, xs: torch.Tensor, ys: torch.Tensor, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return baselines.lasso(xs, ys, alpha=self.alpha)
+
+
+@dataclass(frozen=True)
+class NearestNeighbours:
+    """The mean label of the ``n_neighbors`` nearest examples (:func:`icl_lib.baselines.knn`)."""
+
+    n_neighbors: int = 3
+
+    def __call__(self, xs: torch.Tensor, ys: torch.Tensor, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return baselines.knn(xs, ys, n_neighbors=self.n_neighbors)
+
+
+@dataclass(frozen=True)
+class Averaging:
+    """Garg et al.'s averaging estimator (:func:`icl_lib.baselines.averaging`)."""
+
+    def __call__(self, xs: torch.Tensor, ys: torch.Tensor, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return baselines.averaging(xs, ys)
+
+
+@dataclass(frozen=True)
+class Oracle:
+    """Least squares on each prompt's true support (a sparse task's ``params["support"]``)."""
+
+    whole_batch: ClassVar[bool] = True  # it reads the params row by row, so it predicts all prompts at once
+
+    def __call__(self, xs: torch.Tensor, ys: torch.Tensor, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        if "support" not in params:
+            raise ValueError("it needs a sparse task (its params hold no 'support')")
+        return baselines.oracle_least_squares(xs, ys, params["support"])
+
+
+@dataclass(frozen=True)
+class ReluNetGD:
+    """A two-layer ReLU network fitted by gradient descent per prompt and k (:func:`icl_lib.baselines.relu_net_gd`,
+    whose defaults these are)."""
+
+    hidden: int = 100
+    steps: int = 100
+    learning_rate: float = 1e-2
+    seed: int = 0
+
+    def __call__(self, xs: torch.Tensor, ys: torch.Tensor, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return baselines.relu_net_gd(xs, ys, **dataclasses.asdict(self))
+
+
+@dataclass(frozen=True)
+class DMMSE:
+    """Raventos et al.'s dMMSE, the posterior mean over a finite pool of tasks (:func:`icl_lib.baselines.dmmse`).
+
+    The options are those of the run's ``finite_pool_linear`` task, which rebuilds the same pool:
+    ``--estimator-option dmmse.pool_size=512``.
+    """
+
+    pool_size: int
+    pool_seed: int = 0
+    noise_std: float = 0.5
+
+    def __call__(self, xs: torch.Tensor, ys: torch.Tensor, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        task = tasks.FinitePoolLinear(pool_size=self.pool_size, pool_seed=self.pool_seed, noise_std=self.noise_std)
+        return baselines.dmmse(xs, ys, task.pool(xs.shape[-1]), task.noise_std)
+
+
+ESTIMATORS: dict[str, type] = {
+    "least_squares": LeastSquares,
+    "ridge": Ridge,
+    "lasso": Lasso,
+    "knn": NearestNeighbours,
+    "averaging": Averaging,
+    "oracle": Oracle,
+    "relu_net_gd": ReluNetGD,
+    "dmmse": DMMSE,
 }
 # Names for plots: the labels of the book's style table (icl_lib.evaluation.STYLES).
 LABELS = {name: evaluation.style(name).label for name in ("transformer", *ESTIMATORS)}
@@ -93,19 +163,9 @@ def labelled(curves: Mapping[str, ErrorCurve]) -> dict[str, ErrorCurve]:
     return {LABELS.get(name, name): curve for name, curve in curves.items()}
 
 
-def _from_spec(kind: str, spec: Mapping[str, Any], make: Callable[..., Any], names: Mapping[str, Any]) -> Any:
-    """``make(name, **options)`` for a spec ``{"name": ..., **options}``; ``kind`` names the argument in errors."""
-    spec = dict(spec)
-    if "name" not in spec:
-        raise ValueError(f"{kind} given as a dict needs a 'name' (one of {list(names)}), got {spec}")
-    return make(spec.pop("name"), **spec)
-
-
 def _as_task(task: Any) -> Any:
-    if isinstance(task, str):
-        return tasks.make_task(task)
-    if isinstance(task, Mapping):
-        return _from_spec("task", task, tasks.make_task, tasks.TASKS)
+    if isinstance(task, (str, Mapping)):
+        return checks.build(tasks.TASKS, task, "task")
     if callable(getattr(task, "sample", None)) and callable(getattr(task, "zero_predictor_error", None)):
         return task  # a function class of icl_lib.tasks, or one of the reader's own with the same two methods
     raise ValueError(f"task must be a function class (with sample and zero_predictor_error), a name "
@@ -115,33 +175,35 @@ def _as_task(task: Any) -> Any:
 def _as_shift(shift: Any) -> shifts.Shift | None:
     if shift is None or isinstance(shift, shifts.Shift):
         return shift
-    if isinstance(shift, str):
-        return shifts.make_shift(shift)
-    if isinstance(shift, Mapping):
-        return _from_spec("shift", shift, shifts.make_shift, shifts.SHIFTS)
+    if isinstance(shift, (str, Mapping)):
+        return checks.build(shifts.SHIFTS, shift, "shift")
     raise ValueError(f"shift must be None, a Shift, a name ({list(shifts.SHIFTS)}) or a dict, got {shift!r}")
 
 
-def _dry_run(function_class: Any, estimators: Sequence[str], options: Mapping[str, Any], n_dims: int) -> None:
-    """Fail before any prompt is predicted on a task that does not fit ``n_dims`` (sparsity k > d), on unknown
-    estimator options and on bad option values: the task and each estimator run once on a two-point prompt of
-    zeros, with a generator of their own (the evaluation's random draws are untouched)."""
-    for name, given in options.items():
+def _estimators(names: Sequence[str], options: Mapping[str, Any]) -> dict[str, Any]:
+    """The estimators of ``options`` and ``names`` (in that order; options of unused estimators are checked too)."""
+    built = {}
+    for name in (*options, *names):
+        given = options.get(name, {})
         if not isinstance(given, Mapping):
             raise ValueError(f"estimator_options[{name!r}] must be a dict of options, got {given!r}")
-        unknown = sorted(set(given) - set(ESTIMATOR_OPTIONS[name]))
-        if unknown:
-            raise ValueError(f"unknown option(s) {unknown} for estimator {name!r}; accepted: "
-                             f"{list(ESTIMATOR_OPTIONS[name]) or 'none'}")
+        built[name] = checks.build(ESTIMATORS, {"name": name, **given}, "estimator")
+    return {name: built[name] for name in names}
+
+
+def _dry_run(function_class: Any, estimators: Mapping[str, Any], n_dims: int) -> None:
+    """Fail before any prompt is predicted on a task that does not fit ``n_dims`` (sparsity k > d) and on bad option
+    values: the task and each estimator run once on a two-point prompt of zeros, with a generator of their own (the
+    evaluation's random draws are untouched), so that the baselines' own checks speak."""
     xs = torch.zeros(1, 2, n_dims)
     try:
         params = function_class.sample(xs, make_generator(0)).params
         function_class.zero_predictor_error(n_dims)
     except ValueError as error:
         raise ValueError(f"task at n_dims = {n_dims}: {error}") from None
-    for name in estimators:
+    for name, estimator in estimators.items():
         try:
-            ESTIMATORS[name](xs, torch.zeros(1, 2), params, options.get(name, {}))
+            estimator(xs, torch.zeros(1, 2), params)
         except ValueError as error:
             raise ValueError(f"estimator {name!r}: {error}") from None
 
@@ -167,9 +229,10 @@ def evaluate_model(
     ``task``: a function class (any object with ``sample`` and ``zero_predictor_error``), its name, or a dict
     ``{"name": ..., **options}``. Prompts have ``n_points`` points of ``n_dims`` coordinates, drawn with
     :func:`icl_lib.samplers.gaussian_xs` from ``make_generator(seed)`` on ``device`` (default: the model's device,
-    else the CPU), then shifted by ``shift`` (a :class:`icl_lib.shifts.Shift`, its name, a dict, or None). ``estimators``: names in :data:`ESTIMATORS`, with options from ``estimator_options``
-    (``{"lasso": {"alpha": 0.01}}``). ``model`` may be None (baselines only). Errors are divided by the task's
-    zero-predictor error times the shift's ``variance``; an orthogonal-query shift stops at ``n_points = n_dims``.
+    else the CPU), then shifted by ``shift`` (a :class:`icl_lib.shifts.Shift`, its name, a dict, or None).
+    ``estimators``: names in :data:`ESTIMATORS`, with options from ``estimator_options`` (``{"lasso": {"alpha":
+    0.01}}``). ``model`` may be None (baselines only). Errors are divided by the task's zero-predictor error times
+    the shift's ``variance``; an orthogonal-query shift stops at ``n_points = n_dims``.
     Returns ``{"transformer": ..., "least_squares": ..., ...}`` in that order.
     """
     checks.positive_int("n_dims", n_dims)
@@ -178,10 +241,8 @@ def evaluate_model(
     checks.positive_int("chunk", chunk)
     function_class = _as_task(task)
     shift = _as_shift(shift)
-    estimator_options = dict(estimator_options or {})
-    for name in list(estimators) + list(estimator_options):
-        checks.choice("estimators", name, tuple(ESTIMATORS))
-    _dry_run(function_class, estimators, estimator_options, n_dims)
+    baselines_by_name = _estimators(estimators, estimator_options or {})
+    _dry_run(function_class, baselines_by_name, n_dims)
     if device is None:
         device = next(model.parameters()).device if model is not None else torch.device("cpu")
     device = torch.device(device)
@@ -198,14 +259,14 @@ def evaluate_model(
     normalizer = function_class.zero_predictor_error(n_dims) * prompts.variance
 
     predictors: dict[str, Any] = {} if model is None else {"transformer": model}
-    for name in estimators:
-        options = estimator_options.get(name, {})
-        predictors[name] = (lambda est, opts: lambda a, b: est(a, b, params, opts))(ESTIMATORS[name], options)
+    for name, estimator in baselines_by_name.items():
+        predictors[name] = functools.partial(estimator, params=params)
     queries = (prompts.query_xs, prompts.query_ys) if prompts.has_queries else None
-    # The oracle needs the params row by row, so it runs in one chunk.
-    return {name: evaluation.error_curves({name: predict}, prompts.xs, prompts.ys, normalizer, queries=queries,
-                                          chunk=n_prompts if name == "oracle" else chunk, n_bootstrap=n_bootstrap,
-                                          seed=seed)[name] for name, predict in predictors.items()}
+    # An estimator that reads the params row by row (the oracle) predicts all prompts in one chunk.
+    return {name: evaluation.error_curves(
+                {name: predict}, prompts.xs, prompts.ys, normalizer, queries=queries, n_bootstrap=n_bootstrap, seed=seed,
+                chunk=n_prompts if getattr(baselines_by_name.get(name), "whole_batch", False) else chunk)[name]
+            for name, predict in predictors.items()}
 
 
 # ---------------------------------------------------------------- result files
@@ -350,11 +411,10 @@ def _run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     estimator_options: dict[str, dict[str, Any]] = {}
     for key, value in _parse_options(args.estimator_option, "--estimator-option").items():
         name, _, option = key.partition(".")
-        checks.choice("--estimator-option", name, tuple(ESTIMATORS))
-        if option not in ESTIMATOR_OPTIONS[name]:
-            raise ValueError(f"--estimator-option {key!r}: {name!r} takes the options "
-                             f"{list(ESTIMATOR_OPTIONS[name]) or 'none'}, got {option!r}")
-        estimator_options.setdefault(name, {})[option] = value
+        if not option:
+            raise ValueError(f"--estimator-option must look like NAME.KEY=VALUE, got {key!r}")
+        estimator_options.setdefault(checks.choice("--estimator-option", name, tuple(ESTIMATORS)), {})[option] = value
+    _estimators(estimators, estimator_options)
     out = checks.writable_file("--out", args.out)
     device = resolve_device(args.device or "auto")
     meta = checkpoints.load_meta(args.run)

@@ -8,15 +8,16 @@ predictions ``(batch, P)``, where column j predicts ``ys[:, n_points - P + j]``:
   and the first ``N = n_points - 1`` as the context (``P = 1``); ``ys[:, -1]`` is never read.
 
 The class attribute ``predicts_every_position`` tells which. :func:`make_model` builds a model from a config dict
-``{"name": ..., **options}`` (as ``configs/*.toml`` spell it), so that checkpoints can rebuild what they store.
+``{"name": ..., **options}`` (as ``configs/*.toml`` spell it), so that checkpoints can rebuild what they store; the
+book's model sizes are the presets of :data:`MODEL_PRESETS` (``{"preset": "laptop"}``).
 """
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -126,23 +127,15 @@ class LinearSelfAttention(nn.Module):
         """
         return self.w_pv[-1, -1] * self.w_kq[: self.d, : self.d]
 
-    def _check_embedding(self, embedding: torch.Tensor) -> int:
-        if not isinstance(embedding, torch.Tensor) or embedding.ndim != 3 or embedding.shape[1] != self.d + 1:
-            got = tuple(embedding.shape) if isinstance(embedding, torch.Tensor) else type(embedding).__name__
-            raise ValueError(f"embedding must have shape (batch, d + 1, N + 1) with d = {self.d}, got {got}")
-        if embedding.shape[2] < 2:
-            raise ValueError(f"embedding needs N + 1 >= 2 columns (examples and the query), got {embedding.shape[2]}")
-        return embedding.shape[2] - 1
-
     def transform(self, embedding: torch.Tensor) -> torch.Tensor:
         """f(E) = E + W^PV E (E^T W^KQ E) / N: ``(batch, d + 1, N + 1) -> (batch, d + 1, N + 1)``."""
-        n = self._check_embedding(embedding)
+        n = embedding.shape[2] - 1
         scores = embedding.transpose(1, 2) @ self.w_kq @ embedding  # (batch, N + 1, N + 1)
         return embedding + self.w_pv @ embedding @ scores / n
 
     def predict(self, embedding: torch.Tensor) -> torch.Tensor:
         """Entry (d + 1, N + 1) of f(E), computed from the last column only: ``(batch, d + 1, N + 1) -> (batch,)``."""
-        n = self._check_embedding(embedding)
+        n = embedding.shape[2] - 1
         query_scores = embedding.transpose(1, 2) @ (self.w_kq @ embedding[:, :, -1:])  # (batch, N + 1, 1)
         values = self.w_pv[-1] @ embedding  # (batch, N + 1): row d + 1 of W^PV E
         return embedding[:, -1, -1] + (values * query_scores[..., 0]).sum(-1) / n
@@ -185,12 +178,7 @@ class ReducedLSA(nn.Module):
 
     def predict(self, embedding: torch.Tensor) -> torch.Tensor:
         """u (1/N) sum_{i <= N} y_i x_i^T U x_q from E: ``(batch, d + 1, N + 1) -> (batch,)``."""
-        if not isinstance(embedding, torch.Tensor) or embedding.ndim != 3 or embedding.shape[1] != self.d + 1:
-            got = tuple(embedding.shape) if isinstance(embedding, torch.Tensor) else type(embedding).__name__
-            raise ValueError(f"embedding must have shape (batch, d + 1, N + 1) with d = {self.d}, got {got}")
         n = embedding.shape[2] - 1
-        if n < 1:
-            raise ValueError("embedding needs N + 1 >= 2 columns (examples and the query)")
         xs, ys, x_query = embedding[:, :-1, :-1], embedding[:, -1, :-1], embedding[:, :-1, -1]
         moment = (xs * ys[:, None, :]).sum(-1) / n  # (batch, d): (1/N) sum_i y_i x_i
         return self.u * torch.einsum("bi,ij,bj->b", moment, self.U, x_query)
@@ -213,8 +201,6 @@ class LinearAttentionLayer(nn.Module):
 
     def __init__(self, d: int, init_std: float = 0.02) -> None:
         super().__init__()
-        d = checks.positive_int("d", d)
-        init_std = checks.nonnegative_float("init_std", init_std)
         self.P = nn.Parameter(torch.randn(d + 1, d + 1) * init_std)
         self.Q = nn.Parameter(torch.randn(d + 1, d + 1) * init_std)
 
@@ -241,6 +227,7 @@ class LinearTransformer(nn.Module):
         super().__init__()
         self.d = checks.positive_int("d", d)
         checks.positive_int("n_layers", n_layers)
+        checks.nonnegative_float("init_std", init_std)
         self.layers = nn.ModuleList(LinearAttentionLayer(d, init_std) for _ in range(n_layers))
 
     def transform(self, tokens: torch.Tensor, n_context: int) -> torch.Tensor:
@@ -264,7 +251,7 @@ ATTENTION_KINDS = ("softmax", "momentum")
 
 @dataclass(frozen=True)
 class GPTConfig:
-    """Size and prompt format of :class:`GPT`. The paper's size (Garg et al.) is 12 layers, width 256, 8 heads.
+    """Size and prompt format of :class:`GPT`; the book's sizes are :data:`MODEL_PRESETS`.
 
     ``token_format``: ``"interleaved"`` (Garg et al.: x_i, then (y_i, 0, ..., 0)) or ``"paired"`` (the book's
     variant: (x_i, 0), then (x_i, y_i)) or ``"compact"`` (one token (x_i, x_{i-1}, y_{i-1}) per point: half the
@@ -282,6 +269,7 @@ class GPTConfig:
     dropout: float = 0.0
     attention: str = "softmax"
     momentum: float = 0.0
+    predicts_every_position: ClassVar[bool] = True  # as the GPT it configures: :data:`MODELS` lists this class
 
     def __post_init__(self) -> None:
         for name in ("n_dims", "n_points", "n_layers", "width", "n_heads"):
@@ -298,18 +286,6 @@ class GPTConfig:
             raise ValueError(f"momentum must lie in (0, 1) when attention = 'momentum', got {self.momentum!r}")
         if self.attention == "softmax" and momentum != 0:
             raise ValueError(f"momentum must be 0 when attention = 'softmax' (it is unused), got {self.momentum!r}")
-
-    @classmethod
-    def paper(cls, n_dims: int = 20, n_points: int = 41, **changes) -> GPTConfig:
-        """Garg et al.'s size: 12 layers, width 256, 8 heads, interleaved tokens (about 9.5M parameters at d = 20)."""
-        return cls(**{"n_dims": n_dims, "n_points": n_points, "n_layers": 12, "width": 256, "n_heads": 8,
-                      "token_format": "interleaved", **changes})
-
-    @classmethod
-    def laptop(cls, n_dims: int = 5, n_points: int = 11, **changes) -> GPTConfig:
-        """The book's CPU size (configs/README.md): 3 layers, width 64, 2 heads, paired tokens (about 150k parameters)."""
-        return cls(**{"n_dims": n_dims, "n_points": n_points, "n_layers": 3, "width": 64, "n_heads": 2,
-                      "token_format": "paired", **changes})
 
     @property
     def token_dim(self) -> int:
@@ -328,10 +304,6 @@ def momentum_term(values: torch.Tensor, momentum: float) -> torch.Tensor:
     Computed in linear time by the recursion m_1 = 0, m_t = momentum (m_{t-1} + v_{t-1}) over the sequence axis
     (the second last); position t sees only values before it, so the term is causal.
     """
-    if not isinstance(values, torch.Tensor) or values.ndim < 2:
-        got = tuple(values.shape) if isinstance(values, torch.Tensor) else type(values).__name__
-        raise ValueError(f"values must be a tensor of shape (..., T, head_dim), got {got}")
-    momentum = checks.unit_interval("momentum", momentum)
     steps = [torch.zeros_like(values[..., 0, :])]
     for t in range(1, values.shape[-2]):
         steps.append(momentum * (steps[-1] + values[..., t - 1, :]))
@@ -446,75 +418,86 @@ class GPT(nn.Module):
         return self.read_out(h)[..., 0]
 
 
-# ---------------------------------------------------------------- building models from config dicts
+# ---------------------------------------------------------------- building models from specs
 
-MODELS: dict[str, type[nn.Module]] = {
-    "gpt": GPT,
+# The kinds: the GPT's config (the model is GPT(config)) and the classes of the models that read the last point as
+# the query. Each one's parameters after the prompt shape (n_dims or d, n_points) are the spec's options.
+MODELS: dict[str, type] = {
+    "gpt": GPTConfig,
     "lsa": LinearSelfAttention,
     "reduced_lsa": ReducedLSA,
     "linear_transformer": LinearTransformer,
 }
+_PROMPT_SHAPE = ("n_dims", "n_points", "d")
+
+# The book's model sizes (configs/README.md), named in a config's model table as ``preset = "laptop"``; other keys
+# of the table override the preset's. ``laptop``: what learns dense regression on a CPU in minutes (about 150k
+# parameters); ``laptop_deep``: the selection recipe's model, which learns sparse regression on a CPU; ``paper``:
+# Garg et al.'s GPT-2 (about 9.5M parameters at d = 20), for a GPU.
+MODEL_PRESETS: dict[str, dict] = {
+    "laptop": {"name": "gpt", "n_layers": 3, "width": 64, "n_heads": 2, "token_format": "paired"},
+    "laptop_deep": {"name": "gpt", "n_layers": 6, "width": 64, "n_heads": 4, "token_format": "paired"},
+    "paper": {"name": "gpt", "n_layers": 12, "width": 256, "n_heads": 8, "token_format": "interleaved"},
+}
 
 
-def _options(name: str) -> tuple[str, ...]:
+def model_spec(spec: Mapping) -> dict:
+    """The model table with its preset written out, as runs store it: ``{"preset": "laptop", "width": 32}`` is
+    ``{"name": "gpt", "n_layers": 3, "width": 32, "n_heads": 2, "token_format": "paired"}``; a table without a
+    preset comes back as a copy."""
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"model must be a table with a 'name' or a 'preset', got {spec!r}")
+    spec = dict(spec)
+    if "preset" not in spec:
+        return spec
+    preset = MODEL_PRESETS[checks.choice("model.preset", spec.pop("preset"), tuple(MODEL_PRESETS))]
+    if spec.setdefault("name", preset["name"]) != preset["name"]:
+        raise ValueError(f"model.name must be {preset['name']!r} with a preset (or left out), got {spec['name']!r}")
+    return {**preset, **spec}
+
+
+def _kind(name: str, options: Mapping, n_dims: int, n_points: int) -> GPTConfig | nn.Module:
+    """The GPT's config, or a query-reading model built from its options (cheap: a few (d + 1, d + 1) matrices)."""
     if name == "gpt":
-        return tuple(f for f in GPTConfig.__dataclass_fields__ if f not in ("n_dims", "n_points"))
-    parameters = inspect.signature(MODELS[name].__init__).parameters
-    return tuple(p for p in parameters if p not in ("self", "d"))
+        return GPTConfig(n_dims=n_dims, n_points=n_points, **options)
+    if n_points < 2:
+        raise ValueError(f"n_points must be >= 2 for {name!r} (N >= 1 examples and a query), got {n_points}")
+    return MODELS[name](n_dims, **options)
 
 
 def check_model_spec(spec: Mapping, n_dims: int, n_points: int) -> tuple[str, dict]:
-    """Validate a model config ``{"name": ..., **options}`` without building the model; return (name, options).
+    """Validate a model table ``{"name": ..., **options}`` or ``{"preset": ..., **changes}`` for prompts of
+    ``n_points`` points in ``n_dims`` dimensions; return ``(name, options)`` with the preset written out.
 
-    Errors name the field as ``model.<field>``. ``n_dims`` and ``n_points`` come from the training config.
+    The option names are checked by :func:`icl_lib.checks.spec_options`, the values by the kind itself; value errors
+    name the field as ``model.<field>``. Global random state is left as it was.
     """
-    if not isinstance(spec, Mapping) or "name" not in spec:
-        raise ValueError(f"model must be a table with a 'name' (one of {list(MODELS)}), got {spec!r}")
-    options = dict(spec)
-    name = options.pop("name")
-    checks.choice("model.name", name, tuple(MODELS))
-    accepted = _options(name)
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise ValueError(f"unknown model option(s) {['model.' + u for u in unknown]} for {name!r}; accepted: {list(accepted)}")
+    name, options = checks.spec_options(MODELS, model_spec(spec), "model", _PROMPT_SHAPE)
     checks.positive_int("n_dims", n_dims)
     checks.positive_int("n_points", n_points)
     try:
-        if name == "gpt":
-            GPTConfig(n_dims=n_dims, n_points=n_points, **options)
-        else:
-            if n_points < 2:
-                raise ValueError(f"n_points must be >= 2 for {name!r} (N >= 1 examples and a query), got {n_points}")
-            if "sigma" in options:
-                checks.positive_float("sigma", options["sigma"])
-            if name in ("lsa", "reduced_lsa"):
-                _theta_gram(n_dims, options.get("theta"))
-            if "n_layers" in options:
-                checks.positive_int("n_layers", options["n_layers"])
-            if "init_std" in options:
-                checks.nonnegative_float("init_std", options["init_std"])
+        with torch.random.fork_rng(devices=[]):  # the linear transformer draws its initial weights
+            _kind(name, options, n_dims, n_points)
     except ValueError as error:
         raise ValueError(f"model.{error}") from None
     return name, options
 
 
 def make_model(spec: Mapping, n_dims: int, n_points: int, seed: int | None = None) -> nn.Module:
-    """Build the model a config describes, e.g. ``make_model({"name": "gpt", "width": 64, ...}, 5, 11, seed=0)``.
+    """Build the model a config describes, e.g. ``make_model({"preset": "laptop"}, 5, 11, seed=0)`` or
+    ``make_model({"name": "lsa", "sigma": 0.1}, 5, 21)``.
 
     With ``seed``, random initial weights come from torch's global generator seeded with it inside
     ``torch.random.fork_rng`` (the caller's global random state is left as it was). Built on the CPU.
     """
     name, options = check_model_spec(spec, n_dims, n_points)
-    if "theta" in options and not isinstance(options["theta"], torch.Tensor):
-        options["theta"] = torch.as_tensor(options["theta"], dtype=torch.float64)
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
-            if isinstance(seed, bool) or not isinstance(seed, int):
-                raise ValueError(f"seed must be an integer, got {seed!r}")
             torch.default_generator.manual_seed(seed)  # the CPU generator only: models are built on the CPU
-        if name == "gpt":
-            return GPT(GPTConfig(n_dims=n_dims, n_points=n_points, **options))
-        return MODELS[name](n_dims, **options)
+        kind = _kind(name, options, n_dims, n_points)
+        return GPT(kind) if isinstance(kind, GPTConfig) else kind
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -15,14 +15,16 @@ label shifts are plain functions of ``ys: (batch, n_points)``:
 * :func:`noisy_labels`: y -> y + noise_std * eps, eps ~ N(0, 1), on every label (the query's included);
 * :func:`scaled_outputs`: y -> c y.
 
-:func:`make_shift` builds a :class:`Shift` by name; ``Shift.apply(xs, task, generator)`` returns
-:class:`ShiftedPrompts`, which :mod:`icl_lib.evaluate` reads. The book's choices where Garg et al.'s code differs
-or was not followed exactly: the skewed spectrum is lambda_i proportional to 1 / i, both covariance shifts are
-normalised to trace d, and noisy labels add noise of standard deviation ``noise_std`` without renormalising.
+:func:`make_shift` builds a :class:`Shift` by name (each one a frozen dataclass of its options; the scaled ones need
+``scale``); ``Shift.apply(xs, task, generator)`` returns :class:`ShiftedPrompts`, which :mod:`icl_lib.evaluate`
+reads. The book's choices where Garg et al.'s code differs or was not followed exactly: the skewed spectrum is
+lambda_i proportional to 1 / i, both covariance shifts are normalised to trace d, and noisy labels add noise of
+standard deviation ``noise_std`` without renormalising.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -145,69 +147,50 @@ def scaled_outputs(ys: torch.Tensor, scale: float) -> torch.Tensor:
     return checks.positive_float("scale", scale) * ys
 
 
-# ---------------------------------------------------------------- by name
-
-SHIFTS: dict[str, tuple[str, ...]] = {
-    "skewed_covariance": ("decay",),
-    "noisy_labels": ("noise_std",),
-    "opposite_orthant": (),
-    "orthogonal_query": (),
-    "half_subspace": (),
-    "scaled_inputs": ("scale",),
-    "scaled_outputs": ("scale",),
-}
+# ---------------------------------------------------------------- shifts of whole prompts, by name
 
 
-@dataclass(frozen=True)
 class Shift:
-    """A named shift with its options; build with :func:`make_shift`."""
+    """What the shifts share: :meth:`apply` draws the prompts, :meth:`inputs` and :meth:`labels` change them.
 
-    name: str
-    options: dict[str, Any] = field(default_factory=dict)
+    Each shift is a frozen dataclass whose fields are its options (:data:`SHIFTS`, :func:`make_shift`); this base
+    changes nothing.
+    """
 
-    def __post_init__(self) -> None:
-        checks.choice("shift", self.name, tuple(SHIFTS))
-        unknown = sorted(set(self.options) - set(SHIFTS[self.name]))
-        if unknown:
-            raise ValueError(f"unknown option(s) {unknown} for shift {self.name!r}; accepted: {list(SHIFTS[self.name])}")
-        if "scale" in SHIFTS[self.name]:
-            checks.positive_float("scale", self.options.get("scale", 2.0))
-        if "noise_std" in self.options:
-            checks.nonnegative_float("noise_std", self.options["noise_std"])
-        if "decay" in self.options:
-            checks.nonnegative_float("decay", self.options["decay"])
+    def inputs(self, xs: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(examples, queries or None)``, both ``(batch, n, d)``, from inputs of the training distribution."""
+        return xs, None
+
+    def labels(self, ys: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Shifted labels ``(batch, n)``."""
+        return ys
+
+    @property
+    def variance(self) -> float:
+        """E[f(x_query)^2] relative to the training distribution's zero-predictor error."""
+        return 1.0
+
+    def max_points(self, d: int) -> int | None:
+        """The longest prompt the shift is defined for, or ``None``."""
+        return None
 
     @property
     def label(self) -> str:
-        """A short name for plots: ``"scaled_inputs(scale=2)"``."""
-        inner = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.options.items())
-        return f"{self.name}({inner})" if inner else self.name
-
-    def max_points(self, d: int) -> int | None:
-        """The longest prompt the shift is defined for (``d`` for an orthogonal query), or ``None``."""
-        return d if self.name == "orthogonal_query" else None
+        """A short name for plots, with the options that are required or not at their default:
+        ``"scaled_inputs(scale=2)"``."""
+        shown = [f"{f.name}={getattr(self, f.name):g}" for f in dataclasses.fields(self)  # type: ignore[arg-type]
+                 if f.default is dataclasses.MISSING or getattr(self, f.name) != f.default]
+        name = next(name for name, kind in SHIFTS.items() if type(self) is kind)
+        return f"{name}({', '.join(shown)})" if shown else name
 
     def apply(self, xs: torch.Tensor, task: Any, generator: torch.Generator) -> ShiftedPrompts:
         """Shift prompts whose inputs ``xs: (batch, n, d)`` come from the training distribution N(0, I_d).
 
         ``task`` is a function class (:mod:`icl_lib.tasks`); examples and queries get labels from the same
-        sampled function.
+        sampled function. Random draws: the inputs' shift, the task, then the labels' shift.
         """
         checks.prompt_tensors(xs)
-        name, options = self.name, self.options
-        queries = None
-        variance = 1.0
-        if name == "skewed_covariance":
-            xs = skewed_covariance(xs, generator, options.get("decay", 1.0))
-        elif name == "half_subspace":
-            xs = half_subspace(xs, generator)
-        elif name == "scaled_inputs":
-            xs = scaled_inputs(xs, options.get("scale", 2.0))
-            variance = options.get("scale", 2.0) ** 2
-        elif name == "opposite_orthant":
-            xs, queries = opposite_orthant(xs, generator)
-        elif name == "orthogonal_query":
-            queries = orthogonal_query(xs)
+        xs, queries = self.inputs(xs, generator)
         if queries is None:
             drawn = task.sample(xs, generator)
             ys, query_ys = drawn.ys, None
@@ -215,19 +198,110 @@ class Shift:
             n_points = xs.shape[1]
             drawn = task.sample(torch.cat((xs, queries), dim=1), generator)
             ys, query_ys = drawn.ys[:, :n_points], drawn.ys[:, n_points:]
-        if name in ("noisy_labels", "scaled_outputs"):
-            def relabel(labels: torch.Tensor) -> torch.Tensor:
-                if name == "noisy_labels":
-                    return noisy_labels(labels, generator, options.get("noise_std", 1.0))
-                return scaled_outputs(labels, options.get("scale", 2.0))
-            ys = relabel(ys)
-            query_ys = relabel(query_ys) if query_ys is not None else None
-            if name == "scaled_outputs":
-                variance = options.get("scale", 2.0) ** 2
-        return ShiftedPrompts(xs=xs, ys=ys, query_xs=queries, query_ys=query_ys, variance=float(variance),
+        ys = self.labels(ys, generator)
+        query_ys = self.labels(query_ys, generator) if query_ys is not None else None
+        return ShiftedPrompts(xs=xs, ys=ys, query_xs=queries, query_ys=query_ys, variance=float(self.variance),
                               params=dict(drawn.params))
+
+
+@dataclass(frozen=True)
+class SkewedCovariance(Shift):
+    """:func:`skewed_covariance` with spectrum i^(-decay)."""
+
+    decay: float = 1.0
+
+    def __post_init__(self) -> None:
+        checks.nonnegative_float("decay", self.decay)
+
+    def inputs(self, xs: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, None]:
+        return skewed_covariance(xs, generator, self.decay), None
+
+
+@dataclass(frozen=True)
+class HalfSubspace(Shift):
+    """:func:`half_subspace`."""
+
+    def inputs(self, xs: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, None]:
+        return half_subspace(xs, generator), None
+
+
+@dataclass(frozen=True)
+class ScaledInputs(Shift):
+    """x -> scale * x (:func:`scaled_inputs`), so E[f(x)^2] grows by scale^2 for a linear f."""
+
+    scale: float
+
+    def __post_init__(self) -> None:
+        checks.positive_float("scale", self.scale)
+
+    def inputs(self, xs: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, None]:
+        return scaled_inputs(xs, self.scale), None
+
+    @property
+    def variance(self) -> float:
+        return self.scale**2
+
+
+@dataclass(frozen=True)
+class OppositeOrthant(Shift):
+    """:func:`opposite_orthant`: examples in one random orthant, queries in the opposite one."""
+
+    def inputs(self, xs: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        return opposite_orthant(xs, generator)
+
+
+@dataclass(frozen=True)
+class OrthogonalQuery(Shift):
+    """:func:`orthogonal_query`, defined for prompts of at most d points."""
+
+    def inputs(self, xs: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        return xs, orthogonal_query(xs)
+
+    def max_points(self, d: int) -> int:
+        return d
+
+
+@dataclass(frozen=True)
+class NoisyLabels(Shift):
+    """:func:`noisy_labels` with ``noise_std``; the normalisation counts the signal only."""
+
+    noise_std: float = 1.0
+
+    def __post_init__(self) -> None:
+        checks.nonnegative_float("noise_std", self.noise_std)
+
+    def labels(self, ys: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return noisy_labels(ys, generator, self.noise_std)
+
+
+@dataclass(frozen=True)
+class ScaledOutputs(Shift):
+    """y -> scale * y (:func:`scaled_outputs`)."""
+
+    scale: float
+
+    def __post_init__(self) -> None:
+        checks.positive_float("scale", self.scale)
+
+    def labels(self, ys: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return scaled_outputs(ys, self.scale)
+
+    @property
+    def variance(self) -> float:
+        return self.scale**2
+
+
+SHIFTS: dict[str, type[Shift]] = {
+    "skewed_covariance": SkewedCovariance,
+    "noisy_labels": NoisyLabels,
+    "opposite_orthant": OppositeOrthant,
+    "orthogonal_query": OrthogonalQuery,
+    "half_subspace": HalfSubspace,
+    "scaled_inputs": ScaledInputs,
+    "scaled_outputs": ScaledOutputs,
+}
 
 
 def make_shift(name: str, **options: Any) -> Shift:
     """Build a shift by name: ``make_shift("scaled_inputs", scale=2.0)``; ``list(SHIFTS)`` lists the names."""
-    return Shift(name, dict(options))
+    return checks.build(SHIFTS, {"name": name, **options}, "shift")

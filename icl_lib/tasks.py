@@ -12,7 +12,6 @@ which the zero predictor scores 1.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import itertools
 import math
@@ -43,10 +42,13 @@ def _rand(generator: torch.Generator, *shape: int, like: torch.Tensor) -> torch.
 
 
 def _function_class(name: str, value: object) -> object:
-    """Return ``value`` if it has the two methods of a function class, else raise ``ValueError`` naming ``name``."""
+    """``value`` if it has the two methods of a function class, the function class of a spec (``"linear"``,
+    ``{"name": "sparse_linear", "k": 2}``), else ``ValueError`` naming ``name``."""
+    if isinstance(value, (str, Mapping)):
+        return checks.build(TASKS, value, name)
     if not (callable(getattr(value, "sample", None)) and callable(getattr(value, "zero_predictor_error", None))):
-        raise ValueError(f"{name} must be a function class (with sample and zero_predictor_error, e.g. DenseLinear()), "
-                         f"got {value!r}")
+        raise ValueError(f"{name} must be a function class (with sample and zero_predictor_error, e.g. DenseLinear()) "
+                         f"or a spec {{'name': ..., **options}}, got {value!r}")
     return value
 
 
@@ -60,7 +62,6 @@ class DenseLinear:
     """
 
     scale: float = 1.0
-    name = "linear"
 
     def __post_init__(self) -> None:
         checks.positive_float("scale", self.scale)
@@ -85,7 +86,6 @@ class SparseLinear:
     """
 
     k: int = 3
-    name = "sparse_linear"
     takes_active_dims = True
 
     def __post_init__(self) -> None:
@@ -120,7 +120,6 @@ class NoisyLinear:
     """
 
     noise_std: float = 0.5
-    name = "noisy_linear"
 
     def __post_init__(self) -> None:
         checks.nonnegative_float("noise_std", self.noise_std)
@@ -169,7 +168,6 @@ class FinitePoolLinear:
     pool_seed: int = 0
     noise_std: float = 0.5
     draw: str = "pool"
-    name = "finite_pool_linear"
 
     def __post_init__(self) -> None:
         checks.positive_int("pool_size", self.pool_size)
@@ -211,7 +209,6 @@ class ReluNet:
     """
 
     hidden: int = 100
-    name = "relu_net"
 
     def __post_init__(self) -> None:
         checks.positive_int("hidden", self.hidden)
@@ -272,7 +269,6 @@ class Sinusoid:
     freq_min: float = 0.5
     freq_max: float = 2.0
     amplitude: float = 1.0
-    name = "sinusoid"
 
     def __post_init__(self) -> None:
         checks.nonnegative_float("freq_min", self.freq_min)
@@ -300,22 +296,22 @@ class Sinusoid:
 class Mixture:
     """Each prompt's function comes from one component class, chosen with probabilities ``weights``.
 
-    ``params["component"]: (batch,)`` says which; the other entries are the components' params with the
-    component index as prefix (``"1.support"``), filled for every prompt but meaningful only where
-    ``component`` matches.
+    Components may be given as specs (``{"name": "sparse_linear", "k": 2}``). ``params["component"]: (batch,)`` says
+    which; the other entries are the components' params with the component index as prefix (``"1.support"``),
+    filled for every prompt but meaningful only where ``component`` matches.
     """
 
     components: tuple
     weights: tuple
-    name = "mixture"
 
     def __post_init__(self) -> None:
         if not isinstance(self.components, (tuple, list)) or len(self.components) < 1:
             raise ValueError(f"components must hold at least one function class (a tuple), got {self.components!r}")
-        for i, component in enumerate(self.components):
-            _function_class(f"components[{i}]", component)
+        object.__setattr__(self, "components", tuple(_function_class(f"components[{i}]", component)
+                                                     for i, component in enumerate(self.components)))
         if not isinstance(self.weights, (tuple, list)):
             raise ValueError(f"weights must be a tuple of numbers, one per component, got {self.weights!r}")
+        object.__setattr__(self, "weights", tuple(self.weights))
         if len(self.weights) != len(self.components):
             raise ValueError(
                 f"weights must have one entry per component ({len(self.components)}), got {len(self.weights)}"
@@ -356,17 +352,16 @@ class ConvexCombination:
     """f = alpha * f1 + (1 - alpha) * f2 with f1, f2 drawn independently from ``first`` and ``second``.
 
     ``alpha = 1`` gives ``first``, ``alpha = 0`` gives ``second`` (Yadlowsky et al.'s interpolation
-    between two pretraining classes).
+    between two pretraining classes). ``first`` and ``second`` may be given as specs.
     """
 
     first: object
     second: object
     alpha: float = 0.5
-    name = "convex"
 
     def __post_init__(self) -> None:
-        _function_class("first", self.first)
-        _function_class("second", self.second)
+        object.__setattr__(self, "first", _function_class("first", self.first))
+        object.__setattr__(self, "second", _function_class("second", self.second))
         checks.unit_interval("alpha", self.alpha)
 
     @property
@@ -397,7 +392,6 @@ class LinearClassification:
     tasks; a prediction is read as the class sign(prediction). ``zero_predictor_error`` is E[y^2] = 1.
     """
 
-    name = "linear_classification"
 
     def sample(self, xs: torch.Tensor, generator: torch.Generator) -> TaskSample:
         batch, _, d = checks.prompt_tensors(xs)
@@ -413,10 +407,17 @@ class LinearClassification:
 FunctionClass = (DenseLinear | SparseLinear | NoisyLinear | FinitePoolLinear | ReluNet | Sinusoid | Mixture
                  | ConvexCombination | LinearClassification)
 
+# The names configs use (``[task] name = ...``); each class's fields are its options.
 TASKS: dict[str, type] = {
-    cls.name: cls
-    for cls in (DenseLinear, SparseLinear, NoisyLinear, FinitePoolLinear, ReluNet, Sinusoid, Mixture,
-                ConvexCombination, LinearClassification)
+    "linear": DenseLinear,
+    "sparse_linear": SparseLinear,
+    "noisy_linear": NoisyLinear,
+    "finite_pool_linear": FinitePoolLinear,
+    "relu_net": ReluNet,
+    "sinusoid": Sinusoid,
+    "mixture": Mixture,
+    "convex": ConvexCombination,
+    "linear_classification": LinearClassification,
 }
 
 
@@ -430,35 +431,8 @@ def dense_label_scale(spec: Mapping) -> float:
 
 
 def make_task(name: str, **options) -> FunctionClass:
-    """Build a function class from its name and options, as configs spell it.
+    """Build a function class from its name and options, as configs spell it (:func:`icl_lib.checks.build`).
 
-    Components of ``"mixture"`` and ``"convex"`` may be given as dicts ``{"name": ..., **options}``:
-    ``make_task("mixture", components=[{"name": "linear"}, {"name": "sparse_linear", "k": 2}],
-    weights=[0.5, 0.5])``.
+    ``make_task("mixture", components=[{"name": "linear"}, {"name": "sparse_linear", "k": 2}], weights=[0.5, 0.5])``.
     """
-    checks.choice("name", name, tuple(TASKS))
-    cls = TASKS[name]
-    accepted = tuple(field.name for field in dataclasses.fields(cls))
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise ValueError(f"unknown option(s) {unknown} for function class {name!r}; accepted: {list(accepted)}")
-
-    def build(spec: object) -> object:
-        if isinstance(spec, dict):
-            spec = dict(spec)
-            if "name" not in spec:
-                raise ValueError(f"a component given as a dict needs a 'name' (one of {list(TASKS)}), got {spec}")
-            return make_task(spec.pop("name"), **spec)
-        if not isinstance(spec, tuple(TASKS.values())):
-            raise ValueError(f"a component must be a function class or a dict with a 'name', got {spec!r}")
-        return spec
-
-    if name == "mixture":
-        options["components"] = tuple(build(c) for c in options.get("components", ()))
-        options["weights"] = tuple(options.get("weights", ()))
-    if name == "convex":
-        for key in ("first", "second"):
-            if key not in options:
-                raise ValueError(f"function class 'convex' needs the option {key!r} (a function class or dict)")
-            options[key] = build(options[key])
-    return cls(**options)
+    return checks.build(TASKS, {"name": name, **options}, "task")

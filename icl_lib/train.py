@@ -100,10 +100,6 @@ RESUMABLE_CHANGES = frozenset(
 )
 
 
-def _laptop_gpt() -> dict:
-    return {"name": "gpt", "n_layers": 3, "width": 64, "n_heads": 2, "token_format": "paired"}
-
-
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything a training run depends on. The defaults are the book's laptop setting (configs/README.md).
@@ -128,7 +124,7 @@ class TrainConfig:
       the CPU); ``cuda_graph``: capture the step in a CUDA graph (CUDA only).
     """
 
-    model: dict = field(default_factory=_laptop_gpt)
+    model: dict = field(default_factory=lambda: {"preset": "laptop"})
     task: dict = field(default_factory=lambda: {"name": "linear"})
     n_dims: int = 5
     n_points: int = 11
@@ -180,7 +176,7 @@ class TrainConfig:
 
         if not isinstance(self.model, Mapping):
             raise ValueError(f"model must be a table with a 'name', got {self.model!r}")
-        object.__setattr__(self, "model", dict(self.model))
+        object.__setattr__(self, "model", models.model_spec(self.model))  # a preset written out, as runs store it
         for name in ("model", "task"):
             try:
                 json.dumps(getattr(self, name))

@@ -66,10 +66,11 @@ def test_zero_predictor_scores_about_one_and_a_cheater_zero_under_every_shift():
     from icl_lib.shifts import SHIFTS
 
     for name in SHIFTS:
+        shift = {"name": name, "scale": 2.0} if name.startswith("scaled") else name  # normalised by scale^2 = 4
         zero = evaluate.evaluate_model(ZeroModel(), "linear", n_dims=4, n_points=7, n_prompts=2000, seed=1,
-                                       shift=name, estimators=())["transformer"]
+                                       shift=shift, estimators=())["transformer"]
         cheat = evaluate.evaluate_model(CheatingModel(), "linear", n_dims=4, n_points=7, n_prompts=200, seed=1,
-                                        shift=name, estimators=())["transformer"]
+                                        shift=shift, estimators=())["transformer"]
         expected = 1.25 if name == "noisy_labels" else 1.0  # noise_std = 1 on d = 4: 1 + 1 / 4
         assert abs(zero.mean.mean() - expected) < 0.12, f"{name}: zero predictor scored {zero.mean.mean():.3f}"
         if name != "noisy_labels":
@@ -86,12 +87,17 @@ def test_oracle_and_lasso_on_a_sparse_task_and_estimator_options():
     # One example determines a 1-sparse function on its known support.
     assert np.allclose(curves["oracle"].mean[1:], 0, atol=1e-10)
     assert curves["lasso"].mean[3] < curves["least_squares"].mean[3]
-    with pytest.raises(ValueError, match="estimators"):
+    with pytest.raises(ValueError, match=r"estimator\.name must be one of 'least_squares', .*; got 'magic'"):
         evaluate.evaluate_model(None, "linear", n_dims=2, n_points=3, n_prompts=4, seed=0, estimators=("magic",))
+    with pytest.raises(ValueError, match=r"estimator\.name must be one of .*; got 'magic'"):  # options of an unused one
+        evaluate.evaluate_model(None, "linear", n_dims=2, n_points=3, n_prompts=4, seed=0, estimators=(),
+                                estimator_options={"magic": {}})
     with pytest.raises(ValueError, match="sparse"):
         evaluate.evaluate_model(None, "linear", n_dims=2, n_points=3, n_prompts=4, seed=0, estimators=("oracle",))
     with pytest.raises(ValueError, match="shift"):
         evaluate.evaluate_model(None, "linear", n_dims=2, n_points=3, n_prompts=4, seed=0, shift="sideways")
+    with pytest.raises(ValueError, match=r"shift 'scaled_inputs' needs the option\(s\) \['scale'\]"):
+        evaluate.evaluate_model(None, "linear", n_dims=2, n_points=3, n_prompts=4, seed=0, shift={"name": "scaled_inputs"})
 
 
 def test_write_then_read_gives_back_the_curves_and_the_provenance(tmp_path):

@@ -8,8 +8,10 @@ import torch
 
 from icl_lib.baselines import gd_one_step
 from icl_lib.devices import make_generator
+from icl_lib import checkpoints
 from icl_lib.models import (
     GPT,
+    MODEL_PRESETS,
     MODELS,
     GPTConfig,
     LinearSelfAttention,
@@ -18,6 +20,7 @@ from icl_lib.models import (
     count_parameters,
     default_theta,
     make_model,
+    model_spec,
     zfb_init,
 )
 from icl_lib.prompts import lsa_embedding
@@ -212,11 +215,38 @@ def test_gpt_pads_missing_dimensions_and_accepts_shorter_prompts():
         model(*random_prompt(1, 3, 5))
 
 
-def test_gpt_paper_size_has_about_9_5m_parameters():
-    model = make_model({"name": "gpt", "n_layers": 12, "width": 256, "n_heads": 8}, 20, 41)
-    assert 9.4e6 < count_parameters(model) < 9.6e6
-    assert count_parameters(GPT(GPTConfig.paper())) == count_parameters(model)
-    assert 1.4e5 < count_parameters(GPT(GPTConfig.laptop())) < 1.6e5
+def test_the_presets_are_the_book_sizes():
+    """Garg et al.'s GPT-2 (12 layers, width 256, 8 heads, their interleaved tokens) has about 9.5M parameters at d = 20;
+    the laptop GPT about 150k at d = 5; a preset's keys can be overridden."""
+    paper = make_model({"preset": "paper"}, 20, 41)
+    assert 9.4e6 < count_parameters(paper) < 9.6e6
+    assert count_parameters(make_model({"name": "gpt", "n_layers": 12, "width": 256, "n_heads": 8}, 20, 41)) == \
+        count_parameters(paper)
+    assert paper.config.token_format == "interleaved"
+    laptop = make_model({"preset": "laptop"}, 5, 11)
+    assert 1.4e5 < count_parameters(laptop) < 1.6e5
+    assert (laptop.config.n_layers, laptop.config.width, laptop.config.n_heads, laptop.config.token_format) == \
+        (3, 64, 2, "paired")
+    assert model_spec({"preset": "laptop", "token_format": "interleaved"}) == {
+        "name": "gpt", "n_layers": 3, "width": 64, "n_heads": 2, "token_format": "interleaved"}
+    assert model_spec({"name": "gpt", "preset": "laptop_deep"}) == MODEL_PRESETS["laptop_deep"]
+    assert model_spec({"name": "lsa"}) == {"name": "lsa"}
+
+
+def test_configs_with_a_preset_resolve_to_the_tables_their_committed_runs_stored():
+    """A run stores its model table written out: the preset key must give back what the committed runs recorded (so
+    that their recorded commands replay and resume), and the default TrainConfig is the laptop preset."""
+    from icl_lib.train import TrainConfig, load_config
+
+    assert TrainConfig().model == MODEL_PRESETS["laptop"]
+    compared = 0
+    for path in sorted((checkpoints.repository_root() / "configs").glob("*.toml")):
+        meta = checkpoints.checkpoints_root() / path.stem / checkpoints.META_FILE
+        if "preset" in path.read_text() and meta.is_file():
+            stored = checkpoints.load_meta(meta.parent)["config"]["model"]
+            assert list(load_config(path).model.items()) == list(stored.items()), path.name
+            compared += 1
+    assert compared >= 20
 
 
 @pytest.mark.parametrize(
@@ -289,10 +319,19 @@ def test_gpt_config_errors_name_the_field(changes, field):
 
 
 def test_make_model_rejects_unknown_names_and_options():
-    with pytest.raises(ValueError, match="model.name"):
+    with pytest.raises(ValueError, match=r"model\.name must be one of 'gpt', 'lsa', 'reduced_lsa', 'linear_transformer'"):
         make_model({"name": "bert"}, 3, 5)
-    with pytest.raises(ValueError, match="model.depth"):
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['depth'\] for model 'gpt'; accepted: \['n_layers', "):
         make_model({"name": "gpt", "depth": 3}, 3, 5)
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['n_points'\] for model 'lsa'; accepted: "
+                                         r"\['sigma', 'theta'\]"):
+        make_model({"name": "lsa", "n_points": 5}, 3, 5)
+    with pytest.raises(ValueError, match=r"model\.preset must be one of 'laptop', 'laptop_deep', 'paper'; got 'huge'"):
+        make_model({"preset": "huge"}, 3, 5)
+    with pytest.raises(ValueError, match=r"model\.name must be 'gpt' with a preset \(or left out\), got 'lsa'"):
+        make_model({"preset": "laptop", "name": "lsa"}, 3, 5)
+    with pytest.raises(ValueError, match=r"model\.init_std must be a finite number >= 0"):
+        make_model({"name": "linear_transformer", "init_std": -0.1}, 3, 5)
     with pytest.raises(ValueError, match="model.sigma"):
         make_model({"name": "lsa", "sigma": -1.0}, 3, 5)
     with pytest.raises(ValueError, match="n_points"):

@@ -69,10 +69,13 @@ def test_label_shifts():
     assert torch.equal(shifts.scaled_inputs(torch.ones(1, 2, 2), 0.5), torch.full((1, 2, 2), 0.5))
 
 
+REQUIRED = {"scaled_inputs": {"scale": 2.0}, "scaled_outputs": {"scale": 2.0}}  # the options without a default
+
+
 @pytest.mark.parametrize("name", list(shifts.SHIFTS))
 def test_apply_labels_examples_and_queries_with_the_same_function(name):
     xs = standard(30, 6, 4)
-    shifted = shifts.make_shift(name).apply(xs, DenseLinear(), make_generator(5))
+    shifted = shifts.make_shift(name, **REQUIRED.get(name, {})).apply(xs, DenseLinear(), make_generator(5))
     w = shifted.params["w"].numpy()
     clean = np.einsum("bnd,bd->bn", shifted.xs.numpy(), w)
     if name == "noisy_labels":
@@ -93,10 +96,13 @@ def test_a_relu_net_task_keeps_its_params_through_a_shift():
 
 
 def test_bad_names_and_options_raise_value_errors_naming_them():
-    with pytest.raises(ValueError, match="shift must be one of"):
+    with pytest.raises(ValueError, match=r"shift\.name must be one of 'skewed_covariance', .*; got 'sideways'"):
         shifts.make_shift("sideways")
-    with pytest.raises(ValueError, match=r"unknown option\(s\) \['scale'\].*accepted"):
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['scale'\] for shift 'noisy_labels'; accepted: "
+                                         r"\['noise_std'\]"):
         shifts.make_shift("noisy_labels", scale=2)
+    with pytest.raises(ValueError, match=r"shift 'scaled_outputs' needs the option\(s\) \['scale'\]"):
+        shifts.make_shift("scaled_outputs")
     with pytest.raises(ValueError, match="scale"):
         shifts.make_shift("scaled_inputs", scale=-1.0)
     with pytest.raises(ValueError, match="noise_std"):
@@ -104,3 +110,11 @@ def test_bad_names_and_options_raise_value_errors_naming_them():
     with pytest.raises(ValueError, match="xs must be"):
         shifts.orthogonal_query(torch.zeros(3, 3))
     assert shifts.make_shift("scaled_inputs", scale=0.5).label == "scaled_inputs(scale=0.5)"
+
+
+def test_labels_show_the_required_options_and_those_off_their_default():
+    labels = [shifts.make_shift(name, **options).label for name, options in [
+        ("skewed_covariance", {}), ("skewed_covariance", {"decay": 2.0}), ("noisy_labels", {"noise_std": 0.5}),
+        ("noisy_labels", {"noise_std": 1.0}), ("orthogonal_query", {}), ("scaled_outputs", {"scale": 2})]]
+    assert labels == ["skewed_covariance", "skewed_covariance(decay=2)", "noisy_labels(noise_std=0.5)", "noisy_labels",
+                      "orthogonal_query", "scaled_outputs(scale=2)"]

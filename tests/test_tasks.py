@@ -335,21 +335,25 @@ def test_make_task_rejects_unknown_name():
 
 
 def test_make_task_rejects_unknown_option():
-    with pytest.raises(ValueError, match=r"unknown option\(s\) \['kk'\] for function class 'sparse_linear'; "
-                                         r"accepted: \['k'\]"):
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['kk'\] for task 'sparse_linear'; accepted: \['k'\]"):
         make_task("sparse_linear", kk=3)
-    with pytest.raises(ValueError, match=r"unknown option\(s\) \['noise_std'\] for function class 'linear'"):
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['noise_std'\] for task 'linear'; accepted: \['scale'\]"):
         make_task("linear", noise_std=0.1)
 
 
-def test_make_task_rejects_bad_components():
-    with pytest.raises(ValueError, match=r"a component given as a dict needs a 'name'"):
+def test_components_are_function_classes_or_specs():
+    assert make_task("mixture", components=["linear"], weights=[1.0]) == Mixture((DenseLinear(),), (1.0,))
+    assert Mixture(components=[{"name": "sparse_linear", "k": 2}], weights=[1]) == Mixture((SparseLinear(k=2),), (1,))
+    with pytest.raises(ValueError, match=r"^components\[0\] must be a table with a 'name' \(one of \['linear', "):
         make_task("mixture", components=[{"k": 2}], weights=[1.0])
-    with pytest.raises(ValueError, match=r"a component must be a function class or a dict"):
-        make_task("mixture", components=["linear"], weights=[1.0])
-    with pytest.raises(ValueError, match=r"name must be one of"):
+    with pytest.raises(ValueError, match=r"^components\[1\] must be a function class \(with sample and zero_predictor_error"):
+        make_task("mixture", components=["linear", 3], weights=[0.5, 0.5])
+    with pytest.raises(ValueError, match=r"^components\[0\]\.name must be one of 'linear', .*; got 'cubic'"):
         make_task("mixture", components=[{"name": "cubic"}], weights=[1.0])
-    with pytest.raises(ValueError, match=r"needs the option 'second'"):
+    with pytest.raises(ValueError, match=r"^unknown option\(s\) \['kk'\] for second 'sparse_linear'"):
+        make_task("convex", first="linear", second={"name": "sparse_linear", "kk": 1})
+    with pytest.raises(ValueError, match=r"^task 'convex' needs the option\(s\) \['second'\]; accepted: "
+                                         r"\['first', 'second', 'alpha'\]"):
         make_task("convex", first={"name": "linear"})
 
 
