@@ -157,12 +157,6 @@ def results_root() -> Path:
     return checkpoints.repository_root() / "results"
 
 
-def labelled(curves: Mapping[str, ErrorCurve]) -> dict[str, ErrorCurve]:
-    """The same curves keyed by their plot names (:data:`LABELS`); :func:`icl_lib.plotting.plot_error_curves` takes
-    ids and these names alike."""
-    return {LABELS.get(name, name): curve for name, curve in curves.items()}
-
-
 def _as_task(task: Any) -> Any:
     if isinstance(task, (str, Mapping)):
         return checks.build(tasks.TASKS, task, "task")
