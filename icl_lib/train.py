@@ -951,7 +951,6 @@ def _final_metrics(history: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return final
 
 
-
 # ---------------------------------------------------------------- command line
 
 
