@@ -31,7 +31,7 @@ from typing import IO, Any
 import torch
 from torch import nn
 
-from icl_lib.devices import device_name, resolve_device
+from icl_lib.devices import cpu_kernels, device_name, resolve_device
 from icl_lib.models import make_model
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -188,10 +188,11 @@ def git_commit(cwd: str | os.PathLike | None = None) -> tuple[str, bool | None]:
 def provenance(device: torch.device) -> dict[str, Any]:
     """Where and with what a run or an evaluation was made, as ``meta.json`` and the result files record it: the git
     commit (and whether the work tree had uncommitted changes), the device and its name, torch's and Python's
-    versions."""
+    versions, and on a CPU what decides bit-exactness there (:func:`icl_lib.devices.cpu_kernels`)."""
     commit, dirty = git_commit()
     return {"git_commit": commit, "git_dirty": dirty, "device": str(device), "device_name": device_name(device),
-            "torch_version": torch.__version__, "python_version": platform.python_version()}
+            "torch_version": torch.__version__, "python_version": platform.python_version(),
+            **(cpu_kernels() if device.type == "cpu" else {})}
 
 
 def write_meta(directory: str | os.PathLike, meta: Mapping[str, Any]) -> Path:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import platform
+import re
 
 import torch
 
@@ -44,6 +46,24 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return platform.processor() or platform.machine()
+
+
+def cpu_kernels() -> dict[str, str]:
+    """What decides whether float32 results on this CPU are bit-identical to another's: the processor's model name,
+    the instruction set torch's vectorised kernels use (``ATEN_CPU_CAPABILITY`` can lower it) and the BLAS build."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), model)
+    except OSError:
+        pass
+    build = torch.__config__.show()
+    blas = next((item.split("=", 1)[1] for item in build.replace(",", "\n").split() if item.startswith("BLAS_INFO=")),
+                "unknown")
+    mkl = re.search(r"Math Kernel Library Version ([\d.]+)", build)
+    return {"cpu_model": model, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "blas": f"{blas} {mkl.group(1)}" if blas == "mkl" and mkl else blas,
+            "blas_instructions": os.environ.get("MKL_ENABLE_INSTRUCTIONS", "default")}
 
 
 def make_generator(seed: int, device: torch.device | str | None = None) -> torch.Generator:

@@ -299,10 +299,15 @@ class Mixture:
     Components may be given as specs (``{"name": "sparse_linear", "k": 2}``). ``params["component"]: (batch,)`` says
     which; the other entries are the components' params with the component index as prefix (``"1.support"``),
     filled for every prompt but meaningful only where ``component`` matches.
+
+    ``per`` says how often the class is drawn: ``"prompt"`` (each prompt its own) or ``"batch"`` (one class for the
+    whole batch, as Panwar et al.'s ``TwoTaskMixer`` draws it, so that a step carries one class's full gradient).
+    Both consume the generator alike but for the class draw itself, one uniform per prompt or one per batch.
     """
 
     components: tuple
     weights: tuple
+    per: str = "prompt"
 
     def __post_init__(self) -> None:
         if not isinstance(self.components, (tuple, list)) or len(self.components) < 1:
@@ -320,6 +325,7 @@ class Mixture:
             checks.nonnegative_float(f"weights[{i}]", weight)
         if abs(sum(self.weights) - 1.0) > 1e-6:
             raise ValueError(f"weights must sum to 1, got {list(self.weights)} (sum {sum(self.weights)})")
+        checks.choice("per", self.per, MIXTURE_DRAWS)
 
     @property
     def takes_active_dims(self) -> bool:
@@ -330,10 +336,13 @@ class Mixture:
                active_dims: torch.Tensor | int | None = None) -> TaskSample:
         batch, _, _ = checks.prompt_tensors(xs)
         # Inverse-CDF draw against Python-float thresholds: no host-to-device copy, so a CUDA graph can hold it.
-        uniform = torch.rand(batch, generator=generator, device=xs.device, dtype=torch.float64)
-        component = torch.zeros(batch, dtype=torch.long, device=xs.device)
+        n_draws = batch if self.per == "prompt" else 1
+        uniform = torch.rand(n_draws, generator=generator, device=xs.device, dtype=torch.float64)
+        component = torch.zeros(n_draws, dtype=torch.long, device=xs.device)
         for threshold in itertools.accumulate(self.weights[:-1]):
             component += uniform >= threshold
+        if self.per == "batch":
+            component = component.expand(batch).clone()
         ys = torch.zeros(xs.shape[:2], device=xs.device, dtype=xs.dtype)
         params: dict[str, torch.Tensor] = {"component": component}
         for i, function_class in enumerate(self.components):
@@ -345,6 +354,10 @@ class Mixture:
 
     def zero_predictor_error(self, d: int) -> float:
         return sum(w * c.zero_predictor_error(d) for w, c in zip(self.weights, self.components))
+
+
+# How often a Mixture draws its class: once per prompt or once per batch.
+MIXTURE_DRAWS = ("prompt", "batch")
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,7 @@ from tqdm import tqdm
 from icl_lib import checks, checkpoints, models
 from icl_lib.devices import make_generator, parse_device, resolve_device
 from icl_lib.samplers import gaussian_xs
-from icl_lib.tasks import make_task
+from icl_lib.tasks import Mixture, TaskSample, make_task
 
 # ---------------------------------------------------------------- configuration
 
@@ -98,6 +98,10 @@ LR_SCHEDULES = ("cosine", "constant", "wsd")
 RESUMABLE_CHANGES = frozenset(
     {"device", "threads", "autocast", "cuda_graph", "log_every", "eval_every", "eval_batch", "checkpoint_every"}
 )
+# Fields that may change when a run is resumed if every step already taken keeps its learning rate (for example a
+# constant-rate run extended to more steps, its decay moved to the new end): the run is then the one its new config
+# trains from scratch. meta.json lists each such change under "schedule_changes".
+SCHEDULE_FIELDS = ("steps", "lr_schedule", "decay_fraction", "lr_floor", "warmup_steps")
 
 
 @dataclass(frozen=True)
@@ -294,12 +298,19 @@ def sample_batch(task: Any, batch_size: int, n_points: int, n_dims: int, generat
     zeroed, as Garg et al.'s curriculum does, and a task that ``takes_active_dims`` draws its functions among the
     active coordinates.
     """
+    xs, drawn = sample_prompts(task, batch_size, n_points, n_dims, generator, active_dims)
+    return xs, drawn.ys
+
+
+def sample_prompts(task: Any, batch_size: int, n_points: int, n_dims: int, generator: torch.Generator,
+                   active_dims: torch.Tensor | int | None = None) -> tuple[torch.Tensor, TaskSample]:
+    """:func:`sample_batch` with the drawn functions: ``xs`` and the task's :class:`~icl_lib.tasks.TaskSample`."""
     xs = gaussian_xs(batch_size, n_points, n_dims, generator)
     if active_dims is None:
-        return xs, task.sample(xs, generator).ys
+        return xs, task.sample(xs, generator)
     xs = xs * (torch.arange(n_dims, device=xs.device) < active_dims).to(xs.dtype)
     options = {"active_dims": active_dims} if getattr(task, "takes_active_dims", False) else {}
-    return xs, task.sample(xs, generator, **options).ys
+    return xs, task.sample(xs, generator, **options)
 
 
 def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
@@ -345,6 +356,7 @@ class _Step:
         self.zero_error = torch.ones((), dtype=torch.float32, device=device)  # the task's, at the active dimension
         self.totals = torch.zeros(2, dtype=torch.float32, device=device)  # sums of losses and normalised errors
         self.summed = 0  # steps in totals
+        self.schedule_changes: list[dict[str, Any]] = []  # resumes that changed SCHEDULE_FIELDS
         self.parameters = [p for p in model.parameters() if p.requires_grad]
         self.every_position = getattr(model, "predicts_every_position", False)  # else the loss is the query's only
         self.active: tuple[int, int] | None = None
@@ -404,6 +416,7 @@ class _Step:
             "totals": self.totals.detach().cpu(),
             "totals_steps": self.summed,
             "wall_s": wall_s,
+            **({"schedule_changes": self.schedule_changes} if self.schedule_changes else {}),
         }
 
     def load_state_dict(self, stored: Mapping[str, Any]) -> None:
@@ -415,6 +428,7 @@ class _Step:
             torch.cuda.set_rng_state(stored["rng_cuda"], self.device)
         self.totals.copy_(stored["totals"])
         self.summed = stored["totals_steps"]
+        self.schedule_changes = list(stored.get("schedule_changes", []))
 
 
 class _CudaGraphStep:
@@ -515,14 +529,22 @@ def held_out_metrics(
     curriculum's view). Returns ``eval_loss`` (MSE), ``eval_normalized_error`` (divided by the task's zero-predictor
     error at ``active_dims``) and, for models that predict at every position, ``eval_error_by_position``: the
     normalised error at each of the first ``active_points`` positions (entry k: prediction from k examples).
+
+    For a :class:`~icl_lib.tasks.Mixture` the held-out prompts draw their class per prompt, even where training draws
+    it per batch, and ``eval_error_by_class`` adds, per component, that component's prompts' normalised error (by
+    position where the model predicts at every position, else one number): a run's log then shows when each class
+    is learnt.
     """
     active_dims = n_dims if active_dims is None else active_dims
     active_points = n_points if active_points is None else active_points
+    if isinstance(task, Mixture):
+        task = dataclasses.replace(task, per="prompt")
     was_training = model.training
     model.eval()
     try:
-        xs, ys = sample_batch(task, batch_size, n_points, n_dims, generator,
-                              active_dims if active_dims < n_dims else None)
+        xs, drawn = sample_prompts(task, batch_size, n_points, n_dims, generator,
+                                   active_dims if active_dims < n_dims else None)
+        ys = drawn.ys
         with _autocast(generator.device, autocast):
             preds = model(xs, ys)
     finally:
@@ -530,11 +552,25 @@ def held_out_metrics(
     zero = task.zero_predictor_error(active_dims)
     errors = (preds.float() - ys[:, n_points - preds.shape[1] :].float()) ** 2  # (batch, P)
     result: dict[str, Any] = {}
-    if getattr(model, "predicts_every_position", False):
+    by_position = getattr(model, "predicts_every_position", False)
+    if by_position:
         errors = errors[:, :active_points]
         result["eval_error_by_position"] = (errors.mean(0) / zero).tolist()
+    if isinstance(task, Mixture):
+        result["eval_error_by_class"] = [
+            _class_error(errors[drawn.params["component"] == i], component.zero_predictor_error(active_dims),
+                         by_position)
+            for i, component in enumerate(task.components)
+        ]
     loss = errors.mean().item()
     return {"eval_loss": loss, "eval_normalized_error": loss / zero, **result}
+
+
+def _class_error(errors: torch.Tensor, zero: float, by_position: bool) -> list[float] | float | None:
+    """The normalised error of one class's prompts ``errors: (n, P)``: per position or in all; None if n = 0."""
+    if errors.shape[0] == 0:
+        return None
+    return (errors.mean(0) / zero).tolist() if by_position else errors.mean().item() / zero
 
 
 # ---------------------------------------------------------------- the loop
@@ -646,11 +682,14 @@ def _train(config: TrainConfig, device: torch.device, out_dir: Path | None, resu
     model, warm_start = _initial_model(config, model, stored, out_dir)
     step_fn = _Step(model.to(device).train(), task, config, device)
     step, wall_before, history = _resume(stored, out_dir, step_fn) if stored is not None else (0, 0.0, [])
+    if stored is not None and (change := _schedule_change(stored["config"], config, step)):
+        step_fn.schedule_changes.append(change)
     if stored is not None and step >= config.steps and _on_disk_as_finished(out_dir):
         return TrainResult(model.eval(), config, step, _final_metrics(history), history, out_dir, already_finished=True)
     step_fn.set_lr(learning_rate(config, step))  # re-attach the device lr after loading a state
     writer = RunWriter(out_dir, config, history, resumed_from=step if stored is not None else None, command=command,
-                       model=model, device=device, warm_start=warm_start, graph=step_fn.graph)
+                       model=model, device=device, warm_start=warm_start, graph=step_fn.graph,
+                       schedule_changes=step_fn.schedule_changes)
     clock = _Clock(wall_before, step)
     bar = tqdm(total=config.steps, initial=step, disable=not progress, desc=out_dir.name if out_dir else "train",
                dynamic_ncols=True, file=sys.stderr)
@@ -702,13 +741,34 @@ def _train(config: TrainConfig, device: torch.device, out_dir: Path | None, resu
 WAY_OUT = "start over with --fresh (resume=False), which discards it, or choose another --out (out_dir)"
 
 
-def _config_changes(stored: Mapping[str, Any], config: TrainConfig) -> str:
-    """The fields (outside ``RESUMABLE_CHANGES``) in which ``config`` differs from a stored config, or ``""``."""
+def _config_changes(stored: Mapping[str, Any], config: TrainConfig, steps_done: int | None = None) -> str:
+    """The fields (outside ``RESUMABLE_CHANGES``) in which ``config`` differs from a stored config, or ``""``.
+
+    With ``steps_done`` (resuming a checkpoint of that step), changes of ``SCHEDULE_FIELDS`` do not count if
+    ``config`` gives each of the first ``steps_done`` steps the learning rate the stored config gave it.
+    """
     current = config.to_dict()
     defaults = TrainConfig().to_dict()  # a field added since the checkpoint was written counts as its default
     stored = {**{k: v for k, v in defaults.items() if k not in stored}, **stored}
     differing = sorted(k for k in set(stored) | set(current) if k not in RESUMABLE_CHANGES and stored.get(k) != current.get(k))
-    return ", ".join(f"{k}: {stored.get(k)!r} -> {current.get(k)!r}" for k in differing)
+    if steps_done is not None and differing and set(differing) <= set(SCHEDULE_FIELDS):
+        if _same_rates(config.replace(**{k: stored[k] for k in SCHEDULE_FIELDS}), config, steps_done):
+            return ""
+        differing.append("the learning rate of a step already taken")
+    return ", ".join(f"{k}: {stored.get(k)!r} -> {current.get(k)!r}" if k in current else k for k in differing)
+
+
+def _same_rates(before: TrainConfig, after: TrainConfig, steps_done: int) -> bool:
+    """Whether ``after`` trains at least ``steps_done`` steps and gives each of them ``before``'s learning rate."""
+    return after.steps >= steps_done and all(
+        learning_rate(before, step) == learning_rate(after, step) for step in range(steps_done))
+
+
+def _schedule_change(stored_config: Mapping[str, Any], config: TrainConfig, step: int) -> dict[str, Any] | None:
+    """The record of a schedule changed on resume at ``step`` (the fields it had before), or None."""
+    current = config.to_dict()
+    before = {k: stored_config[k] for k in SCHEDULE_FIELDS if k in stored_config and stored_config[k] != current[k]}
+    return {"at_step": step, "before": before} if before else None
 
 
 def _run_name(out_dir: Path) -> str:
@@ -730,7 +790,7 @@ def _resumable_state(out_dir: Path, config: TrainConfig) -> dict | None:
     except ValueError as error:
         raise ValueError(f"cannot resume {_run_name(out_dir)}: {error}; {WAY_OUT}") from None
     if stored is not None:
-        changes = _config_changes(stored["config"], config)
+        changes = _config_changes(stored["config"], config, stored["step"])
         if changes:
             raise ValueError(f"cannot resume {_run_name(out_dir)}: its config differs in {changes}; {WAY_OUT}")
     return stored
@@ -843,7 +903,8 @@ class RunWriter:
 
     def __init__(self, out_dir: Path | None, config: TrainConfig, history: list[dict[str, Any]], *,
                  resumed_from: int | None, command: str | None, model: nn.Module, device: torch.device,
-                 warm_start: dict | None, graph: _CudaGraphStep | None) -> None:
+                 warm_start: dict | None, graph: _CudaGraphStep | None,
+                 schedule_changes: list[dict[str, Any]]) -> None:
         self.out_dir, self.config, self.history, self.graph = out_dir, config, history, graph
         self.checkpoint_step = resumed_from  # the step of the last checkpoint written, None before the first
         self.metrics_file = None
@@ -865,6 +926,7 @@ class RunWriter:
             "n_parameters": models.count_parameters(model),
             "steps": config.steps,
             **({"init_from": warm_start} if warm_start is not None else {}),
+            **({"schedule_changes": schedule_changes} if schedule_changes else {}),
         }
         self.metrics_file = open(out_dir / checkpoints.METRICS_FILE, "a")  # noqa: SIM115 - closed by close()
 
