@@ -51,11 +51,15 @@ def cov_sqrt(cov: torch.Tensor) -> torch.Tensor:
     eigenvalues, eigenvectors = torch.linalg.eigh(cov.to(torch.float64))
     # Rounding makes a singular covariance's zero eigenvalues slightly negative: about d * eps of the input's dtype
     # relative to the largest (eps = 1.2e-7 in float32), so the tolerance scales with it.
-    eps = torch.finfo(cov.dtype).eps if cov.is_floating_point() else 0.0
-    tolerance = max(1e-8, cov.shape[-1] * eps) * eigenvalues.abs().amax(dim=-1, keepdim=True).clamp_min(1.0)
+    eps = torch.finfo(cov.dtype if cov.is_floating_point() else torch.float64).eps
+    largest = eigenvalues.abs().amax(dim=-1, keepdim=True)
+    tolerance = max(1e-8, cov.shape[-1] * eps) * largest.clamp_min(1.0)
     if (eigenvalues < -tolerance).any():  # a check on the argument that needs the eigenvalues, so it is made here
         raise ValueError("cov must be positive semi-definite (it has a negative eigenvalue)")
-    root = eigenvalues.clamp_min(0).sqrt()
+    # An eigenvalue within d ulps of the largest is rounding of a zero one, of either sign: its square root (about
+    # sqrt(eps) of the largest's) would carry samples out of the covariance's range, so it counts as 0.
+    negligible = cov.shape[-1] * eps * largest
+    root = torch.where(eigenvalues > negligible, eigenvalues.clamp_min(0).sqrt(), 0.0)
     return (eigenvectors * root.unsqueeze(-2)) @ eigenvectors.transpose(-1, -2)
 
 
