@@ -514,3 +514,30 @@ def test_a_convex_combination_passes_the_curriculum_to_a_sparse_part():
     alone = SparseLinear(k=2).sample(xs, make_generator(7), active_dims=active)
     assert torch.equal(drawn.params["first.support"], alone.params["support"])
     assert not drawn.params["first.support"][:, active:].any()
+
+
+def test_a_mixture_drawn_per_batch_gives_every_prompt_of_a_batch_one_class_with_the_given_frequencies():
+    """per="batch": one class per batch (Panwar et al.'s TwoTaskMixer); over many batches the classes come with the
+    weights' frequencies, as the per-prompt draw's do over prompts."""
+    task = Mixture(components=(DenseLinear(), SparseLinear(k=2), Sinusoid()), weights=(0.2, 0.5, 0.3), per="batch")
+    generator = make_generator(11)
+    n_batches = 3000
+    counts = np.zeros(3)
+    for _ in range(n_batches):
+        component = task.sample(xs_for(4, 3, 4), generator).params["component"].numpy()
+        assert np.all(component == component[0])
+        counts[component[0]] += 1
+    for i, weight in enumerate(task.weights):
+        assert abs(counts[i] / n_batches - weight) < 4 * math.sqrt(weight * (1 - weight) / n_batches)
+
+
+def test_a_mixture_drawn_per_prompt_is_the_default_and_draws_as_before():
+    xs = xs_for(64, 5, 4)
+    default = Mixture(components=(DenseLinear(), SparseLinear(k=2)), weights=(0.5, 0.5))
+    assert default.per == "prompt"
+    explicit = Mixture(components=(DenseLinear(), SparseLinear(k=2)), weights=(0.5, 0.5), per="prompt")
+    a, b = default.sample(xs, make_generator(3)), explicit.sample(xs, make_generator(3))
+    assert torch.equal(a.ys, b.ys) and torch.equal(a.params["component"], b.params["component"])
+    # the per-prompt class draw is one float64 uniform per prompt against the cumulative weights
+    uniform = torch.rand(64, generator=make_generator(3), dtype=torch.float64)
+    assert torch.equal(a.params["component"], (uniform >= 0.5).long())

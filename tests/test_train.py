@@ -466,3 +466,40 @@ def test_a_warm_started_run_resumes_bit_for_bit_and_keeps_its_provenance(tmp_pat
         assert torch.equal(resumed.model.state_dict()[name], weight), name
     metas = [json.loads((tmp_path / run / META_FILE).read_text()) for run in ("whole", "split")]
     assert metas[0]["init_from"] == metas[1]["init_from"] and metas[1]["init_from"]["run"] == str(tmp_path / "first")
+
+
+def test_a_constant_rate_run_extended_on_resume_equals_the_extended_run_from_scratch(tmp_path):
+    """A resume may change the schedule fields when every step taken keeps its learning rate: the run is then the
+    one its new config trains from scratch, and meta.json records the change."""
+    short = tiny_config(steps=8, lr_schedule="wsd", decay_fraction=0.25, checkpoint_every=2)  # decay from step 6
+    long = short.replace(steps=12, decay_fraction=0.125)  # constant to step 10, so steps 0..5 keep their rates
+    whole = train(long, tmp_path / "whole", progress=False)
+    train(short, tmp_path / "extended", progress=False, stop_at=6)
+    extended = train(long, tmp_path / "extended", progress=False)
+    assert_same_state(whole.model.state_dict(), extended.model.state_dict())
+    assert without_timing(extended.history) == without_timing(whole.history)
+    meta = json.loads((tmp_path / "extended" / META_FILE).read_text())
+    assert meta["schedule_changes"] == [{"at_step": 6, "before": {"steps": 8, "decay_fraction": 0.25}}]
+    assert meta["steps"] == 12 and meta["status"] == "finished"
+
+
+def test_a_schedule_change_that_alters_a_step_taken_is_refused(tmp_path):
+    config = tiny_config(steps=8, lr_schedule="wsd", decay_fraction=0.5, checkpoint_every=2)  # decay from step 4
+    train(config, tmp_path / "run", progress=False, stop_at=6)
+    with pytest.raises(ValueError, match="the learning rate of a step already taken"):
+        train(config.replace(steps=20), tmp_path / "run", progress=False)  # steps 4 and 5 were decaying
+    with pytest.raises(ValueError, match="lr: 0.001 -> 0.002"):  # the rate itself is not a schedule field
+        train(config.replace(lr=2e-3), tmp_path / "run", progress=False)
+
+
+def test_a_mixture_run_logs_each_class_error_on_prompts_that_draw_the_class_per_prompt(tmp_path):
+    task = {"name": "mixture", "components": [{"name": "linear"}, {"name": "sparse_linear", "k": 1}],
+            "weights": [0.5, 0.5], "per": "batch"}
+    result = train(tiny_config(task=task, steps=3, eval_every=3, eval_batch=256), progress=False)
+    record = result.history[-1]
+    by_class = record["eval_error_by_class"]
+    assert len(by_class) == 2 and all(len(errors) == 5 for errors in by_class)  # (class, position)
+    # per-prompt draws: both classes among the held-out prompts, whose overall error is their weighted mean
+    overall = record["eval_error_by_position"]
+    assert all(min(by_class[0][k], by_class[1][k]) <= overall[k] <= max(by_class[0][k], by_class[1][k])
+               for k in range(5))
