@@ -754,8 +754,9 @@ def _config_changes(stored: Mapping[str, Any], config: TrainConfig, steps_done: 
     if steps_done is not None and differing and set(differing) <= set(SCHEDULE_FIELDS):
         if _same_rates(config.replace(**{k: stored[k] for k in SCHEDULE_FIELDS}), config, steps_done):
             return ""
-        differing.append("the learning rate of a step already taken")
-    return ", ".join(f"{k}: {stored.get(k)!r} -> {current.get(k)!r}" if k in current else k for k in differing)
+        return (", ".join(f"{k}: {stored.get(k)!r} -> {current.get(k)!r}" for k in differing)
+                + " (a schedule may change on resume only where the steps already taken keep their learning rates)")
+    return ", ".join(f"{k}: {stored.get(k)!r} -> {current.get(k)!r}" for k in differing)
 
 
 def _same_rates(before: TrainConfig, after: TrainConfig, steps_done: int) -> bool:

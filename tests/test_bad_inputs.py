@@ -156,8 +156,8 @@ CLI_ERRORS = [
     ("train --out naming a file", "train", ["{tiny}", "--out", "{file}"], no_setup,
      r"--out must be a directory, got '.*', which is a file"),
     ("train --steps 8 into a 6-step run", "train", TRAIN + ["--steps", "8"], no_setup,
-     r"cannot resume the run in .* \(finished, 6 of 6 steps\): its config differs in steps: 6 -> 8; start over "
-     r"with --fresh"),
+     r"cannot resume the run in .* \(finished, 6 of 6 steps\): its config differs in steps: 6 -> 8 \(a schedule "
+     r"may change on resume only where the steps already taken keep their learning rates\); start over with --fresh"),
     ("train on a truncated checkpoint.pt", "train", TRAIN, truncate(CHECKPOINT_FILE),
      r"cannot resume .*checkpoint.pt is not a readable torch file .*; start over with --fresh"),
     ("train on an empty checkpoint.pt", "train", TRAIN, empty(CHECKPOINT_FILE),

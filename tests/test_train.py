@@ -486,7 +486,7 @@ def test_a_constant_rate_run_extended_on_resume_equals_the_extended_run_from_scr
 def test_a_schedule_change_that_alters_a_step_taken_is_refused(tmp_path):
     config = tiny_config(steps=8, lr_schedule="wsd", decay_fraction=0.5, checkpoint_every=2)  # decay from step 4
     train(config, tmp_path / "run", progress=False, stop_at=6)
-    with pytest.raises(ValueError, match="the learning rate of a step already taken"):
+    with pytest.raises(ValueError, match="steps already taken keep their learning rates"):
         train(config.replace(steps=20), tmp_path / "run", progress=False)  # steps 4 and 5 were decaying
     with pytest.raises(ValueError, match="lr: 0.001 -> 0.002"):  # the rate itself is not a schedule field
         train(config.replace(lr=2e-3), tmp_path / "run", progress=False)
