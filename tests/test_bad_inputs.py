@@ -1,8 +1,9 @@
 """Bad input, table-driven: each probe is one row, so that the next failure found is one line to add.
 
-* :data:`CLI_ERRORS`: a command line of ``python -m icl_lib.train`` or ``python -m icl_lib.evaluate``, run
-  in-process through ``main(argv)``, that must end with exit code 2 and one line on stderr, ``error: ...``, naming
-  the argument, the value and what is accepted (never a traceback);
+* :data:`CLI_ERRORS`: a command line of ``python -m icl_lib.train``, ``python -m icl_lib.evaluate``,
+  ``python -m tools.setup_cell`` or ``python -m coursework.student_edition``, run in-process through ``main(argv)``,
+  that must end with exit code 2 and one line on stderr, ``error: ...``, naming the argument, the value and what is
+  accepted (never a traceback), and leave the run directory as it was;
 * :data:`LIBRARY_ERRORS`: a call of a public function that must raise ``ValueError`` with a given message;
 * then the behaviours that are not errors: a finished run is never overwritten and a rerun after a kill at any
   point finishes the run; SIGINT runs in a subprocess.
@@ -34,6 +35,7 @@ from icl_lib import train as train_module
 from icl_lib.checkpoints import CHECKPOINT_FILE, META_FILE, METRICS_FILE, MODEL_FILE, repository_root
 from icl_lib.devices import make_generator
 from icl_lib.train import TrainConfig, load_config, train
+from coursework import student_edition
 from tools import setup_cell
 
 REPO = repository_root()
@@ -255,6 +257,11 @@ CLI_ERRORS = [
      lambda run, tmp: ((tmp / "notebooks").mkdir(), (tmp / "notebooks" / "01_x.ipynb").write_text("{}"),
                        (tmp / "_config.yml").write_text("title: x\n")),
      r"_config.yml: repository.url must be the repository's URL \(a non-empty string\), got None"),
+    ("student_edition --out a run directory", "student_edition", ["--out", "{run}"], no_setup,
+     r"--out must be a new or empty folder, or one this command wrote \(with its .student_edition\), got '.*run', "
+     r"which holds other files: nothing was deleted; choose another --out"),
+    ("student_edition --out a run's model.pt", "student_edition", ["--out", "{run}/model.pt"], no_setup,
+     r"--out must be a new folder or one this command wrote, got '.*model.pt', which is a file or a link"),
 ]
 
 
@@ -266,7 +273,8 @@ def test_a_bad_command_line_fails_with_one_line(command, argv, setup, message, r
     setup(run, tmp_path)
     before = digest(run)
     argv = [a.format(tiny=TINY, run=run, tmp=tmp_path, file=tmp_path / "a_file") for a in argv]
-    main = {"train": train_module.main, "evaluate": evaluate.main, "setup_cell": setup_cell.main}[command]
+    main = {"train": train_module.main, "evaluate": evaluate.main, "setup_cell": setup_cell.main,
+            "student_edition": student_edition.main}[command]
     code, out, err = call_cli(main, argv, capsys)
     assert code == 2, err
     assert "Traceback" not in err
@@ -480,6 +488,52 @@ def test_lsa_models_take_float64_prompts(name):
 def test_sparse_zero_predictor_error_counts_the_active_coordinates_only():
     """With d = 3 < k = 5 coordinates active (a curriculum's early prompts) E[f(x)^2] is 3, not 5."""
     assert tasks.SparseLinear(k=5).zero_predictor_error(3) == 3.0
+
+
+# ---------------------------------------------------------------- nothing a command did not create is deleted
+
+
+@pytest.mark.parametrize("folder", ["checkpoints", "notebooks", "book", "results", "."])
+def test_student_edition_refuses_the_repositorys_folders(folder, capsys, monkeypatch):
+    """``--out checkpoints`` once deleted every committed run. Deleting is disarmed here, so that a regression fails
+    this test instead of deleting the sources."""
+    def disarmed(path, *args, **kwargs):
+        raise AssertionError(f"student_edition tried to delete {path}")
+
+    monkeypatch.setattr(student_edition.shutil, "rmtree", disarmed)
+    code, _, err = call_cli(student_edition.main, ["--out", str(REPO / folder)], capsys)
+    assert code == 2 and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: --out must be a new"), err
+
+
+def fake_sources(tmp: Path) -> Path:
+    """The smallest tree ``write_student_edition`` reads: no chapter, one page, the two book files."""
+    root = tmp / "src"
+    (root / "notebooks").mkdir(parents=True)
+    (root / "book").mkdir()
+    (root / "book" / "page.md").write_text("# A page\n")
+    (root / "_config.yml").write_text("title: x\n")
+    (root / "_toc.yml").write_text("format: jb-book\n")
+    return root
+
+
+def test_student_edition_rewrites_only_what_it_wrote(tmp_path):
+    root = fake_sources(tmp_path)
+    with pytest.raises(ValueError, match=r"--out must be a new folder outside the sources, got .*, inside notebooks/"):
+        student_edition.write_student_edition(root / "notebooks" / "student", root=root)
+    out = tmp_path / "student"
+    out.mkdir()  # an empty folder is taken as it is
+    student_edition.write_student_edition(out, root=root)
+    (out / "book" / "page.md").write_text("stale")
+    student_edition.write_student_edition(out, root=root)  # its own output (the marker): emptied and rewritten
+    assert (out / "book" / "page.md").read_text() == "# A page\n"
+    (out / student_edition.MARKER).unlink()  # an output written before the marker existed is still its own
+    student_edition.write_student_edition(out, root=root)
+    (out / "notes.txt").write_text("mine")
+    (out / student_edition.MARKER).unlink()
+    with pytest.raises(ValueError, match=r"which holds other files: nothing was deleted"):
+        student_edition.write_student_edition(out, root=root)
+    assert (out / "notes.txt").read_text() == "mine"
 
 
 # ---------------------------------------------------------------- runs are never lost
