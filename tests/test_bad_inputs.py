@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -130,6 +131,11 @@ def no_setup(run: Path, tmp: Path) -> None:
     pass
 
 
+def a_result(run: Path, tmp: Path) -> None:
+    """``tmp/r.json``: a result file, as an earlier ``icl_lib.evaluate`` left it."""
+    (tmp / "r.json").write_text(json.dumps({"format": evaluate.RESULT_FORMAT, "curves": {}}))
+
+
 def warm_start_toml(init_from: str, changes: dict[str, str] | None = None,
                     then: Callable[[Path, Path], None] | None = None) -> Callable[[Path, Path], None]:
     """``tmp/bad.toml`` with ``init_from = <init_from>`` ({run} is the finished run) and other lines replaced."""
@@ -144,6 +150,7 @@ def warm_start_toml(init_from: str, changes: dict[str, str] | None = None,
 TRAIN = ["{tiny}", "--out", "{run}", "--no-progress"]
 WARM = ["{tmp}/bad.toml", "--out", "{tmp}/warm", "--no-progress"]
 EVALUATE = ["{run}", "--task", "linear", "--prompts", "16", "--estimators", "least_squares", "--out", "{tmp}/r.json"]
+EVALUATE_INTO = EVALUATE[:-1]  # + the --out file
 
 # (id, "train" | "evaluate", argv with {tiny} {run} {tmp} {file}, setup, expected message after "error: ")
 CLI_ERRORS = [
@@ -251,6 +258,24 @@ CLI_ERRORS = [
      r"meta.json disagrees with the model it describes: .*'n_dims': 7.* in meta.json, .*'n_dims': 3.* in the weights"),
     ("evaluate --device cuda without CUDA", "evaluate", EVALUATE + ["--device", "cuda"], no_setup,
      r"device = 'cuda' but CUDA is not available here"),
+    ("evaluate --out the run's model.pt", "evaluate", EVALUATE_INTO + ["{run}/model.pt"], no_setup,
+     r"--out must be a new file or a result file of icl_lib.evaluate, got '.*model.pt', which is another file: it was "
+     r"left as it is; choose another --out"),
+    ("evaluate --out the run's meta.json --overwrite", "evaluate", EVALUATE_INTO + ["{run}/meta.json", "--overwrite"],
+     no_setup, r"--out must be a new file or a result file of icl_lib.evaluate, got '.*meta.json', which is another"),
+    ("evaluate --out a FIFO", "evaluate", EVALUATE_INTO + ["{tmp}/fifo.json", "--overwrite"],
+     lambda run, tmp: os.mkfifo(tmp / "fifo.json"), r"--out must be a new file or a result file .*, which is another"),
+    ("evaluate --out an existing result", "evaluate", EVALUATE, a_result,
+     r"--out '.*r.json' already holds a result: pass --overwrite to replace it, or choose another --out"),
+    ("evaluate --task-option name=...", "evaluate", EVALUATE + ["--task-option", "name=sparse_linear"], no_setup,
+     r"--task-option must not set the name \(give it with --task\), got 'name=sparse_linear'"),
+    ("evaluate --shift-option name=...", "evaluate", EVALUATE + ["--shift", "scaled_inputs", "--shift-option",
+                                                                 "name=noisy_outputs"], no_setup,
+     r"--shift-option must not set the name \(give it with --shift\), got 'name=noisy_outputs'"),
+    ("evaluate --shift-option without --shift", "evaluate", EVALUATE + ["--shift-option", "scale=2"], no_setup,
+     r"--shift-option needs --shift \(the shift it configures\), got \['scale=2'\]"),
+    ("evaluate --seed 2**70", "evaluate", EVALUATE + ["--seed", str(2**70)], no_setup,
+     r"--seed must be an integer between -2\*\*63 and 2\*\*64 - 1 \(a 64-bit seed\), got 1180591620717411303424"),
     ("setup_cell --root without chapters", "setup_cell", ["--root", "{tmp}"], no_setup,
      r"--root must be the book's repository \(with notebooks/NN_\*.ipynb\), got '.*'"),
     ("setup_cell --root with a config without repository.url", "setup_cell", ["--root", "{tmp}"],
@@ -321,8 +346,21 @@ def _figure():
     return fig
 
 
+def a_curve() -> evaluation.ErrorCurve:
+    return evaluation.ErrorCurve(mean=np.array([1.0, 0.5]), low=np.array([0.9, 0.4]), high=np.array([1.1, 0.6]),
+                                 n_prompts=7)
+
+
 # (id, call(run, tmp), expected ValueError message)
 LIBRARY_ERRORS = [
+    ("make_generator(2**70)", lambda run, tmp: make_generator(2**70),
+     r"seed must be an integer between -2\*\*63 and 2\*\*64 - 1 \(a 64-bit seed\), got 1180591620717411303424"),
+    ("write_result onto a run's model.pt", lambda run, tmp: evaluate.write_result(
+        run / MODEL_FILE, {"transformer": a_curve()}, run={}, task={}, provenance={}, overwrite=True),
+     r"path must be a new file or a result file of icl_lib.evaluate, got '.*model.pt', which is another file"),
+    ("write_result onto a result", lambda run, tmp: (a_result(run, tmp), evaluate.write_result(
+        tmp / "r.json", {"transformer": a_curve()}, run={}, task={}, provenance={})),
+     r"path '.*r.json' already holds a result: pass overwrite=True to replace it"),
     ("load_model on an empty model.pt", lambda run, tmp: (empty(MODEL_FILE)(run, tmp), checkpoints.load_model(run)),
      r"model.pt is not a readable torch file \(EOFError\)"),
     ("load_model on a foreign model.pt", lambda run, tmp: (foreign(MODEL_FILE)(run, tmp), checkpoints.load_model(run)),
@@ -534,6 +572,14 @@ def test_student_edition_rewrites_only_what_it_wrote(tmp_path):
     with pytest.raises(ValueError, match=r"which holds other files: nothing was deleted"):
         student_edition.write_student_edition(out, root=root)
     assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_evaluate_replaces_a_result_only_when_asked(run, tmp_path, capsys):
+    a_result(run, tmp_path)
+    argv = [a.format(run=run, tmp=tmp_path) for a in EVALUATE] + ["--overwrite"]
+    code, _, err = call_cli(evaluate.main, argv, capsys)
+    assert code == 0, err
+    assert evaluate.read_result(tmp_path / "r.json")[1]["provenance"]["n_prompts"] == 16
 
 
 # ---------------------------------------------------------------- runs are never lost
