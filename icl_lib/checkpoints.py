@@ -18,13 +18,15 @@ Chapters load committed runs by name: ``load_model("garg_dense_linear_laptop")``
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import pickle
 import platform
 import subprocess
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -39,6 +41,8 @@ MODEL_FILE = "model.pt"
 META_FILE = "meta.json"
 METRICS_FILE = "metrics.jsonl"
 FORMAT = "icl_lib/1"
+# The advisory lock a training run holds on its directory (removed when the run ends; .gitignore'd after a kill -9).
+LOCK_FILE = ".train.lock"
 # Runs that need another session wait in checkpoints/in_progress/<name> with their resume checkpoint (committed):
 # move the directory back to checkpoints/<name> and rerun its command to resume bit for bit.
 IN_PROGRESS = "in_progress"
@@ -163,6 +167,47 @@ def save_model_file(
     weights = {key: value.detach().cpu() for key, value in model.state_dict().items()}
     model_config = {"spec": dict(model_spec), "n_dims": n_dims, "n_points": n_points}
     return save_atomic({"format": FORMAT, "model_config": model_config, "state_dict": weights}, Path(directory) / MODEL_FILE)
+
+
+@contextlib.contextmanager
+def run_lock(directory: str | os.PathLike) -> Iterator[None]:
+    """Hold the run directory's advisory lock (``fcntl.flock`` on ``LOCK_FILE``) for the ``with`` block.
+
+    A second holder, in this process or another, gets ``ValueError`` naming the directory and the process that holds
+    it. The lock file is removed when the block ends (a ``kill -9`` leaves it, unlocked: the next run takes it).
+    """
+    path = Path(directory) / LOCK_FILE
+    fd = _acquire_lock(path, directory)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # while still locked, so that no one takes a lock on a file about to vanish
+        os.close(fd)
+
+
+def _acquire_lock(path: Path, directory: str | os.PathLike) -> int:
+    """An open descriptor of ``path`` locked exclusively; ``ValueError`` if another holder has it."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise ValueError(f"{directory} is in use by another training run (process {holder}): wait for it to end, "
+                             f"or choose another --out (out_dir)") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)  # the holder before us removed the file after we opened it: lock the one now there
 
 
 def git_commit(cwd: str | os.PathLike | None = None) -> tuple[str, bool | None]:

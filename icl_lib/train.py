@@ -632,19 +632,32 @@ def train(
     if stop_at is not None:
         checks.positive_int("stop_at", stop_at)
     if out_dir is not None:
-        out_dir = checks.writable_directory("out_dir", out_dir)
+        out_dir = _check_out_dir("out_dir", out_dir)
     device = resolve_device(config.device)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)
     try:
         devices = [device.index] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices), (
+        # The run directory's lock, held for the whole call: a second process on it is refused, not interleaved.
+        lock = checkpoints.run_lock(out_dir) if out_dir is not None else contextlib.nullcontext()
+        with lock, torch.random.fork_rng(devices=devices), (
             torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
         ):
             return _train(config, device, Path(out_dir) if out_dir is not None else None, resume, progress,
                           tuple(hooks), stop_at, command, model, task)
     finally:
         torch.set_num_threads(previous_threads)
+
+
+def _check_out_dir(name: str, out_dir: str | Path) -> Path:
+    """``out_dir``, created if needed and writable; the folders that hold runs (``checkpoints/``,
+    ``checkpoints/in_progress/``) are refused: a run written there would mix its files with the runs'."""
+    path = Path(out_dir)
+    roots = (checkpoints.checkpoints_root(), checkpoints.checkpoints_root() / checkpoints.IN_PROGRESS)
+    if path.exists() and any(path.resolve() == root.resolve() for root in roots):
+        raise ValueError(f"{name} must be a run directory such as checkpoints/<name>, got {str(out_dir)!r}, the folder "
+                         f"that holds the runs")
+    return checks.writable_directory(name, path)
 
 
 def _check_objects(config: TrainConfig, out_dir: str | Path | None, model: Any, task: Any) -> None:
@@ -1041,7 +1054,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             config = config.replace(**overrides)
         if args.stop_at is not None:
             checks.positive_int("--stop-at", args.stop_at)
-        checks.writable_directory("--out", out_dir)
+        _check_out_dir("--out", out_dir)
         command = "python -m icl_lib.train " + shlex.join(argv)
         result = train(config, out_dir, resume=not args.fresh, progress=not args.no_progress, stop_at=args.stop_at,
                        command=command)

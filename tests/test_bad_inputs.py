@@ -585,6 +585,43 @@ def test_evaluate_replaces_a_result_only_when_asked(run, tmp_path, capsys):
 # ---------------------------------------------------------------- runs are never lost
 
 
+def test_a_second_train_into_a_locked_run_directory_is_refused(run, capsys):
+    """Two processes on one --out (one with --fresh) used to interleave their files: the run directory's lock, held
+    here by another process, refuses the second with one line and leaves the directory alone."""
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a'); "
+                               "fcntl.flock(f, fcntl.LOCK_EX); f.write('4242'); f.flush(); print('held', flush=True); "
+                               "time.sleep(120)", str(run / checkpoints.LOCK_FILE)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = digest(run)
+        for extra in (["--fresh"], []):
+            code, _, err = call_cli(train_module.main, [str(TINY), "--out", str(run), "--no-progress", *extra], capsys)
+            assert code == 2 and len(err.strip().splitlines()) == 1, err
+            assert re.fullmatch(rf"error: {re.escape(str(run))} is in use by another training run \(process 4242\): "
+                                rf"wait for it to end, or choose another --out \(out_dir\)", err.strip()), err
+            assert digest(run) == before
+    finally:
+        holder.kill()
+        holder.wait()
+    code, _, err = call_cli(train_module.main, [str(TINY), "--out", str(run), "--no-progress"], capsys)
+    assert code == 0 and "already holds this finished run" in err, err
+    assert not (run / checkpoints.LOCK_FILE).exists(), "the lock file is removed when the run ends"
+
+
+@pytest.mark.parametrize("folder", ["", checkpoints.IN_PROGRESS])
+def test_train_refuses_the_folder_that_holds_the_runs(folder, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(checkpoints, "checkpoints_root", lambda: tmp_path)  # the repository's stays untouched
+    (tmp_path / checkpoints.IN_PROGRESS).mkdir()
+    code, _, err = call_cli(train_module.main, [str(TINY), "--out", str(tmp_path / folder), "--no-progress"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert re.search(r"error: --out must be a run directory such as checkpoints/<name>, got '.*', the folder that "
+                     r"holds the runs", err), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [checkpoints.IN_PROGRESS]
+    with pytest.raises(ValueError, match=r"out_dir must be a run directory such as checkpoints/<name>"):
+        train(load_config(TINY), tmp_path / folder, progress=False)
+
+
+
 def test_a_finished_run_is_reported_and_left_unchanged(run, capsys):
     """With its checkpoint, and without it (the layout of the committed runs), with or without --stop-at."""
     for layout in ("with checkpoint", "committed layout"):
