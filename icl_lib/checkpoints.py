@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
+import io
 import json
 import os
-import pickle
 import platform
+import stat
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
@@ -122,22 +124,67 @@ def remove_leftovers(directory: str | os.PathLike) -> list[Path]:
     return leftovers
 
 
-def load_file(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
-    """``torch.load(path, map_location, weights_only=True)``; an empty, truncated or foreign file, or one that holds
-    more than plain data, raises ``ValueError`` naming it."""
+def _read_regular(path: str | os.PathLike) -> bytes:
+    """The bytes of ``path``; ``ValueError`` unless it is a regular file (a FIFO would block the read forever)."""
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, ValueError, AttributeError, TypeError) as error:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise ValueError(f"{path} is not a regular file (a FIFO, device, socket or directory cannot hold weights)")
+        return Path(path).read_bytes()
+    except OSError as error:
+        raise ValueError(f"{path} cannot be read ({_reason(error)})") from None
+
+
+def _load_bytes(path: str | os.PathLike, data: bytes, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load`` of ``data`` (read from ``path``), ``weights_only=True``; ``ValueError`` naming ``path``."""
+    try:
+        return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except Exception as error:  # noqa: BLE001 - on foreign bytes torch's readers raise anything (KeyError, ...)
         raise ValueError(f"{path} is not a readable torch file ({_reason(error)})") from None
 
 
-def _load_stored(path: Path) -> dict:
-    """:func:`load_file` of a dict in this library's ``FORMAT`` (``ValueError`` for anything else)."""
-    stored = load_file(path)
+def load_file(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(path, map_location, weights_only=True)``; an empty, truncated or foreign file, one that holds
+    more than plain data, or no regular file at all (a FIFO, a directory), raises ``ValueError`` naming it."""
+    return _load_bytes(path, _read_regular(path), map_location)
+
+
+def _load_stored(path: Path) -> tuple[dict, str]:
+    """:func:`load_file` of a dict in this library's ``FORMAT`` (``ValueError`` for anything else), with the
+    SHA-256 of the bytes it was loaded from."""
+    data = _read_regular(path)
+    stored = _load_bytes(path, data)
     if not isinstance(stored, dict) or stored.get("format") != FORMAT:
         found = stored.get("format") if isinstance(stored, dict) else type(stored).__name__
         raise ValueError(f"{path} has format {found!r}; this library reads {FORMAT!r}")
-    return stored
+    return stored, hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """The SHA-256 (hex) of a file, as ``meta.json`` records it under ``"sha256"``."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _check_recorded_sha256(path: Path, digest: str, step: Any = None) -> None:
+    """Refuse (``ValueError``) a file whose SHA-256 differs from the one its run's ``meta.json`` records.
+
+    Runs written before the record (and files it does not list) pass. ``checkpoint.pt`` is checked only when
+    ``meta.json`` describes its step: a kill between writing the checkpoint and ``meta.json`` leaves an older one.
+    """
+    try:
+        meta = load_meta(path.parent)
+    except ValueError:  # no meta.json, or an unreadable one: a model loads without it
+        return
+    recorded = meta.get("sha256")
+    expected = recorded.get(path.name) if isinstance(recorded, dict) else None
+    if expected is None or (path.name == CHECKPOINT_FILE and step != meta.get("steps_done")):
+        return
+    if digest != expected:
+        raise ValueError(f"{path} is not the file its {META_FILE} records (SHA-256 {str(expected)[:16]}..., found "
+                         f"{digest[:16]}...): it was changed or damaged; restore it or train the run again")
 
 
 # ---------------------------------------------------------------- run directories
@@ -153,10 +200,11 @@ def load_training_state(directory: str | os.PathLike) -> dict | None:
     path = Path(directory) / CHECKPOINT_FILE
     if not path.exists():
         return None
-    state = _load_stored(path)
+    state, digest = _load_stored(path)
     missing = sorted({"config", "step", "model", "optimizer", "generator", "rng_cpu", "totals", "totals_steps", "wall_s"} - set(state))
     if missing:
         raise ValueError(f"{path} is not a training checkpoint (it lacks {missing})")
+    _check_recorded_sha256(path, digest, state["step"])
     return state
 
 
@@ -257,9 +305,34 @@ def read_metrics(name_or_path: str | os.PathLike, missing_ok: bool = False) -> l
             return []
         raise ValueError(f"{path} does not exist (the run has logged nothing yet)")
     try:
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        text = path.read_text()
+    except UnicodeDecodeError as error:
         raise ValueError(f"{path} is not valid JSON lines ({error})") from None
+    lines = text.splitlines()
+    torn = bool(lines) and not text.endswith("\n")  # a last line cut by a kill or a full disk
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if line.strip():
+            record = _metrics_record(path, number, line, torn and number == len(lines))
+            if record is not None:
+                records.append(record)
+    return records
+
+
+def _metrics_record(path: Path, number: int, line: str, last_and_torn: bool) -> dict | None:
+    """Line ``number`` of ``metrics.jsonl``: a JSON object with an integer ``"step"``; a torn last line that does
+    not parse is dropped (None): its record was never complete, and the run goes on without it."""
+    try:
+        record = json.loads(line)
+    except (json.JSONDecodeError, RecursionError) as error:
+        if last_and_torn:
+            return None
+        raise ValueError(f"{path} is not valid JSON lines (line {number}: {_reason(error, 120)})") from None
+    step = record.get("step") if isinstance(record, dict) else None
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"{path} line {number} is not a metrics record (a JSON object with an integer 'step' >= 0), "
+                         f"got {line[:80]!r}")
+    return record
 
 
 # ---------------------------------------------------------------- loading by name
@@ -311,7 +384,8 @@ def _stored_model(name_or_path: str | os.PathLike) -> tuple[Path, dict, dict]:
         directory = resolve(name_or_path)
         files = [directory / MODEL_FILE, directory / CHECKPOINT_FILE]
     for file in (f for f in files if f.exists()):
-        stored = _load_stored(file)
+        stored, digest = _load_stored(file)
+        _check_recorded_sha256(file, digest, stored.get("step"))
         try:
             if "model_config" in stored:
                 model_config, weights = stored["model_config"], stored["state_dict"]

@@ -22,7 +22,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -102,6 +104,47 @@ def foreign(name: str) -> Callable[[Path, Path], None]:
     return lambda run, tmp: torch.save({"weights": torch.zeros(3)}, run / name)
 
 
+def text(name: str, content: str = "hello") -> Callable[[Path, Path], None]:
+    return lambda run, tmp: (run / name).write_text(content)
+
+
+def flip_a_weight_byte(name: str) -> Callable[[Path, Path], None]:
+    """A byte of ``name``'s first tensor flipped: the file still loads, with other weights."""
+    def setup(run: Path, tmp: Path) -> None:
+        path = run / name
+        with zipfile.ZipFile(path) as archive:
+            offset = next(i.header_offset for i in archive.infolist() if i.filename.endswith("/data/0"))
+        data = bytearray(path.read_bytes())
+        start = offset + 30 + int.from_bytes(data[offset + 26:offset + 28], "little") + int.from_bytes(
+            data[offset + 28:offset + 30], "little")  # after the local header, its name and its extra field
+        data[start + 1] ^= 0x40
+        path.write_bytes(bytes(data))
+    return setup
+
+
+def fifo(name: str) -> Callable[[Path, Path], None]:
+    """``name`` replaced by a FIFO. A reader that opens it anyway is released after 20 s (end of file), so that a
+    regression fails the test instead of hanging it."""
+    def setup(run: Path, tmp: Path) -> None:
+        path = run / name
+        path.unlink()
+        os.mkfifo(path)
+
+        def release() -> None:
+            try:
+                os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))  # fails (ENXIO) when no one reads
+            except OSError:
+                pass
+        timer = threading.Timer(20, release)
+        timer.daemon = True
+        timer.start()
+    return setup
+
+
+def metrics_lines(*lines: str) -> Callable[[Path, Path], None]:
+    return lambda run, tmp: (run / METRICS_FILE).write_text("".join(line + "\n" for line in lines))
+
+
 def edit_meta(**changes: object) -> Callable[[Path, Path], None]:
     def setup(run: Path, tmp: Path) -> None:
         meta = json.loads((run / META_FILE).read_text())
@@ -165,8 +208,8 @@ CLI_ERRORS = [
     ("train --out naming a file", "train", ["{tiny}", "--out", "{file}"], no_setup,
      r"--out must be a directory, got '.*', which is a file"),
     ("train --steps 8 into a 6-step run", "train", TRAIN + ["--steps", "8"], no_setup,
-     r"cannot resume the run in .* \(finished, 6 of 6 steps\): its config differs in steps: 6 -> 8; start over "
-     r"with --fresh"),
+     r"cannot resume the run in .* \(finished, 6 of 6 steps\): its config differs in steps: 6 -> 8, the learning "
+     r"rate of a step already taken; start over with --fresh"),
     ("train on a truncated checkpoint.pt", "train", TRAIN, truncate(CHECKPOINT_FILE),
      r"cannot resume .*checkpoint.pt is not a readable torch file .*; start over with --fresh"),
     ("train on an empty checkpoint.pt", "train", TRAIN, empty(CHECKPOINT_FILE),
@@ -197,6 +240,27 @@ CLI_ERRORS = [
      bad_toml({"lr = 1e-3": "lr = 1e30"}),
      r"training diverged: train_loss, train_normalized_error not finite at logged step 2 \(lr = 1e\+30\); no checkpoint "
      r"was written; lower lr"),
+    ("train on a checkpoint.pt of text", "train", TRAIN, text(CHECKPOINT_FILE),
+     r"cannot resume .*checkpoint.pt is not a readable torch file \(.*\); start over with --fresh"),
+    ("train on a checkpoint.pt that is a FIFO", "train", TRAIN, fifo(CHECKPOINT_FILE),
+     r"cannot resume .*checkpoint.pt is not a regular file \(a FIFO, device, socket or directory cannot hold weights\)"),
+    ("train on a checkpoint.pt with a flipped byte", "train", TRAIN, flip_a_weight_byte(CHECKPOINT_FILE),
+     r"cannot resume .*checkpoint.pt is not the file its meta.json records \(SHA-256 [0-9a-f]{16}\.\.\., found "
+     r"[0-9a-f]{16}\.\.\.\): it was changed or damaged; restore it or train the run again; start over with --fresh"),
+    ("train on a model.pt of text (committed layout)", "train", TRAIN,
+     lambda run, tmp: ((run / CHECKPOINT_FILE).unlink(), text(MODEL_FILE)(run, tmp)),
+     r"model.pt is not a readable torch file"),
+    ("train on metrics.jsonl with a record without step", "train", TRAIN, metrics_lines('{"x": 1}'),
+     r"cannot resume the run in .*: .*metrics.jsonl line 1 is not a metrics record \(a JSON object with an integer "
+     r"'step' >= 0\), got '\{\"x\": 1\}'; start over with --fresh"),
+    ("train on metrics.jsonl with a string step", "train", TRAIN, metrics_lines('{"step": 2}', '{"step": "2"}'),
+     r"metrics.jsonl line 2 is not a metrics record .*, got '\{\"step\": \"2\"\}'"),
+    ("train on metrics.jsonl with a list", "train", TRAIN, metrics_lines("[1, 2]"),
+     r"metrics.jsonl line 1 is not a metrics record .*, got '\[1, 2\]'"),
+    ("train on metrics.jsonl with a broken line before the last", "train", TRAIN, metrics_lines('{"step": 2', '{"step": 3}'),
+     r"cannot resume .*metrics.jsonl is not valid JSON lines \(line 1: .*\); start over with --fresh"),
+    ("train --threads 2**40", "train", TRAIN + ["--threads", str(2**40)], no_setup,
+     r"threads must be a positive integer <= 4096, got 1099511627776"),
     ("train with init_from naming no run", "train", WARM, warm_start_toml('"no_such_run"'),
      r"init_from: no checkpoint 'no_such_run': not a directory, and not a name under .*checkpoints"),
     ("train with init_from = 3", "train", WARM, warm_start_toml("3"),
@@ -252,6 +316,10 @@ CLI_ERRORS = [
      r"model.pt is not a readable torch file"),
     ("evaluate a foreign model.pt", "evaluate", EVALUATE, foreign(MODEL_FILE),
      r"model.pt has format None; this library reads 'icl_lib/1'"),
+    ("evaluate a model.pt of text", "evaluate", EVALUATE, text(MODEL_FILE, "not weights\n" * 20),
+     r"model.pt is not a readable torch file"),
+    ("evaluate a model.pt with a flipped byte", "evaluate", EVALUATE, flip_a_weight_byte(MODEL_FILE),
+     r"model.pt is not the file its meta.json records \(SHA-256 .*\): it was changed or damaged"),
     ("evaluate a corrupt meta.json", "evaluate", EVALUATE, lambda run, tmp: (run / META_FILE).write_text("{"),
      r"meta.json is not valid JSON"),
     ("evaluate a tampered meta.json", "evaluate", EVALUATE, edit_meta(n_dims=7),
@@ -365,6 +433,15 @@ LIBRARY_ERRORS = [
      r"model.pt is not a readable torch file \(EOFError\)"),
     ("load_model on a foreign model.pt", lambda run, tmp: (foreign(MODEL_FILE)(run, tmp), checkpoints.load_model(run)),
      r"model.pt has format None"),
+    ("load_model on a model.pt of text", lambda run, tmp: (text(MODEL_FILE)(run, tmp), checkpoints.load_model(run)),
+     r"model.pt is not a readable torch file"),
+    ("load_model on a FIFO model.pt", lambda run, tmp: (fifo(MODEL_FILE)(run, tmp), checkpoints.load_model(run)),
+     r"model.pt is not a regular file"),
+    ("load_model on a model.pt with a flipped byte",
+     lambda run, tmp: (flip_a_weight_byte(MODEL_FILE)(run, tmp), checkpoints.load_model(run)),
+     r"model.pt is not the file its meta.json records"),
+    ("TrainConfig(threads=2**40)", lambda run, tmp: TrainConfig(threads=2**40),
+     r"threads must be a positive integer <= 4096, got 1099511627776"),
     ("load_model on a model.pt of another shape",
      lambda run, tmp: checkpoints.load_model(model_file_of_another_shape(run)),
      r"other.pt: its weights do not fit its model config .* \(Error\(s\) in loading state_dict for GPT: .*size mismatch"),
@@ -378,8 +455,11 @@ LIBRARY_ERRORS = [
      lambda run, tmp: ((run / METRICS_FILE).unlink(), checkpoints.read_metrics(run)),
      r"metrics.jsonl does not exist \(the run has logged nothing yet\)"),
     ("read_metrics of a corrupt metrics.jsonl",
-     lambda run, tmp: ((run / METRICS_FILE).write_text("{"), checkpoints.read_metrics(run)),
+     lambda run, tmp: ((run / METRICS_FILE).write_text("{\n"), checkpoints.read_metrics(run)),
      r"metrics.jsonl is not valid JSON lines"),
+    ("read_metrics of a record with step true",
+     lambda run, tmp: (metrics_lines('{"step": true}')(run, tmp), checkpoints.read_metrics(run)),
+     r"metrics.jsonl line 1 is not a metrics record \(a JSON object with an integer 'step' >= 0\)"),
     ("dense_label_scale of a table without a name", lambda run, tmp: tasks.dense_label_scale({"scale": 2}),
      r"spec must be a task table with a 'name', got \{'scale': 2\}"),
     ("load_meta on a corrupt meta.json",
@@ -621,6 +701,39 @@ def test_train_refuses_the_folder_that_holds_the_runs(folder, tmp_path, capsys, 
         train(load_config(TINY), tmp_path / folder, progress=False)
 
 
+def test_a_torn_last_metrics_line_is_dropped_and_the_run_resumed(finished, tmp_path):
+    out = tmp_path / "run"
+    train(load_config(TINY), out, progress=False, stop_at=3)
+    text = (out / METRICS_FILE).read_text()
+    (out / METRICS_FILE).write_text(text[:-9])  # a kill in the middle of the step-3 record
+    assert [r["step"] for r in checkpoints.read_metrics(out)] == [2]
+    result = train(load_config(TINY), out, progress=False)
+    assert result.step == 6 and checkpoints.load_meta(out)["status"] == "finished"
+    expected = [json.loads(line) for line in (finished / METRICS_FILE).read_text().splitlines()]
+    kept = [json.loads(line) for line in (out / METRICS_FILE).read_text().splitlines()]
+    assert [r["step"] for r in kept] == [2, 4, 6]  # the torn step-3 record is gone; the run is kept
+    assert [r["train_loss"] for r in kept] == [r["train_loss"] for r in expected if r["step"] != 3]
+
+
+def test_meta_json_records_the_sha256_of_the_files_it_vouches_for(finished):
+    recorded = checkpoints.load_meta(finished)["sha256"]
+    assert recorded == {name: hashlib.sha256((finished / name).read_bytes()).hexdigest()
+                        for name in (CHECKPOINT_FILE, MODEL_FILE)}
+    committed = "garg_dense_linear_laptop"  # written before the record: loads as before
+    assert "sha256" not in checkpoints.load_meta(committed)
+    assert isinstance(checkpoints.load_model(committed), torch.nn.Module)
+
+
+def test_a_checkpoint_newer_than_meta_json_resumes(tmp_path):
+    """A kill between writing checkpoint.pt and meta.json leaves meta.json with the earlier checkpoint's SHA-256: the
+    newer checkpoint is not refused as damaged."""
+    out = tmp_path / "run"
+    train(load_config(TINY), out, progress=False, stop_at=3)
+    meta = (out / META_FILE).read_text()
+    train(load_config(TINY), out, progress=False, stop_at=5)
+    (out / META_FILE).write_text(meta)
+    assert train(load_config(TINY), out, progress=False).step == 6
+
 
 def test_a_finished_run_is_reported_and_left_unchanged(run, capsys):
     """With its checkpoint, and without it (the layout of the committed runs), with or without --stop-at."""
@@ -721,3 +834,51 @@ def test_sigint_exits_130_with_how_to_resume_and_no_traceback(tmp_path):
     assert err.strip().splitlines()[-1].startswith("error: interrupted; ")
     assert err.strip().endswith("run the same command to resume")
     assert checkpoints.load_meta(out)["status"] == "interrupted"
+
+
+def test_sigint_while_starting_is_one_line(tmp_path):
+    """A Ctrl-C while the command still imports torch (seconds): exit 130 and one line, no traceback."""
+    start = ("import runpy, sys; sys.argv = ['icl_lib.train', *sys.argv[1:]]; print('ready', flush=True); "
+             "runpy.run_module('icl_lib.train', run_name='__main__', alter_sys=True)")
+    command = [sys.executable, "-c", start, str(TINY), "--out", str(tmp_path / "run"), "--no-progress"]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        assert process.stdout.readline().strip() == "ready"
+        time.sleep(0.3)  # inside the imports
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("error: interrupted"), err
+
+
+def test_a_second_sigint_while_marking_leaves_meta_json_interrupted(tmp_path, monkeypatch):
+    """Two quick Ctrl-Cs: the second arrives while the interrupted run marks its meta.json; it must not stop that."""
+    out = tmp_path / "run"
+    load_meta = checkpoints.load_meta
+    sent: list[str] = []
+
+    def first(step, model):  # at the last step's evaluation, when meta.json says "running" (step 3's checkpoint)
+        if step == 6:
+            sent.append("first")
+            os.kill(os.getpid(), signal.SIGINT)
+
+    def second(path):  # as the interrupted run's mark() reads meta.json
+        if sent == ["first"]:
+            sent.append("second")
+            os.kill(os.getpid(), signal.SIGINT)
+        return load_meta(path)
+
+    monkeypatch.setattr(checkpoints, "load_meta", second)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # also where the suite runs with it ignored
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(load_config(TINY), out, progress=False, hooks=[first])
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert sent == ["first", "second"]
+    meta = load_meta(out)
+    assert meta["status"] == "interrupted" and meta["steps_done"] == 3
