@@ -15,7 +15,7 @@ The loop is "Triton-free" (eager PyTorch, no graph compiler) and the same code r
   ``n_dims`` coordinates; Garg et al.'s curriculum zeroes the coordinates beyond the current dimension (as their
   code does) and masks the loss to the first current-n points, which for a causal model equals a shorter prompt;
 * checkpoints (:mod:`icl_lib.checkpoints`) resume exactly where a run stopped (bit for bit on the CPU with the
-  same thread count).
+  same thread count); a run holds its directory's lock (:func:`icl_lib.checkpoints.run_lock`) while it runs.
 
 Loss: mean squared error over the predicted positions. Also logged: the normalised error, the loss divided by the
 task's ``zero_predictor_error`` at the current dimension (1.0 = predicting 0).
