@@ -189,6 +189,9 @@ def _estimators(names: Sequence[str], options: Mapping[str, Any]) -> dict[str, A
         given = options.get(name, {})
         if not isinstance(given, Mapping):
             raise ValueError(f"estimator_options[{name!r}] must be a dict of options, got {given!r}")
+        if "name" in given:  # it would build another estimator under this one's name
+            raise ValueError(f"estimator_options[{name!r}] (--estimator-option {name}.KEY=VALUE) must not set the name, "
+                             f"got name = {given['name']!r}")
         built[name] = checks.build(ESTIMATORS, {"name": name, **given}, "estimator")
     return {name: built[name] for name in names}
 

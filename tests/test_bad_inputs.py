@@ -340,6 +340,10 @@ CLI_ERRORS = [
     ("evaluate --shift-option name=...", "evaluate", EVALUATE + ["--shift", "scaled_inputs", "--shift-option",
                                                                  "name=noisy_outputs"], no_setup,
      r"--shift-option must not set the name \(give it with --shift\), got 'name=noisy_outputs'"),
+    ("evaluate --estimator-option lasso.name=ridge", "evaluate", EVALUATE + ["--estimators", "lasso",
+                                                                             "--estimator-option", "lasso.name=ridge"],
+     no_setup, r"estimator_options\['lasso'\] \(--estimator-option lasso.KEY=VALUE\) must not set the name, got "
+               r"name = 'ridge'"),
     ("evaluate --shift-option without --shift", "evaluate", EVALUATE + ["--shift-option", "scale=2"], no_setup,
      r"--shift-option needs --shift \(the shift it configures\), got \['scale=2'\]"),
     ("evaluate --seed 2**70", "evaluate", EVALUATE + ["--seed", str(2**70)], no_setup,
