@@ -119,8 +119,8 @@ def _check_out(out: Path, root: Path) -> None:
         if resolved.is_relative_to(sources / folder):
             raise ValueError(f"--out must be a new folder outside the sources, got {str(out)!r}, inside {folder}/")
     if out.is_symlink() or (out.exists() and not out.is_dir()):
-        raise ValueError(f"--out must be a new folder or one this command wrote, got {str(out)!r}, which is a file or a "
-                         f"link")
+        raise ValueError(f"--out must be a new folder or one this command wrote, got {str(out)!r}, which is a file or "
+                         f"a link")
     if out.is_dir() and any(out.iterdir()) and not _ours(out):
         raise ValueError(f"--out must be a new or empty folder, or one this command wrote (with its {MARKER}), got "
                          f"{str(out)!r}, which holds other files: nothing was deleted; choose another --out")

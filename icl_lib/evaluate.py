@@ -190,8 +190,8 @@ def _estimators(names: Sequence[str], options: Mapping[str, Any]) -> dict[str, A
         if not isinstance(given, Mapping):
             raise ValueError(f"estimator_options[{name!r}] must be a dict of options, got {given!r}")
         if "name" in given:  # it would build another estimator under this one's name
-            raise ValueError(f"estimator_options[{name!r}] (--estimator-option {name}.KEY=VALUE) must not set the name, "
-                             f"got name = {given['name']!r}")
+            raise ValueError(f"estimator_options[{name!r}] (--estimator-option {name}.KEY=VALUE) must not set the "
+                             f"name, got name = {given['name']!r}")
         built[name] = checks.build(ESTIMATORS, {"name": name, **given}, "estimator")
     return {name: built[name] for name in names}
 

@@ -243,7 +243,8 @@ CLI_ERRORS = [
     ("train on a checkpoint.pt of text", "train", TRAIN, text(CHECKPOINT_FILE),
      r"cannot resume .*checkpoint.pt is not a readable torch file \(.*\); start over with --fresh"),
     ("train on a checkpoint.pt that is a FIFO", "train", TRAIN, fifo(CHECKPOINT_FILE),
-     r"cannot resume .*checkpoint.pt is not a regular file \(a FIFO, device, socket or directory cannot hold weights\)"),
+     r"cannot resume .*checkpoint.pt is not a regular file \(a FIFO, device, socket or directory cannot hold "
+     r"weights\)"),
     ("train on a checkpoint.pt with a flipped byte", "train", TRAIN, flip_a_weight_byte(CHECKPOINT_FILE),
      r"cannot resume .*checkpoint.pt is not the file its meta.json records \(SHA-256 [0-9a-f]{16}\.\.\., found "
      r"[0-9a-f]{16}\.\.\.\): it was changed or damaged; restore it or train the run again; start over with --fresh"),
@@ -257,7 +258,8 @@ CLI_ERRORS = [
      r"metrics.jsonl line 2 is not a metrics record .*, got '\{\"step\": \"2\"\}'"),
     ("train on metrics.jsonl with a list", "train", TRAIN, metrics_lines("[1, 2]"),
      r"metrics.jsonl line 1 is not a metrics record .*, got '\[1, 2\]'"),
-    ("train on metrics.jsonl with a broken line before the last", "train", TRAIN, metrics_lines('{"step": 2', '{"step": 3}'),
+    ("train on metrics.jsonl with a broken line before the last", "train", TRAIN,
+     metrics_lines('{"step": 2', '{"step": 3}'),
      r"cannot resume .*metrics.jsonl is not valid JSON lines \(line 1: .*\); start over with --fresh"),
     ("train --threads 2**40", "train", TRAIN + ["--threads", str(2**40)], no_setup,
      r"threads must be a positive integer <= 4096, got 1099511627776"),
