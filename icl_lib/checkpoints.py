@@ -4,13 +4,15 @@ A run directory (written by :func:`icl_lib.train.train`) holds
 
 * ``checkpoint.pt``: the full training state (model, optimizer, step, random states, config), for resuming;
 * ``model.pt``: the final weights and the model's config, small enough to commit for laptop-scale models;
-* ``meta.json``: config, seed, git commit, device, torch version, wall time, steps, final metrics, and the exact
-  command that produced the run;
-* ``metrics.jsonl``: one JSON record per logging or evaluation step.
+* ``meta.json``: config, seed, git commit, device, torch version, wall time, steps, final metrics, the exact
+  command that produced the run, and the SHA-256 of the ``checkpoint.pt`` and ``model.pt`` it wrote (``"sha256"``);
+* ``metrics.jsonl``: one JSON record per logging or evaluation step;
+* while a run writes it, ``.train.lock``: the advisory lock (:func:`run_lock`) that keeps a second run out.
 
 Files are written atomically (a temporary file in the same directory, flushed and fsynced, then ``os.replace``), so
 an interruption leaves either the old file or the new one. Everything is loaded with ``torch.load(...,
-weights_only=True)``: configs are stored as plain dicts, never as pickled objects.
+weights_only=True)``, from regular files only, and checked against the SHA-256 that ``meta.json`` records (runs
+written before that record load unchecked): configs are stored as plain dicts, never as pickled objects.
 
 Chapters load committed runs by name: ``load_model("garg_dense_linear_laptop")`` reads
 ``<repository>/checkpoints/garg_dense_linear_laptop/``.
