@@ -25,6 +25,7 @@ for their initialisation.
   linear attention, von Oswald et al.'s weights for K steps of (preconditioned) gradient descent.
 * ``finetuning``: zero-shot, in-context and key/value fine-tuning traces of the GPT, and Dai et al.'s metrics
   (Rec2FTP, SimAOU, SimAM, Kendall) with their random-update control.
+* ``interrupts``: Ctrl-C on the command lines (one line, even while torch is still being imported).
 * ``train``: the one training loop (``python -m icl_lib.train CONFIG``), Triton-free, CPU or CUDA.
 """
 

@@ -4,13 +4,15 @@ A run directory (written by :func:`icl_lib.train.train`) holds
 
 * ``checkpoint.pt``: the full training state (model, optimizer, step, random states, config), for resuming;
 * ``model.pt``: the final weights and the model's config, small enough to commit for laptop-scale models;
-* ``meta.json``: config, seed, git commit, device, torch version, wall time, steps, final metrics, and the exact
-  command that produced the run;
-* ``metrics.jsonl``: one JSON record per logging or evaluation step.
+* ``meta.json``: config, seed, git commit, device, torch version, wall time, steps, final metrics, the exact
+  command that produced the run, and the SHA-256 of the ``checkpoint.pt`` and ``model.pt`` it wrote (``"sha256"``);
+* ``metrics.jsonl``: one JSON record per logging or evaluation step;
+* while a run writes it, ``.train.lock``: the advisory lock (:func:`run_lock`) that keeps a second run out.
 
 Files are written atomically (a temporary file in the same directory, flushed and fsynced, then ``os.replace``), so
 an interruption leaves either the old file or the new one. Everything is loaded with ``torch.load(...,
-weights_only=True)``: configs are stored as plain dicts, never as pickled objects.
+weights_only=True)``, from regular files only, and checked against the SHA-256 that ``meta.json`` records (runs
+written before that record load unchecked): configs are stored as plain dicts, never as pickled objects.
 
 Chapters load committed runs by name: ``load_model("garg_dense_linear_laptop")`` reads
 ``<repository>/checkpoints/garg_dense_linear_laptop/``.
@@ -18,13 +20,17 @@ Chapters load committed runs by name: ``load_model("garg_dense_linear_laptop")``
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
+import io
 import json
 import os
-import pickle
 import platform
+import stat
 import subprocess
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -39,6 +45,8 @@ MODEL_FILE = "model.pt"
 META_FILE = "meta.json"
 METRICS_FILE = "metrics.jsonl"
 FORMAT = "icl_lib/1"
+# The advisory lock a training run holds on its directory (removed when the run ends; .gitignore'd after a kill -9).
+LOCK_FILE = ".train.lock"
 # Runs that need another session wait in checkpoints/in_progress/<name> with their resume checkpoint (committed):
 # move the directory back to checkpoints/<name> and rerun its command to resume bit for bit.
 IN_PROGRESS = "in_progress"
@@ -118,22 +126,67 @@ def remove_leftovers(directory: str | os.PathLike) -> list[Path]:
     return leftovers
 
 
-def load_file(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
-    """``torch.load(path, map_location, weights_only=True)``; an empty, truncated or foreign file, or one that holds
-    more than plain data, raises ``ValueError`` naming it."""
+def _read_regular(path: str | os.PathLike) -> bytes:
+    """The bytes of ``path``; ``ValueError`` unless it is a regular file (a FIFO would block the read forever)."""
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, ValueError, AttributeError, TypeError) as error:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise ValueError(f"{path} is not a regular file (a FIFO, device, socket or directory cannot hold weights)")
+        return Path(path).read_bytes()
+    except OSError as error:
+        raise ValueError(f"{path} cannot be read ({_reason(error)})") from None
+
+
+def _load_bytes(path: str | os.PathLike, data: bytes, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load`` of ``data`` (read from ``path``), ``weights_only=True``; ``ValueError`` naming ``path``."""
+    try:
+        return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except Exception as error:  # noqa: BLE001 - on foreign bytes torch's readers raise anything (KeyError, ...)
         raise ValueError(f"{path} is not a readable torch file ({_reason(error)})") from None
 
 
-def _load_stored(path: Path) -> dict:
-    """:func:`load_file` of a dict in this library's ``FORMAT`` (``ValueError`` for anything else)."""
-    stored = load_file(path)
+def load_file(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(path, map_location, weights_only=True)``; an empty, truncated or foreign file, one that holds
+    more than plain data, or no regular file at all (a FIFO, a directory), raises ``ValueError`` naming it."""
+    return _load_bytes(path, _read_regular(path), map_location)
+
+
+def _load_stored(path: Path) -> tuple[dict, str]:
+    """:func:`load_file` of a dict in this library's ``FORMAT`` (``ValueError`` for anything else), with the
+    SHA-256 of the bytes it was loaded from."""
+    data = _read_regular(path)
+    stored = _load_bytes(path, data)
     if not isinstance(stored, dict) or stored.get("format") != FORMAT:
         found = stored.get("format") if isinstance(stored, dict) else type(stored).__name__
         raise ValueError(f"{path} has format {found!r}; this library reads {FORMAT!r}")
-    return stored
+    return stored, hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """The SHA-256 (hex) of a file, as ``meta.json`` records it under ``"sha256"``."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _check_recorded_sha256(path: Path, digest: str, step: Any = None) -> None:
+    """Refuse (``ValueError``) a file whose SHA-256 differs from the one its run's ``meta.json`` records.
+
+    Runs written before the record (and files it does not list) pass. ``checkpoint.pt`` is checked only when
+    ``meta.json`` describes its step: a kill between writing the checkpoint and ``meta.json`` leaves an older one.
+    """
+    try:
+        meta = load_meta(path.parent)
+    except ValueError:  # no meta.json, or an unreadable one: a model loads without it
+        return
+    recorded = meta.get("sha256")
+    expected = recorded.get(path.name) if isinstance(recorded, dict) else None
+    if expected is None or (path.name == CHECKPOINT_FILE and step != meta.get("steps_done")):
+        return
+    if digest != expected:
+        raise ValueError(f"{path} is not the file its {META_FILE} records (SHA-256 {str(expected)[:16]}..., found "
+                         f"{digest[:16]}...): it was changed or damaged; restore it or train the run again")
 
 
 # ---------------------------------------------------------------- run directories
@@ -149,10 +202,11 @@ def load_training_state(directory: str | os.PathLike) -> dict | None:
     path = Path(directory) / CHECKPOINT_FILE
     if not path.exists():
         return None
-    state = _load_stored(path)
+    state, digest = _load_stored(path)
     missing = sorted({"config", "step", "model", "optimizer", "generator", "rng_cpu", "totals", "totals_steps", "wall_s"} - set(state))
     if missing:
         raise ValueError(f"{path} is not a training checkpoint (it lacks {missing})")
+    _check_recorded_sha256(path, digest, state["step"])
     return state
 
 
@@ -163,6 +217,47 @@ def save_model_file(
     weights = {key: value.detach().cpu() for key, value in model.state_dict().items()}
     model_config = {"spec": dict(model_spec), "n_dims": n_dims, "n_points": n_points}
     return save_atomic({"format": FORMAT, "model_config": model_config, "state_dict": weights}, Path(directory) / MODEL_FILE)
+
+
+@contextlib.contextmanager
+def run_lock(directory: str | os.PathLike) -> Iterator[None]:
+    """Hold the run directory's advisory lock (``fcntl.flock`` on ``LOCK_FILE``) for the ``with`` block.
+
+    A second holder, in this process or another, gets ``ValueError`` naming the directory and the process that holds
+    it. The lock file is removed when the block ends (a ``kill -9`` leaves it, unlocked: the next run takes it).
+    """
+    path = Path(directory) / LOCK_FILE
+    fd = _acquire_lock(path, directory)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # while still locked, so that no one takes a lock on a file about to vanish
+        os.close(fd)
+
+
+def _acquire_lock(path: Path, directory: str | os.PathLike) -> int:
+    """An open descriptor of ``path`` locked exclusively; ``ValueError`` if another holder has it."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise ValueError(f"{directory} is in use by another training run (process {holder}): wait for it to end, "
+                             f"or choose another --out (out_dir)") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)  # the holder before us removed the file after we opened it: lock the one now there
 
 
 def git_commit(cwd: str | os.PathLike | None = None) -> tuple[str, bool | None]:
@@ -212,9 +307,34 @@ def read_metrics(name_or_path: str | os.PathLike, missing_ok: bool = False) -> l
             return []
         raise ValueError(f"{path} does not exist (the run has logged nothing yet)")
     try:
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        text = path.read_text()
+    except UnicodeDecodeError as error:
         raise ValueError(f"{path} is not valid JSON lines ({error})") from None
+    lines = text.splitlines()
+    torn = bool(lines) and not text.endswith("\n")  # a last line cut by a kill or a full disk
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if line.strip():
+            record = _metrics_record(path, number, line, torn and number == len(lines))
+            if record is not None:
+                records.append(record)
+    return records
+
+
+def _metrics_record(path: Path, number: int, line: str, last_and_torn: bool) -> dict | None:
+    """Line ``number`` of ``metrics.jsonl``: a JSON object with an integer ``"step"``; a torn last line that does
+    not parse is dropped (None): its record was never complete, and the run goes on without it."""
+    try:
+        record = json.loads(line)
+    except (json.JSONDecodeError, RecursionError) as error:
+        if last_and_torn:
+            return None
+        raise ValueError(f"{path} is not valid JSON lines (line {number}: {_reason(error, 120)})") from None
+    step = record.get("step") if isinstance(record, dict) else None
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"{path} line {number} is not a metrics record (a JSON object with an integer 'step' >= 0), "
+                         f"got {line[:80]!r}")
+    return record
 
 
 # ---------------------------------------------------------------- loading by name
@@ -266,7 +386,8 @@ def _stored_model(name_or_path: str | os.PathLike) -> tuple[Path, dict, dict]:
         directory = resolve(name_or_path)
         files = [directory / MODEL_FILE, directory / CHECKPOINT_FILE]
     for file in (f for f in files if f.exists()):
-        stored = _load_stored(file)
+        stored, digest = _load_stored(file)
+        _check_recorded_sha256(file, digest, stored.get("step"))
         try:
             if "model_config" in stored:
                 model_config, weights = stored["model_config"], stored["state_dict"]

@@ -66,14 +66,26 @@ def cpu_kernels() -> dict[str, str]:
             "blas_instructions": os.environ.get("MKL_ENABLE_INSTRUCTIONS", "default")}
 
 
+# The seeds torch's generators take (a 64-bit integer, signed or not).
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
+
+
+def check_seed(name: str, seed: object) -> int:
+    """Return ``seed`` if a ``torch.Generator`` takes it (an integer in [-2**63, 2**64 - 1]), else ``ValueError``."""
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"{name} must be an integer, got {seed!r}")
+    if not SEED_MIN <= seed <= SEED_MAX:
+        raise ValueError(f"{name} must be an integer between -2**63 and 2**64 - 1 (a 64-bit seed), got {seed}")
+    return seed
+
+
 def make_generator(seed: int, device: torch.device | str | None = None) -> torch.Generator:
     """A ``torch.Generator`` on ``device`` (default: CPU) seeded with ``seed``.
 
     Every sampler takes such a generator explicitly, so that no global random state is touched and a
     chapter's numbers are fixed by its seeds.
     """
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed must be an integer, got {seed!r}")
+    check_seed("seed", seed)
     generator = torch.Generator(device=torch.device(device) if device is not None else "cpu")
     generator.manual_seed(seed)
     return generator

@@ -11,10 +11,17 @@
 From the command line (``RUN`` is a checkpoint name under ``checkpoints/`` or a run directory)::
 
     python -m icl_lib.evaluate RUN --task NAME [--task-option KEY=VALUE ...] [--shift NAME]
-        [--shift-option KEY=VALUE ...] [--prompts N] [--seed S] [--device D] --out results/NAME.json
+        [--shift-option KEY=VALUE ...] [--prompts N] [--seed S] [--device D] --out results/NAME.json [--overwrite]
+
+``--out`` is a new file, or a result file of this command that ``--overwrite`` replaces: nothing else is replaced.
 """
 
 from __future__ import annotations
+
+if __name__ == "__main__":  # before torch's import, which takes seconds: a Ctrl-C there is one line too
+    from icl_lib import interrupts
+
+    interrupts.quiet_start("python -m icl_lib.evaluate")
 
 import argparse
 import dataclasses
@@ -22,6 +29,7 @@ import functools
 import json
 import os
 import shlex
+import stat
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -34,8 +42,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from icl_lib import baselines, checkpoints, checks, evaluation, models, shifts, tasks
-from icl_lib.devices import make_generator, resolve_device
+from icl_lib import baselines, checkpoints, checks, evaluation, interrupts, models, shifts, tasks
+from icl_lib.devices import check_seed, make_generator, resolve_device
 from icl_lib.evaluation import ErrorCurve
 from icl_lib.samplers import gaussian_xs
 
@@ -181,6 +189,9 @@ def _estimators(names: Sequence[str], options: Mapping[str, Any]) -> dict[str, A
         given = options.get(name, {})
         if not isinstance(given, Mapping):
             raise ValueError(f"estimator_options[{name!r}] must be a dict of options, got {given!r}")
+        if "name" in given:  # it would build another estimator under this one's name
+            raise ValueError(f"estimator_options[{name!r}] (--estimator-option {name}.KEY=VALUE) must not set the "
+                             f"name, got name = {given['name']!r}")
         built[name] = checks.build(ESTIMATORS, {"name": name, **given}, "estimator")
     return {name: built[name] for name in names}
 
@@ -271,6 +282,37 @@ def _curve_to_json(curve: ErrorCurve) -> dict[str, Any]:
             "upper": np.asarray(curve.high).tolist(), "n_prompts": curve.n_prompts}
 
 
+def is_result_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a regular file that :func:`write_result` wrote (a JSON object of ``RESULT_FORMAT``)."""
+    path = Path(path)
+    try:
+        if not stat.S_ISREG(path.lstat().st_mode):
+            return False
+        with path.open("rb") as file:
+            if file.read(1) != b"{":  # weights, text, anything else: not read further
+                return False
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(data, dict) and data.get("format") == RESULT_FORMAT
+
+
+def check_result_path(path: str | os.PathLike, overwrite: bool, name: str = "path",
+                      flag: str = "overwrite=True") -> Path:
+    """``path`` if a result may be written there: a new file, or a result file when ``overwrite``; else
+    ``ValueError`` naming ``name`` (a result never replaces another file, such as a run's ``model.pt``)."""
+    path = checks.writable_file(name, path)
+    if not (path.exists() or path.is_symlink()):
+        return path
+    if not is_result_file(path):
+        raise ValueError(f"{name} must be a new file or a result file of icl_lib.evaluate, got {str(path)!r}, which "
+                         f"is another file: it was left as it is; choose another {name}")
+    if not overwrite:
+        raise ValueError(f"{name} {str(path)!r} already holds a result: pass {flag} to replace it, or choose "
+                         f"another {name}")
+    return path
+
+
 def write_result(
     path: str | os.PathLike,
     curves: Mapping[str, ErrorCurve],
@@ -278,8 +320,12 @@ def write_result(
     run: Mapping[str, Any],
     task: Mapping[str, Any],
     provenance: Mapping[str, Any],
+    overwrite: bool = False,
 ) -> Path:
     """Write a result file (JSON, atomically) and return its path.
+
+    ``path`` must be a new file, or with ``overwrite`` a result file (:func:`check_result_path`): a result never
+    replaces any other file.
 
     ``run``: what was evaluated (for a trained model, its ``meta.json``: name, config, command, git commit, device,
     wall time of training); ``task``: the task spec ``{"name": ..., **options}``; ``provenance``: how the evaluation
@@ -303,6 +349,7 @@ def write_result(
         "provenance": provenance,
     }
     json.dumps(data)  # fail here, not half-way through the write, on values JSON cannot hold
+    check_result_path(path, overwrite)
     return checkpoints.write_json_atomic(data, path)
 
 
@@ -333,13 +380,16 @@ def available_results(pattern: str = "*.json", root: str | os.PathLike | None = 
 # ---------------------------------------------------------------- command line
 
 
-def _parse_options(pairs: Sequence[str], flag: str) -> dict[str, Any]:
-    """``["k=3", "noise_std=0.5", "name=x"]`` -> ``{"k": 3, "noise_std": 0.5, "name": "x"}`` (JSON values, else strings)."""
+def _parse_options(pairs: Sequence[str], flag: str, named_by: str | None = None) -> dict[str, Any]:
+    """``["k=3", "noise_std=0.5"]`` -> ``{"k": 3, "noise_std": 0.5}`` (JSON values, else strings). With
+    ``named_by`` (the flag that names the spec), a ``name=...`` is refused: it would silently override that flag."""
     options: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise ValueError(f"{flag} must look like KEY=VALUE, got {pair!r}")
+        if named_by is not None and key == "name":
+            raise ValueError(f"{flag} must not set the name (give it with {named_by}), got {pair!r}")
         try:
             options[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -366,13 +416,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", help="'cpu', 'cuda' or 'cuda:N' (default: CUDA when available)")
     parser.add_argument("--out", required=True, help="the result file, e.g. results/garg_dense_linear_paper.json")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it is a result file already")
     args = parser.parse_args(argv)
     try:
+        interrupts.take_over()
         return _run(args, argv)
     except (ValueError, OSError) as error:
         parser.exit(2, f"error: {' '.join(str(error).split())}\n")
     except KeyboardInterrupt:
-        parser.exit(130, f"error: interrupted; nothing was written to {args.out}: run the same command again\n")
+        with interrupts.ignored():  # a second Ctrl-C: the same line, not a traceback
+            parser.exit(130, f"error: interrupted; nothing was written to {args.out}: run the same command again\n")
 
 
 def _prompt_shape(args: argparse.Namespace, run: Mapping[str, Any]) -> tuple[int, int]:
@@ -395,9 +448,13 @@ def _prompt_shape(args: argparse.Namespace, run: Mapping[str, Any]) -> tuple[int
 def _run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     """The command line's work, once its arguments are parsed; bad input raises ``ValueError``."""
     checks.positive_int("--prompts", args.prompts)
-    task_spec = {"name": args.task, **_parse_options(args.task_option, "--task-option")}
+    check_seed("--seed", args.seed)
+    task_spec = {"name": args.task, **_parse_options(args.task_option, "--task-option", "--task")}
     _as_task(task_spec)
-    shift_spec = {"name": args.shift, **_parse_options(args.shift_option, "--shift-option")} if args.shift else None
+    shift_options = _parse_options(args.shift_option, "--shift-option", "--shift")
+    if shift_options and not args.shift:
+        raise ValueError(f"--shift-option needs --shift (the shift it configures), got {args.shift_option}")
+    shift_spec = {"name": args.shift, **shift_options} if args.shift else None
     _as_shift(shift_spec)
     estimators = tuple(e for e in args.estimators.split(",") if e)
     for name in estimators:
@@ -409,7 +466,7 @@ def _run(args: argparse.Namespace, argv: Sequence[str]) -> int:
             raise ValueError(f"--estimator-option must look like NAME.KEY=VALUE, got {key!r}")
         estimator_options.setdefault(checks.choice("--estimator-option", name, tuple(ESTIMATORS)), {})[option] = value
     _estimators(estimators, estimator_options)
-    out = checks.writable_file("--out", args.out)
+    out = check_result_path(args.out, args.overwrite, "--out", "--overwrite")
     device = resolve_device(args.device or "auto")
     meta = checkpoints.load_meta(args.run)
     run = checkpoints.model_config(args.run)
@@ -431,7 +488,7 @@ def _run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         "shift": shift_spec, "estimators": list(estimators), "estimator_options": estimator_options,
         **checkpoints.provenance(device), "wall_time_s": round(wall, 3),
     }
-    path = write_result(out, curves, run=meta, task=task_spec, provenance=provenance)
+    path = write_result(out, curves, run=meta, task=task_spec, provenance=provenance, overwrite=args.overwrite)
     summary = {name: [round(float(v), 4) for v in curve.mean] for name, curve in curves.items()}
     print(json.dumps({"out": str(path), "wall_time_s": round(wall, 3), "mean": summary}))
     return 0

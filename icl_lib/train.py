@@ -15,13 +15,18 @@ The loop is "Triton-free" (eager PyTorch, no graph compiler) and the same code r
   ``n_dims`` coordinates; Garg et al.'s curriculum zeroes the coordinates beyond the current dimension (as their
   code does) and masks the loss to the first current-n points, which for a causal model equals a shorter prompt;
 * checkpoints (:mod:`icl_lib.checkpoints`) resume exactly where a run stopped (bit for bit on the CPU with the
-  same thread count).
+  same thread count); a run holds its directory's lock (:func:`icl_lib.checkpoints.run_lock`) while it runs.
 
 Loss: mean squared error over the predicted positions. Also logged: the normalised error, the loss divided by the
 task's ``zero_predictor_error`` at the current dimension (1.0 = predicting 0).
 """
 
 from __future__ import annotations
+
+if __name__ == "__main__":  # before torch's import, which takes seconds: a Ctrl-C there is one line too
+    from icl_lib import interrupts
+
+    interrupts.quiet_start("python -m icl_lib.train")
 
 import argparse
 import contextlib
@@ -44,7 +49,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from icl_lib import checks, checkpoints, models
+from icl_lib import checks, checkpoints, interrupts, models
 from icl_lib.devices import make_generator, parse_device, resolve_device
 from icl_lib.samplers import gaussian_xs
 from icl_lib.tasks import Mixture, TaskSample, make_task
@@ -102,6 +107,7 @@ RESUMABLE_CHANGES = frozenset(
 # constant-rate run extended to more steps, its decay moved to the new end): the run is then the one its new config
 # trains from scratch. meta.json lists each such change under "schedule_changes".
 SCHEDULE_FIELDS = ("steps", "lr_schedule", "decay_fraction", "lr_floor", "warmup_steps")
+MAX_THREADS = 4096  # torch takes a C int; more threads than this is a typo, not a machine
 
 
 @dataclass(frozen=True)
@@ -159,6 +165,8 @@ class TrainConfig:
             checks.positive_int(name, getattr(self, name))
         for name in ("warmup_steps", "eval_every", "checkpoint_every", "seed"):
             checks.nonnegative_int(name, getattr(self, name))
+        if self.threads > MAX_THREADS:
+            raise ValueError(f"threads must be a positive integer <= {MAX_THREADS}, got {self.threads}")
         checks.positive_float("lr", self.lr)
         checks.unit_interval("lr_floor", self.lr_floor)
         checks.unit_interval("decay_fraction", self.decay_fraction)
@@ -632,19 +640,32 @@ def train(
     if stop_at is not None:
         checks.positive_int("stop_at", stop_at)
     if out_dir is not None:
-        out_dir = checks.writable_directory("out_dir", out_dir)
+        out_dir = _check_out_dir("out_dir", out_dir)
     device = resolve_device(config.device)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)
     try:
         devices = [device.index] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices), (
+        # The run directory's lock, held for the whole call: a second process on it is refused, not interleaved.
+        lock = checkpoints.run_lock(out_dir) if out_dir is not None else contextlib.nullcontext()
+        with lock, torch.random.fork_rng(devices=devices), (
             torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
         ):
             return _train(config, device, Path(out_dir) if out_dir is not None else None, resume, progress,
                           tuple(hooks), stop_at, command, model, task)
     finally:
         torch.set_num_threads(previous_threads)
+
+
+def _check_out_dir(name: str, out_dir: str | Path) -> Path:
+    """``out_dir``, created if needed and writable; the folders that hold runs (``checkpoints/``,
+    ``checkpoints/in_progress/``) are refused: a run written there would mix its files with the runs'."""
+    path = Path(out_dir)
+    roots = (checkpoints.checkpoints_root(), checkpoints.checkpoints_root() / checkpoints.IN_PROGRESS)
+    if path.exists() and any(path.resolve() == root.resolve() for root in roots):
+        raise ValueError(f"{name} must be a run directory such as checkpoints/<name>, got {str(out_dir)!r}, the folder "
+                         f"that holds the runs")
+    return checks.writable_directory(name, path)
 
 
 def _check_objects(config: TrainConfig, out_dir: str | Path | None, model: Any, task: Any) -> None:
@@ -726,7 +747,8 @@ def _train(config: TrainConfig, device: torch.device, out_dir: Path | None, resu
                 else:
                     writer.write_meta("stopped" if step == stop_at else "running", step, clock.wall())
     except BaseException as error:
-        writer.mark("diverged" if isinstance(error, FloatingPointError) else "interrupted")
+        with interrupts.ignored():  # a second Ctrl-C must not leave meta.json saying "running"
+            writer.mark("diverged" if isinstance(error, FloatingPointError) else "interrupted")
         raise
     finally:
         bar.close()
@@ -868,7 +890,11 @@ def _resume(stored: Mapping[str, Any], out_dir: Path, step_fn: _Step) -> tuple[i
         reason = " ".join(str(error).split())[:300]
         raise ValueError(f"cannot resume {_run_name(out_dir)}: its {checkpoints.CHECKPOINT_FILE} does not fit "
                          f"its config ({reason}); {WAY_OUT}") from None
-    history = [r for r in checkpoints.read_metrics(out_dir, missing_ok=True) if r["step"] <= stored["step"]]
+    try:
+        records = checkpoints.read_metrics(out_dir, missing_ok=True)
+    except ValueError as error:
+        raise ValueError(f"cannot resume {_run_name(out_dir)}: {error}; {WAY_OUT}") from None
+    history = [r for r in records if r["step"] <= stored["step"]]
     return stored["step"], stored["wall_s"], history
 
 
@@ -897,7 +923,8 @@ class RunWriter:
     """The run's record: the metric ``history`` and, in a run directory ``out_dir``, the files that hold it.
 
     In ``out_dir`` (None: nothing is written) it appends each record to ``metrics.jsonl``, writes ``checkpoint.pt``,
-    ``model.pt`` at the end, and ``meta.json`` (provenance, status, final metrics) after each checkpoint. Opening a
+    ``model.pt`` at the end, and ``meta.json`` (provenance, status, final metrics, and under ``"sha256"`` the SHA-256
+    of the ``checkpoint.pt`` and ``model.pt`` this writer wrote, which loading checks) after each checkpoint. Opening a
     run directory removes what an interrupted write left, and either the files of an earlier run (a fresh start) or
     the records logged after the checkpoint a run resumes from.
     """
@@ -909,6 +936,7 @@ class RunWriter:
         self.out_dir, self.config, self.history, self.graph = out_dir, config, history, graph
         self.checkpoint_step = resumed_from  # the step of the last checkpoint written, None before the first
         self.metrics_file = None
+        self.sha256: dict[str, str] = {}  # of the files written by this writer (an earlier model.pt is not vouched for)
         if out_dir is None:
             return
         checkpoints.remove_leftovers(out_dir)
@@ -938,14 +966,16 @@ class RunWriter:
             self.metrics_file.flush()
 
     def checkpoint(self, state: Mapping[str, Any], step: int) -> None:
-        checkpoints.save_training_state(self.out_dir, state)
+        path = checkpoints.save_training_state(self.out_dir, state)
+        self.sha256[path.name] = checkpoints.sha256_file(path)
         self.checkpoint_step = step
 
     def finish(self, model: nn.Module, step: int, wall_s: float) -> None:
         """Write ``model.pt`` and a ``meta.json`` that says "finished"."""
         if self.out_dir is not None:
             config = self.config
-            checkpoints.save_model_file(self.out_dir, model, config.model, config.n_dims, config.n_points)
+            path = checkpoints.save_model_file(self.out_dir, model, config.model, config.n_dims, config.n_points)
+            self.sha256[path.name] = checkpoints.sha256_file(path)
             self.write_meta("finished", step, wall_s)
 
     def write_meta(self, status: str, step: int, wall_s: float) -> None:
@@ -956,6 +986,7 @@ class RunWriter:
             "wall_time_s": round(wall_s, 3),
             "final_metrics": _final_metrics(self.history),
             "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **({"sha256": dict(self.sha256)} if self.sha256 else {}),
         }
         if self.graph is not None:
             meta["cuda_graph"] = self.graph.status
@@ -1036,20 +1067,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out_dir = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     try:
+        interrupts.take_over()
         config = load_config(args.config)
         overrides = {k: getattr(args, k) for k in ("device", "steps", "threads", "seed") if getattr(args, k) is not None}
         if overrides:
             config = config.replace(**overrides)
         if args.stop_at is not None:
             checks.positive_int("--stop-at", args.stop_at)
-        checks.writable_directory("--out", out_dir)
+        _check_out_dir("--out", out_dir)
         command = "python -m icl_lib.train " + shlex.join(argv)
         result = train(config, out_dir, resume=not args.fresh, progress=not args.no_progress, stop_at=args.stop_at,
                        command=command)
     except (ValueError, OSError, FloatingPointError) as error:
         parser.exit(2, f"error: {' '.join(str(error).split())}\n")
     except KeyboardInterrupt:
-        parser.exit(130, f"error: interrupted; {_resume_hint(out_dir, args.fresh)}\n")
+        with interrupts.ignored():  # a second Ctrl-C: the same line, not a traceback
+            parser.exit(130, f"error: interrupted; {_resume_hint(out_dir, args.fresh)}\n")
     if result.already_finished:
         print(f"{out_dir} already holds this finished run ({result.step} steps): nothing to do "
               f"(--fresh trains it again, discarding it)", file=sys.stderr)

@@ -1,8 +1,9 @@
 """Bad input, table-driven: each probe is one row, so that the next failure found is one line to add.
 
-* :data:`CLI_ERRORS`: a command line of ``python -m icl_lib.train`` or ``python -m icl_lib.evaluate``, run
-  in-process through ``main(argv)``, that must end with exit code 2 and one line on stderr, ``error: ...``, naming
-  the argument, the value and what is accepted (never a traceback);
+* :data:`CLI_ERRORS`: a command line of ``python -m icl_lib.train``, ``python -m icl_lib.evaluate``,
+  ``python -m tools.setup_cell`` or ``python -m coursework.student_edition``, run in-process through ``main(argv)``,
+  that must end with exit code 2 and one line on stderr, ``error: ...``, naming the argument, the value and what is
+  accepted (never a traceback), and leave the run directory as it was;
 * :data:`LIBRARY_ERRORS`: a call of a public function that must raise ``ValueError`` with a given message;
 * then the behaviours that are not errors: a finished run is never overwritten and a rerun after a kill at any
   point finishes the run; SIGINT runs in a subprocess.
@@ -21,10 +22,13 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -34,6 +38,7 @@ from icl_lib import train as train_module
 from icl_lib.checkpoints import CHECKPOINT_FILE, META_FILE, METRICS_FILE, MODEL_FILE, repository_root
 from icl_lib.devices import make_generator
 from icl_lib.train import TrainConfig, load_config, train
+from coursework import student_edition
 from tools import setup_cell
 
 REPO = repository_root()
@@ -99,6 +104,47 @@ def foreign(name: str) -> Callable[[Path, Path], None]:
     return lambda run, tmp: torch.save({"weights": torch.zeros(3)}, run / name)
 
 
+def text(name: str, content: str = "hello") -> Callable[[Path, Path], None]:
+    return lambda run, tmp: (run / name).write_text(content)
+
+
+def flip_a_weight_byte(name: str) -> Callable[[Path, Path], None]:
+    """A byte of ``name``'s first tensor flipped: the file still loads, with other weights."""
+    def setup(run: Path, tmp: Path) -> None:
+        path = run / name
+        with zipfile.ZipFile(path) as archive:
+            offset = next(i.header_offset for i in archive.infolist() if i.filename.endswith("/data/0"))
+        data = bytearray(path.read_bytes())
+        start = offset + 30 + int.from_bytes(data[offset + 26:offset + 28], "little") + int.from_bytes(
+            data[offset + 28:offset + 30], "little")  # after the local header, its name and its extra field
+        data[start + 1] ^= 0x40
+        path.write_bytes(bytes(data))
+    return setup
+
+
+def fifo(name: str) -> Callable[[Path, Path], None]:
+    """``name`` replaced by a FIFO. A reader that opens it anyway is released after 20 s (end of file), so that a
+    regression fails the test instead of hanging it."""
+    def setup(run: Path, tmp: Path) -> None:
+        path = run / name
+        path.unlink()
+        os.mkfifo(path)
+
+        def release() -> None:
+            try:
+                os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))  # fails (ENXIO) when no one reads
+            except OSError:
+                pass
+        timer = threading.Timer(20, release)
+        timer.daemon = True
+        timer.start()
+    return setup
+
+
+def metrics_lines(*lines: str) -> Callable[[Path, Path], None]:
+    return lambda run, tmp: (run / METRICS_FILE).write_text("".join(line + "\n" for line in lines))
+
+
 def edit_meta(**changes: object) -> Callable[[Path, Path], None]:
     def setup(run: Path, tmp: Path) -> None:
         meta = json.loads((run / META_FILE).read_text())
@@ -128,6 +174,11 @@ def no_setup(run: Path, tmp: Path) -> None:
     pass
 
 
+def a_result(run: Path, tmp: Path) -> None:
+    """``tmp/r.json``: a result file, as an earlier ``icl_lib.evaluate`` left it."""
+    (tmp / "r.json").write_text(json.dumps({"format": evaluate.RESULT_FORMAT, "curves": {}}))
+
+
 def warm_start_toml(init_from: str, changes: dict[str, str] | None = None,
                     then: Callable[[Path, Path], None] | None = None) -> Callable[[Path, Path], None]:
     """``tmp/bad.toml`` with ``init_from = <init_from>`` ({run} is the finished run) and other lines replaced."""
@@ -142,6 +193,7 @@ def warm_start_toml(init_from: str, changes: dict[str, str] | None = None,
 TRAIN = ["{tiny}", "--out", "{run}", "--no-progress"]
 WARM = ["{tmp}/bad.toml", "--out", "{tmp}/warm", "--no-progress"]
 EVALUATE = ["{run}", "--task", "linear", "--prompts", "16", "--estimators", "least_squares", "--out", "{tmp}/r.json"]
+EVALUATE_INTO = EVALUATE[:-1]  # + the --out file
 
 # (id, "train" | "evaluate", argv with {tiny} {run} {tmp} {file}, setup, expected message after "error: ")
 CLI_ERRORS = [
@@ -188,6 +240,29 @@ CLI_ERRORS = [
      bad_toml({"lr = 1e-3": "lr = 1e30"}),
      r"training diverged: train_loss, train_normalized_error not finite at logged step 2 \(lr = 1e\+30\); no checkpoint "
      r"was written; lower lr"),
+    ("train on a checkpoint.pt of text", "train", TRAIN, text(CHECKPOINT_FILE),
+     r"cannot resume .*checkpoint.pt is not a readable torch file \(.*\); start over with --fresh"),
+    ("train on a checkpoint.pt that is a FIFO", "train", TRAIN, fifo(CHECKPOINT_FILE),
+     r"cannot resume .*checkpoint.pt is not a regular file \(a FIFO, device, socket or directory cannot hold "
+     r"weights\)"),
+    ("train on a checkpoint.pt with a flipped byte", "train", TRAIN, flip_a_weight_byte(CHECKPOINT_FILE),
+     r"cannot resume .*checkpoint.pt is not the file its meta.json records \(SHA-256 [0-9a-f]{16}\.\.\., found "
+     r"[0-9a-f]{16}\.\.\.\): it was changed or damaged; restore it or train the run again; start over with --fresh"),
+    ("train on a model.pt of text (committed layout)", "train", TRAIN,
+     lambda run, tmp: ((run / CHECKPOINT_FILE).unlink(), text(MODEL_FILE)(run, tmp)),
+     r"model.pt is not a readable torch file"),
+    ("train on metrics.jsonl with a record without step", "train", TRAIN, metrics_lines('{"x": 1}'),
+     r"cannot resume the run in .*: .*metrics.jsonl line 1 is not a metrics record \(a JSON object with an integer "
+     r"'step' >= 0\), got '\{\"x\": 1\}'; start over with --fresh"),
+    ("train on metrics.jsonl with a string step", "train", TRAIN, metrics_lines('{"step": 2}', '{"step": "2"}'),
+     r"metrics.jsonl line 2 is not a metrics record .*, got '\{\"step\": \"2\"\}'"),
+    ("train on metrics.jsonl with a list", "train", TRAIN, metrics_lines("[1, 2]"),
+     r"metrics.jsonl line 1 is not a metrics record .*, got '\[1, 2\]'"),
+    ("train on metrics.jsonl with a broken line before the last", "train", TRAIN,
+     metrics_lines('{"step": 2', '{"step": 3}'),
+     r"cannot resume .*metrics.jsonl is not valid JSON lines \(line 1: .*\); start over with --fresh"),
+    ("train --threads 2**40", "train", TRAIN + ["--threads", str(2**40)], no_setup,
+     r"threads must be a positive integer <= 4096, got 1099511627776"),
     ("train with init_from naming no run", "train", WARM, warm_start_toml('"no_such_run"'),
      r"init_from: no checkpoint 'no_such_run': not a directory, and not a name under .*checkpoints"),
     ("train with init_from = 3", "train", WARM, warm_start_toml("3"),
@@ -243,18 +318,49 @@ CLI_ERRORS = [
      r"model.pt is not a readable torch file"),
     ("evaluate a foreign model.pt", "evaluate", EVALUATE, foreign(MODEL_FILE),
      r"model.pt has format None; this library reads 'icl_lib/1'"),
+    ("evaluate a model.pt of text", "evaluate", EVALUATE, text(MODEL_FILE, "not weights\n" * 20),
+     r"model.pt is not a readable torch file"),
+    ("evaluate a model.pt with a flipped byte", "evaluate", EVALUATE, flip_a_weight_byte(MODEL_FILE),
+     r"model.pt is not the file its meta.json records \(SHA-256 .*\): it was changed or damaged"),
     ("evaluate a corrupt meta.json", "evaluate", EVALUATE, lambda run, tmp: (run / META_FILE).write_text("{"),
      r"meta.json is not valid JSON"),
     ("evaluate a tampered meta.json", "evaluate", EVALUATE, edit_meta(n_dims=7),
      r"meta.json disagrees with the model it describes: .*'n_dims': 7.* in meta.json, .*'n_dims': 3.* in the weights"),
     ("evaluate --device cuda without CUDA", "evaluate", EVALUATE + ["--device", "cuda"], no_setup,
      r"device = 'cuda' but CUDA is not available here"),
+    ("evaluate --out the run's model.pt", "evaluate", EVALUATE_INTO + ["{run}/model.pt"], no_setup,
+     r"--out must be a new file or a result file of icl_lib.evaluate, got '.*model.pt', which is another file: it was "
+     r"left as it is; choose another --out"),
+    ("evaluate --out the run's meta.json --overwrite", "evaluate", EVALUATE_INTO + ["{run}/meta.json", "--overwrite"],
+     no_setup, r"--out must be a new file or a result file of icl_lib.evaluate, got '.*meta.json', which is another"),
+    ("evaluate --out a FIFO", "evaluate", EVALUATE_INTO + ["{tmp}/fifo.json", "--overwrite"],
+     lambda run, tmp: os.mkfifo(tmp / "fifo.json"), r"--out must be a new file or a result file .*, which is another"),
+    ("evaluate --out an existing result", "evaluate", EVALUATE, a_result,
+     r"--out '.*r.json' already holds a result: pass --overwrite to replace it, or choose another --out"),
+    ("evaluate --task-option name=...", "evaluate", EVALUATE + ["--task-option", "name=sparse_linear"], no_setup,
+     r"--task-option must not set the name \(give it with --task\), got 'name=sparse_linear'"),
+    ("evaluate --shift-option name=...", "evaluate", EVALUATE + ["--shift", "scaled_inputs", "--shift-option",
+                                                                 "name=noisy_outputs"], no_setup,
+     r"--shift-option must not set the name \(give it with --shift\), got 'name=noisy_outputs'"),
+    ("evaluate --estimator-option lasso.name=ridge", "evaluate", EVALUATE + ["--estimators", "lasso",
+                                                                             "--estimator-option", "lasso.name=ridge"],
+     no_setup, r"estimator_options\['lasso'\] \(--estimator-option lasso.KEY=VALUE\) must not set the name, got "
+               r"name = 'ridge'"),
+    ("evaluate --shift-option without --shift", "evaluate", EVALUATE + ["--shift-option", "scale=2"], no_setup,
+     r"--shift-option needs --shift \(the shift it configures\), got \['scale=2'\]"),
+    ("evaluate --seed 2**70", "evaluate", EVALUATE + ["--seed", str(2**70)], no_setup,
+     r"--seed must be an integer between -2\*\*63 and 2\*\*64 - 1 \(a 64-bit seed\), got 1180591620717411303424"),
     ("setup_cell --root without chapters", "setup_cell", ["--root", "{tmp}"], no_setup,
      r"--root must be the book's repository \(with notebooks/NN_\*.ipynb\), got '.*'"),
     ("setup_cell --root with a config without repository.url", "setup_cell", ["--root", "{tmp}"],
      lambda run, tmp: ((tmp / "notebooks").mkdir(), (tmp / "notebooks" / "01_x.ipynb").write_text("{}"),
                        (tmp / "_config.yml").write_text("title: x\n")),
      r"_config.yml: repository.url must be the repository's URL \(a non-empty string\), got None"),
+    ("student_edition --out a run directory", "student_edition", ["--out", "{run}"], no_setup,
+     r"--out must be a new or empty folder, or one this command wrote \(with its .student_edition\), got '.*run', "
+     r"which holds other files: nothing was deleted; choose another --out"),
+    ("student_edition --out a run's model.pt", "student_edition", ["--out", "{run}/model.pt"], no_setup,
+     r"--out must be a new folder or one this command wrote, got '.*model.pt', which is a file or a link"),
 ]
 
 
@@ -266,7 +372,8 @@ def test_a_bad_command_line_fails_with_one_line(command, argv, setup, message, r
     setup(run, tmp_path)
     before = digest(run)
     argv = [a.format(tiny=TINY, run=run, tmp=tmp_path, file=tmp_path / "a_file") for a in argv]
-    main = {"train": train_module.main, "evaluate": evaluate.main, "setup_cell": setup_cell.main}[command]
+    main = {"train": train_module.main, "evaluate": evaluate.main, "setup_cell": setup_cell.main,
+            "student_edition": student_edition.main}[command]
     code, out, err = call_cli(main, argv, capsys)
     assert code == 2, err
     assert "Traceback" not in err
@@ -313,12 +420,34 @@ def _figure():
     return fig
 
 
+def a_curve() -> evaluation.ErrorCurve:
+    return evaluation.ErrorCurve(mean=np.array([1.0, 0.5]), low=np.array([0.9, 0.4]), high=np.array([1.1, 0.6]),
+                                 n_prompts=7)
+
+
 # (id, call(run, tmp), expected ValueError message)
 LIBRARY_ERRORS = [
+    ("make_generator(2**70)", lambda run, tmp: make_generator(2**70),
+     r"seed must be an integer between -2\*\*63 and 2\*\*64 - 1 \(a 64-bit seed\), got 1180591620717411303424"),
+    ("write_result onto a run's model.pt", lambda run, tmp: evaluate.write_result(
+        run / MODEL_FILE, {"transformer": a_curve()}, run={}, task={}, provenance={}, overwrite=True),
+     r"path must be a new file or a result file of icl_lib.evaluate, got '.*model.pt', which is another file"),
+    ("write_result onto a result", lambda run, tmp: (a_result(run, tmp), evaluate.write_result(
+        tmp / "r.json", {"transformer": a_curve()}, run={}, task={}, provenance={})),
+     r"path '.*r.json' already holds a result: pass overwrite=True to replace it"),
     ("load_model on an empty model.pt", lambda run, tmp: (empty(MODEL_FILE)(run, tmp), checkpoints.load_model(run)),
      r"model.pt is not a readable torch file \(EOFError\)"),
     ("load_model on a foreign model.pt", lambda run, tmp: (foreign(MODEL_FILE)(run, tmp), checkpoints.load_model(run)),
      r"model.pt has format None"),
+    ("load_model on a model.pt of text", lambda run, tmp: (text(MODEL_FILE)(run, tmp), checkpoints.load_model(run)),
+     r"model.pt is not a readable torch file"),
+    ("load_model on a FIFO model.pt", lambda run, tmp: (fifo(MODEL_FILE)(run, tmp), checkpoints.load_model(run)),
+     r"model.pt is not a regular file"),
+    ("load_model on a model.pt with a flipped byte",
+     lambda run, tmp: (flip_a_weight_byte(MODEL_FILE)(run, tmp), checkpoints.load_model(run)),
+     r"model.pt is not the file its meta.json records"),
+    ("TrainConfig(threads=2**40)", lambda run, tmp: TrainConfig(threads=2**40),
+     r"threads must be a positive integer <= 4096, got 1099511627776"),
     ("load_model on a model.pt of another shape",
      lambda run, tmp: checkpoints.load_model(model_file_of_another_shape(run)),
      r"other.pt: its weights do not fit its model config .* \(Error\(s\) in loading state_dict for GPT: .*size mismatch"),
@@ -332,8 +461,11 @@ LIBRARY_ERRORS = [
      lambda run, tmp: ((run / METRICS_FILE).unlink(), checkpoints.read_metrics(run)),
      r"metrics.jsonl does not exist \(the run has logged nothing yet\)"),
     ("read_metrics of a corrupt metrics.jsonl",
-     lambda run, tmp: ((run / METRICS_FILE).write_text("{"), checkpoints.read_metrics(run)),
+     lambda run, tmp: ((run / METRICS_FILE).write_text("{\n"), checkpoints.read_metrics(run)),
      r"metrics.jsonl is not valid JSON lines"),
+    ("read_metrics of a record with step true",
+     lambda run, tmp: (metrics_lines('{"step": true}')(run, tmp), checkpoints.read_metrics(run)),
+     r"metrics.jsonl line 1 is not a metrics record \(a JSON object with an integer 'step' >= 0\)"),
     ("dense_label_scale of a table without a name", lambda run, tmp: tasks.dense_label_scale({"scale": 2}),
      r"spec must be a task table with a 'name', got \{'scale': 2\}"),
     ("load_meta on a corrupt meta.json",
@@ -486,7 +618,131 @@ def test_sparse_zero_predictor_error_counts_the_active_coordinates_only():
     assert tasks.SparseLinear(k=5).zero_predictor_error(3) == 3.0
 
 
+# ---------------------------------------------------------------- nothing a command did not create is deleted
+
+
+@pytest.mark.parametrize("folder", ["checkpoints", "notebooks", "book", "results", "."])
+def test_student_edition_refuses_the_repositorys_folders(folder, capsys, monkeypatch):
+    """``--out checkpoints`` once deleted every committed run. Deleting is disarmed here, so that a regression fails
+    this test instead of deleting the sources."""
+    def disarmed(path, *args, **kwargs):
+        raise AssertionError(f"student_edition tried to delete {path}")
+
+    monkeypatch.setattr(student_edition.shutil, "rmtree", disarmed)
+    code, _, err = call_cli(student_edition.main, ["--out", str(REPO / folder)], capsys)
+    assert code == 2 and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: --out must be a new"), err
+
+
+def fake_sources(tmp: Path) -> Path:
+    """The smallest tree ``write_student_edition`` reads: no chapter, one page, the two book files."""
+    root = tmp / "src"
+    (root / "notebooks").mkdir(parents=True)
+    (root / "book").mkdir()
+    (root / "book" / "page.md").write_text("# A page\n")
+    (root / "_config.yml").write_text("title: x\n")
+    (root / "_toc.yml").write_text("format: jb-book\n")
+    return root
+
+
+def test_student_edition_rewrites_only_what_it_wrote(tmp_path):
+    root = fake_sources(tmp_path)
+    with pytest.raises(ValueError, match=r"--out must be a new folder outside the sources, got .*, inside notebooks/"):
+        student_edition.write_student_edition(root / "notebooks" / "student", root=root)
+    out = tmp_path / "student"
+    out.mkdir()  # an empty folder is taken as it is
+    student_edition.write_student_edition(out, root=root)
+    (out / "book" / "page.md").write_text("stale")
+    student_edition.write_student_edition(out, root=root)  # its own output (the marker): emptied and rewritten
+    assert (out / "book" / "page.md").read_text() == "# A page\n"
+    (out / student_edition.MARKER).unlink()  # an output written before the marker existed is still its own
+    student_edition.write_student_edition(out, root=root)
+    (out / "notes.txt").write_text("mine")
+    (out / student_edition.MARKER).unlink()
+    with pytest.raises(ValueError, match=r"which holds other files: nothing was deleted"):
+        student_edition.write_student_edition(out, root=root)
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_evaluate_replaces_a_result_only_when_asked(run, tmp_path, capsys):
+    a_result(run, tmp_path)
+    argv = [a.format(run=run, tmp=tmp_path) for a in EVALUATE] + ["--overwrite"]
+    code, _, err = call_cli(evaluate.main, argv, capsys)
+    assert code == 0, err
+    assert evaluate.read_result(tmp_path / "r.json")[1]["provenance"]["n_prompts"] == 16
+
+
 # ---------------------------------------------------------------- runs are never lost
+
+
+def test_a_second_train_into_a_locked_run_directory_is_refused(run, capsys):
+    """Two processes on one --out (one with --fresh) used to interleave their files: the run directory's lock, held
+    here by another process, refuses the second with one line and leaves the directory alone."""
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a'); "
+                               "fcntl.flock(f, fcntl.LOCK_EX); f.write('4242'); f.flush(); print('held', flush=True); "
+                               "time.sleep(120)", str(run / checkpoints.LOCK_FILE)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = digest(run)
+        for extra in (["--fresh"], []):
+            code, _, err = call_cli(train_module.main, [str(TINY), "--out", str(run), "--no-progress", *extra], capsys)
+            assert code == 2 and len(err.strip().splitlines()) == 1, err
+            assert re.fullmatch(rf"error: {re.escape(str(run))} is in use by another training run \(process 4242\): "
+                                rf"wait for it to end, or choose another --out \(out_dir\)", err.strip()), err
+            assert digest(run) == before
+    finally:
+        holder.kill()
+        holder.wait()
+    code, _, err = call_cli(train_module.main, [str(TINY), "--out", str(run), "--no-progress"], capsys)
+    assert code == 0 and "already holds this finished run" in err, err
+    assert not (run / checkpoints.LOCK_FILE).exists(), "the lock file is removed when the run ends"
+
+
+@pytest.mark.parametrize("folder", ["", checkpoints.IN_PROGRESS])
+def test_train_refuses_the_folder_that_holds_the_runs(folder, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(checkpoints, "checkpoints_root", lambda: tmp_path)  # the repository's stays untouched
+    (tmp_path / checkpoints.IN_PROGRESS).mkdir()
+    code, _, err = call_cli(train_module.main, [str(TINY), "--out", str(tmp_path / folder), "--no-progress"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert re.search(r"error: --out must be a run directory such as checkpoints/<name>, got '.*', the folder that "
+                     r"holds the runs", err), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [checkpoints.IN_PROGRESS]
+    with pytest.raises(ValueError, match=r"out_dir must be a run directory such as checkpoints/<name>"):
+        train(load_config(TINY), tmp_path / folder, progress=False)
+
+
+def test_a_torn_last_metrics_line_is_dropped_and_the_run_resumed(finished, tmp_path):
+    out = tmp_path / "run"
+    train(load_config(TINY), out, progress=False, stop_at=3)
+    text = (out / METRICS_FILE).read_text()
+    (out / METRICS_FILE).write_text(text[:-9])  # a kill in the middle of the step-3 record
+    assert [r["step"] for r in checkpoints.read_metrics(out)] == [2]
+    result = train(load_config(TINY), out, progress=False)
+    assert result.step == 6 and checkpoints.load_meta(out)["status"] == "finished"
+    expected = [json.loads(line) for line in (finished / METRICS_FILE).read_text().splitlines()]
+    kept = [json.loads(line) for line in (out / METRICS_FILE).read_text().splitlines()]
+    assert [r["step"] for r in kept] == [2, 4, 6]  # the torn step-3 record is gone; the run is kept
+    assert [r["train_loss"] for r in kept] == [r["train_loss"] for r in expected if r["step"] != 3]
+
+
+def test_meta_json_records_the_sha256_of_the_files_it_vouches_for(finished):
+    recorded = checkpoints.load_meta(finished)["sha256"]
+    assert recorded == {name: hashlib.sha256((finished / name).read_bytes()).hexdigest()
+                        for name in (CHECKPOINT_FILE, MODEL_FILE)}
+    committed = "garg_dense_linear_laptop"  # written before the record: loads as before
+    assert "sha256" not in checkpoints.load_meta(committed)
+    assert isinstance(checkpoints.load_model(committed), torch.nn.Module)
+
+
+def test_a_checkpoint_newer_than_meta_json_resumes(tmp_path):
+    """A kill between writing checkpoint.pt and meta.json leaves meta.json with the earlier checkpoint's SHA-256: the
+    newer checkpoint is not refused as damaged."""
+    out = tmp_path / "run"
+    train(load_config(TINY), out, progress=False, stop_at=3)
+    meta = (out / META_FILE).read_text()
+    train(load_config(TINY), out, progress=False, stop_at=5)
+    (out / META_FILE).write_text(meta)
+    assert train(load_config(TINY), out, progress=False).step == 6
 
 
 def test_a_finished_run_is_reported_and_left_unchanged(run, capsys):
@@ -588,3 +844,51 @@ def test_sigint_exits_130_with_how_to_resume_and_no_traceback(tmp_path):
     assert err.strip().splitlines()[-1].startswith("error: interrupted; ")
     assert err.strip().endswith("run the same command to resume")
     assert checkpoints.load_meta(out)["status"] == "interrupted"
+
+
+def test_sigint_while_starting_is_one_line(tmp_path):
+    """A Ctrl-C while the command still imports torch (seconds): exit 130 and one line, no traceback."""
+    start = ("import runpy, sys; sys.argv = ['icl_lib.train', *sys.argv[1:]]; print('ready', flush=True); "
+             "runpy.run_module('icl_lib.train', run_name='__main__', alter_sys=True)")
+    command = [sys.executable, "-c", start, str(TINY), "--out", str(tmp_path / "run"), "--no-progress"]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        assert process.stdout.readline().strip() == "ready"
+        time.sleep(0.3)  # inside the imports
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("error: interrupted"), err
+
+
+def test_a_second_sigint_while_marking_leaves_meta_json_interrupted(tmp_path, monkeypatch):
+    """Two quick Ctrl-Cs: the second arrives while the interrupted run marks its meta.json; it must not stop that."""
+    out = tmp_path / "run"
+    load_meta = checkpoints.load_meta
+    sent: list[str] = []
+
+    def first(step, model):  # at the last step's evaluation, when meta.json says "running" (step 3's checkpoint)
+        if step == 6:
+            sent.append("first")
+            os.kill(os.getpid(), signal.SIGINT)
+
+    def second(path):  # as the interrupted run's mark() reads meta.json
+        if sent == ["first"]:
+            sent.append("second")
+            os.kill(os.getpid(), signal.SIGINT)
+        return load_meta(path)
+
+    monkeypatch.setattr(checkpoints, "load_meta", second)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # also where the suite runs with it ignored
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(load_config(TINY), out, progress=False, hooks=[first])
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert sent == ["first", "second"]
+    meta = load_meta(out)
+    assert meta["status"] == "interrupted" and meta["steps_done"] == 3

@@ -75,8 +75,10 @@ def test_a_run_directory_records_what_produced_it(tmp_path):
     assert meta["final_metrics"]["step"] == 4
     assert meta["final_metrics"]["eval_normalized_error"] == result.metrics["eval_normalized_error"]
     assert list(meta) == ["name", "command", "config", "seed", "git_commit", "git_dirty", "device", "device_name",
-                          "torch_version", "python_version", "threads", "n_parameters", "steps", "status", "steps_done",
-                          "wall_time_s", "final_metrics", "updated"]  # the keys of the committed runs' meta.json
+                          "torch_version", "python_version", "cpu_model", "cpu_capability", "blas", "blas_instructions",
+                          "threads", "n_parameters", "steps", "status", "steps_done", "wall_time_s", "final_metrics",
+                          "updated", "sha256"]  # the keys of the committed runs' meta.json, and the files' SHA-256
+    assert list(meta["sha256"]) == [CHECKPOINT_FILE, MODEL_FILE]
     # every file loads with weights_only=True
     for name in (CHECKPOINT_FILE, MODEL_FILE):
         torch.load(tmp_path / "run" / name, weights_only=True)
@@ -88,7 +90,8 @@ def test_training_and_evaluation_share_one_provenance(tmp_path):
     expected = {"git_commit": done.stdout.strip() if done.returncode == 0 else "unknown", "device": "cpu",
                 "torch_version": torch.__version__, "python_version": platform.python_version()}
     provenance = checkpoints.provenance(torch.device("cpu"))
-    assert list(provenance) == ["git_commit", "git_dirty", "device", "device_name", "torch_version", "python_version"]
+    assert list(provenance) == ["git_commit", "git_dirty", "device", "device_name", "torch_version", "python_version",
+                                "cpu_model", "cpu_capability", "blas", "blas_instructions"]
     assert {key: provenance[key] for key in expected} == expected
     train(tiny_config(steps=2), tmp_path / "run", progress=False)
     assert evaluate.main([str(tmp_path / "run"), "--task", "linear", "--prompts", "8", "--estimators", "",
