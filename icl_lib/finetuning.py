@@ -250,7 +250,8 @@ class Comparison:
     attention over positions 0..q (q = the query's position; the first q are the demonstrations' tokens).
 
     For Dai et al.'s own definitions: ``zsl_alone: (batch,)`` the prediction from the query alone (their zero-shot
-    input has no demonstrations); ``hp_*: (batch, n_layers, width)`` the attention outputs after the output
+    input has no demonstrations) and ``ft_alone: (batch,)`` the fine-tuned model's, read on the query alone too
+    (their FTZS setting, ``k=0`` in LMOps ``understand_icl/run.sh``); ``hp_*: (batch, n_layers, width)`` the attention outputs after the output
     projection (``hp_random``: the random-update control's); ``scores_*: (batch, n_layers, n_heads, q + 1)`` the
     query token's raw scores q K^T / sqrt(d_head);
     ``q_ft: (batch, n_layers, width)`` the fine-tuned model's query vector at the query token and
@@ -280,6 +281,7 @@ class Comparison:
     scores_ft: torch.Tensor
     q_ft: torch.Tensor
     training_queries: torch.Tensor
+    ft_alone: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -327,11 +329,13 @@ def compare(
     icl = _read(model, icl_tokens(model, xs, ys), None, query)
     ft = _read(model, blank, deltas, query)
     rnd = _read(model, blank, random_deltas_like(deltas, generator), query)
-    alone = _read(model, zero_shot_tokens(model, xs[:, -1:], ys[:, -1:]), None, 0)
+    alone_tokens = zero_shot_tokens(model, xs[:, -1:], ys[:, -1:])
+    alone = _read(model, alone_tokens, None, 0)
+    ft_alone = _read(model, alone_tokens, deltas, 0)
     return Comparison(ys[:, -1], zsl.prediction, icl.prediction, ft.prediction, rnd.prediction, zsl.h, icl.h, ft.h,
                       rnd.h, zsl.maps, icl.maps, ft.maps, alone.prediction, zsl.h_projected, icl.h_projected,
                       ft.h_projected, rnd.h_projected, zsl.scores, icl.scores, ft.scores, ft.query_vector,
-                      record.training_queries)
+                      record.training_queries, ft_alone.prediction)
 
 
 def finetuning_accuracy(

@@ -261,6 +261,18 @@ def test_compare_reads_the_query_alone_and_layer_causal_changes_the_update():
     with torch.no_grad():
         alone = model(xs[:, -1:], torch.zeros_like(ys[:, -1:]))[:, 0]
     torch.testing.assert_close(c.zsl_alone, alone)
+    # FT read on the query alone (Dai et al.'s FTZS): a copy of the model after SGD on its k, v rows, given the query
+    width = model.blocks[0].attn.qkv.weight.shape[1]
+    deltas = ft.finetune_key_value(model, xs, ys, 0.05)
+    for b in range(xs.shape[0]):
+        ref = copy.deepcopy(model)
+        with torch.no_grad():
+            for blk, delta in zip(ref.blocks, deltas):
+                blk.attn.qkv.weight[width:] += delta.weight[b]
+                blk.attn.qkv.bias[width:] += delta.bias[b]
+            expected = ref(xs[b : b + 1, -1:], torch.zeros_like(ys[b : b + 1, -1:]))[0, 0]
+        torch.testing.assert_close(c.ft_alone[b], expected, rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(c.ft_alone, c.zsl_alone), "fine-tuning should move the query-alone prediction"
     assert c.hp_icl.shape == c.h_icl.shape and c.scores_icl.shape == c.map_icl.shape
     lc = ft.compare(model, xs, ys, 0.05, make_generator(0), layer_causal=True)
     assert not torch.allclose(lc.ft, c.ft), "layer-causal fine-tuning should differ from back-propagation"
