@@ -54,6 +54,13 @@ def run_directory(name: str) -> Path:
     raise ValueError(f"no run {name!r} in checkpoints/ or checkpoints/in_progress/")
 
 
+def _exists(name: str) -> bool:
+    try:
+        return bool(run_directory(name))
+    except ValueError:
+        return False
+
+
 def sparse_share(task: object) -> tuple[float, str]:
     """The share of sparse prompts in training, and how the class is drawn (``"prompt"``, ``"batch"``; alone: ``"-"``)."""
     if isinstance(task, tasks.SparseLinear):
@@ -108,13 +115,14 @@ def escape_step(curve: list[tuple[int, float]], threshold: float) -> int | None:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="python benchmarks/escape_steps.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", nargs="*", default=list(DEFAULT_RUNS), help="run names (default: the selection runs)")
+    parser.add_argument("runs", nargs="*", help="run names (default: those of the selection runs that exist)")
     parser.add_argument("--out", default=str(ROOT / "results" / "escape_steps.json"), help="the result file")
     parser.add_argument("--table", default=str(ROOT / "benchmarks" / "escape_steps.md"), help="the markdown table")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     rows = []
-    for name in args.runs:
+    names = args.runs or [name for name in DEFAULT_RUNS if _exists(name)]
+    for name in names:
         try:
             directory = run_directory(name)
         except ValueError as error:
