@@ -476,6 +476,8 @@ LIBRARY_ERRORS = [
      r"generator must be a torch.Generator"),
     ("Mixture(components=(1,))", lambda run, tmp: tasks.Mixture(components=(1,), weights=(1.0,)),
      r"components\[0\] must be a function class \(with sample and zero_predictor_error"),
+    ("bootstrap_ratio of unequal shapes", lambda run, tmp: evaluation.bootstrap_ratio(torch.ones(3), torch.ones(4)),
+     r"numerator and denominator must be tensors of one shape \(batch,\), batch >= 1, got \[\(3,\), \(4,\)\]"),
     ("Mixture per='row'", lambda run, tmp: tasks.Mixture(components=("linear",), weights=(1.0,), per="row"),
      r"per must be one of 'prompt', 'batch'; got 'row'"),
     ("per on a task that is not a mixture", lambda run, tmp: tasks.make_task("linear", per="batch"),
@@ -848,14 +850,17 @@ def test_sigint_exits_130_with_how_to_resume_and_no_traceback(tmp_path):
 
 def test_sigint_while_starting_is_one_line(tmp_path):
     """A Ctrl-C while the command still imports torch (seconds): exit 130 and one line, no traceback."""
-    start = ("import runpy, sys; sys.argv = ['icl_lib.train', *sys.argv[1:]]; print('ready', flush=True); "
+    # "ready" is printed as soon as the command has installed its start-up handler, before it imports torch: the
+    # signal then arrives inside the imports however slow the machine (a fixed sleep raced a loaded CI machine).
+    start = ("import runpy, sys; from icl_lib import interrupts; quiet_start = interrupts.quiet_start; "
+             "interrupts.quiet_start = lambda prog: (quiet_start(prog), print('ready', flush=True)); "
+             "sys.argv = ['icl_lib.train', *sys.argv[1:]]; "
              "runpy.run_module('icl_lib.train', run_name='__main__', alter_sys=True)")
     command = [sys.executable, "-c", start, str(TINY), "--out", str(tmp_path / "run"), "--no-progress"]
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert process.stdout.readline().strip() == "ready"
-        time.sleep(0.3)  # inside the imports
         process.send_signal(signal.SIGINT)
         _, err = process.communicate(timeout=60)
     finally:
