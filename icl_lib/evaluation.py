@@ -105,16 +105,45 @@ def bootstrap_band(
     """Percentile bootstrap band of the mean over prompts: resample the rows of ``errors: (batch, n)``."""
     n_bootstrap = checks.positive_int("n_bootstrap", n_bootstrap)
     level = checks.unit_interval("level", level)
-    errors = errors.detach().to("cpu", torch.float64)
-    generator = torch.Generator().manual_seed(seed)
-    batch = errors.shape[0]
-    rows = torch.randint(batch, (n_bootstrap, batch), generator=generator)
-    # How often each prompt is drawn in each resample: (n_bootstrap, batch), so memory does not grow with n.
-    counts = torch.zeros(n_bootstrap, batch, dtype=torch.float64).scatter_add_(1, rows, torch.ones_like(rows, dtype=torch.float64))
-    means = counts @ errors / batch  # (n_bootstrap, n)
+    means = _resampled_means(errors, n_bootstrap, seed)  # (n_bootstrap, n)
     tail = (1 - level) / 2
     low, high = torch.quantile(means, torch.tensor([tail, 1 - tail], dtype=torch.float64), dim=0)
     return low.numpy(), high.numpy()
+
+
+def bootstrap_ratio(
+    numerator: torch.Tensor, denominator: torch.Tensor, n_bootstrap: int = 1000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float, float]:
+    """The ratio of two means over the same prompts, ``mean(numerator) / mean(denominator)`` (both ``(batch,)``),
+    with its percentile bootstrap interval: each resample draws prompts once for both, so their correlation counts.
+
+    For example the share of a specialist's gain over least squares that a model keeps: numerator LS - model,
+    denominator LS - specialist, per prompt. Returns ``(ratio, low, high)``.
+    """
+    n_bootstrap = checks.positive_int("n_bootstrap", n_bootstrap)
+    level = checks.unit_interval("level", level)
+    if not (isinstance(numerator, torch.Tensor) and isinstance(denominator, torch.Tensor)
+            and numerator.ndim == 1 and numerator.shape == denominator.shape and len(numerator) > 0):
+        shapes = [tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__ for v in (numerator, denominator)]
+        raise ValueError(f"numerator and denominator must be tensors of one shape (batch,), batch >= 1, got {shapes}")
+    pair = torch.stack((numerator, denominator), dim=1)
+    means = _resampled_means(pair, n_bootstrap, seed)  # (n_bootstrap, 2)
+    ratios = means[:, 0] / means[:, 1]
+    tail = (1 - level) / 2
+    low, high = torch.quantile(ratios, torch.tensor([tail, 1 - tail], dtype=torch.float64))
+    whole = pair.to(torch.float64).mean(0)
+    return float(whole[0] / whole[1]), float(low), float(high)
+
+
+def _resampled_means(values: torch.Tensor, n_bootstrap: int, seed: int) -> torch.Tensor:
+    """Means over the rows of ``values: (batch, n)`` in ``n_bootstrap`` resamples of the rows: ``(n_bootstrap, n)``."""
+    values = values.detach().to("cpu", torch.float64)
+    generator = torch.Generator().manual_seed(seed)
+    batch = values.shape[0]
+    rows = torch.randint(batch, (n_bootstrap, batch), generator=generator)
+    # How often each prompt is drawn in each resample: (n_bootstrap, batch), so memory does not grow with n.
+    counts = torch.zeros(n_bootstrap, batch, dtype=torch.float64).scatter_add_(1, rows, torch.ones_like(rows, dtype=torch.float64))
+    return counts @ values / batch
 
 
 def error_curve(

@@ -203,3 +203,21 @@ def test_bad_input():
         bootstrap_band(squared_errors(preds, ys), level=-0.5)
     with pytest.raises(ValueError, match=r"xs must be a tensor of shape"):
         error_curves({"averaging": averaging}, preds, ys, 1.0)
+
+
+def test_bootstrap_ratio_resamples_numerator_and_denominator_together_like_a_numpy_loop():
+    """Against a plain loop: the same resampled rows (drawn as bootstrap_band draws them) for both means."""
+    from icl_lib.evaluation import bootstrap_ratio
+
+    g = torch.Generator().manual_seed(3)
+    denominator = 1.0 + torch.rand(200, generator=g, dtype=torch.float64)
+    numerator = 0.8 * denominator + 0.1 * torch.randn(200, generator=g, dtype=torch.float64)
+    ratio, low, high = bootstrap_ratio(numerator, denominator, n_bootstrap=500, seed=4)
+    rows = torch.randint(200, (500, 200), generator=torch.Generator().manual_seed(4)).numpy()
+    num, den = numerator.numpy(), denominator.numpy()
+    draws = np.array([num[r].mean() / den[r].mean() for r in rows])
+    np.testing.assert_allclose([low, high], np.quantile(draws, [0.025, 0.975]), rtol=1e-12)
+    assert ratio == pytest.approx(num.mean() / den.mean(), rel=1e-15)
+    assert low < ratio < high
+    # a numerator that follows the denominator closely gives a narrow interval around 0.8
+    assert 0.75 < low and high < 0.85
