@@ -117,6 +117,7 @@ class Sandbox:
                 "JUPYTER_DATA_DIR": f"{inside.home}/.local/share/jupyter",
                 "JUPYTER_RUNTIME_DIR": f"{inside.home}/.local/share/jupyter/runtime",
                 "MPLCONFIGDIR": f"{inside.home}/.config/matplotlib", "PYTHONDONTWRITEBYTECODE": "1",
+                "PYTHONPATH": str(self.root),  # the library of the views it is shown, whatever an editable install names
                 ANSWERS_DIR_ENV: f"{inside.grading}/answers", GRADING_DIR_ENV: str(inside.grading)}
         command = _bwrap_arguments(work, self.root) + ["--"] + argv if self.kind == "bubblewrap" else argv
         with open(work / "log.txt", "wb") as log:
