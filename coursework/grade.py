@@ -27,10 +27,12 @@ grading again with the same ``--out`` skips every submission already in it with 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import csv
 import hashlib
 import json
+import math
 import os
 import shutil
 import sys
@@ -40,6 +42,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import nbformat
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks (and no sandbox either)
+    fcntl = None
 
 from coursework import markup, sandbox, transport
 from coursework.student_edition import repository_root
@@ -273,8 +280,22 @@ def broken_rows(name: str, path: Path, sha256: str, chapter: Chapter | None, rea
     return rows + [Row(name, path.name, "TOTAL", 0, sum(r.max_points for r in rows), reason, sha256)]
 
 
+def _parse_row(fields: list[str]) -> Row:
+    """One row of the table as written by :func:`write_table`; ``ValueError`` if it is not one."""
+    if len(fields) != len(FIELDS):
+        raise ValueError(f"{len(fields)} fields, not {len(FIELDS)}")
+    points, max_points = float(fields[3]), float(fields[4]) if fields[4] else None
+    if not math.isfinite(points) or (max_points is not None and not math.isfinite(max_points)):
+        raise ValueError("points that are not finite numbers")
+    return Row(fields[0], fields[1], fields[2], points, max_points, fields[5], fields[6])
+
+
 def read_table(out: Path) -> list[Row]:
-    """The rows of an earlier grade table at ``out`` (none if there is no such file)."""
+    """The rows of an earlier grade table at ``out`` (none if there is no such file).
+
+    A line that is not a row is refused with ``ValueError`` naming it, never dropped: the table is rewritten from
+    what is read here, so a dropped row would be a lost grade.
+    """
     if not out.exists():
         return []
     with open(out, newline="") as handle:
@@ -282,7 +303,36 @@ def read_table(out: Path) -> list[Row]:
         if next(reader, None) != list(FIELDS):
             raise ValueError(f"out must be a grade table written by this grader or a new file, got {str(out)!r} "
                              f"(its header is not {','.join(FIELDS)})")
-        return [Row(r[0], r[1], r[2], float(r[3]), float(r[4]) if r[4] else None, r[5], r[6]) for r in reader if len(r) == 7]
+        rows = []
+        for fields in reader:
+            if not fields:
+                continue  # a blank line holds no grade
+            try:
+                rows.append(_parse_row(fields))
+            except ValueError as error:
+                raise ValueError(f"out {str(out)!r} has a line the grader cannot read, line {reader.line_num} "
+                                 f"({error}: {','.join(fields)[:80]!r}); fix or remove that line, or choose another "
+                                 "--out (a row is never dropped)") from None
+        return rows
+
+
+@contextlib.contextmanager
+def table_lock(out: Path):
+    """Hold an exclusive advisory lock (``fcntl.flock``) on ``.<out>.lock`` while grading into ``out``.
+
+    A second grader on the same table is refused (``GradingError``) instead of rewriting the table from an old read.
+    """
+    if fcntl is None:
+        yield
+        return
+    lock = out.with_name(f".{out.name}.lock")
+    with open(lock, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise GradingError(f"another grader is writing {str(out)!r} (it holds the lock {str(lock)!r}): wait for "
+                               "it to end, then run the same command again to grade what it left") from None
+        yield  # the lock goes with the file's closing, also when the process is killed
 
 
 def write_table(rows: list[Row], out: Path) -> None:
@@ -339,9 +389,16 @@ def grade_folder(submissions: Path, out: Path, *, timeout: float = 600.0, batch:
     if not (isinstance(batch, int) and batch >= 1):
         raise ValueError(f"batch must be a whole number of submissions >= 1, got {batch!r}")
     check_writable(out)
+    box = sandbox.choose("bubblewrap") if box is None else box
+    with table_lock(out):
+        return _grade_locked(submissions, out, timeout, batch, notebooks_dir, box)
+
+
+def _grade_locked(submissions: Path, out: Path, timeout: float, batch: int, notebooks_dir: Path | None,
+                  box: sandbox.Sandbox) -> list[Row]:
+    """:func:`grade_folder` once it holds the table's lock: read it, grade what it lacks, write it after each."""
     table = read_table(out)
     write_table(table, out)
-    box = sandbox.choose("bubblewrap") if box is None else box
     chapters = load_chapters(repository_root() / "notebooks" if notebooks_dir is None else notebooks_dir)
     done = {(r.submission, r.sha256) for r in table if r.exercise == "TOTAL"}
     pending: dict[str, list[tuple[StudentRun, nbformat.NotebookNode]]] = {}

@@ -10,6 +10,7 @@ Needs bubblewrap (``apt-get install bubblewrap``): without a sandbox these noteb
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import time
 from pathlib import Path
@@ -211,9 +212,7 @@ def graded(tmp_path_factory) -> dict:
             "written": written, "out": out, "seconds": seconds, "submissions": submissions, "chapters": chapters}
 
 
-pytestmark = needs_bubblewrap
-
-
+@needs_bubblewrap
 def test_every_attack_scores_zero_where_unsolved(graded):
     wrong = {}
     for name, first in graded["expected"].items():
@@ -224,6 +223,7 @@ def test_every_attack_scores_zero_where_unsolved(graded):
     assert not wrong, wrong
 
 
+@needs_bubblewrap
 def test_honest_full_marks_and_one_wrong_answer(graded):
     table = graded["table"]
     assert table["z1-honest/tiny"]["TOTAL"].points == table["z1-honest/tiny"]["TOTAL"].max_points == 2
@@ -235,6 +235,7 @@ def test_honest_full_marks_and_one_wrong_answer(graded):
     assert "not answered yet" in untouched["tiny-ex-second"].feedback
 
 
+@needs_bubblewrap
 def test_feedback_says_what_happened(graded):
     table = graded["table"]
     assert "too small" in table["a12-context/tiny"]["tiny-ex-first"].feedback, "the chapter's xs, not the student's"
@@ -249,16 +250,19 @@ def test_feedback_says_what_happened(graded):
     assert (link.points, link.max_points) == (0, 2) and "is a link" in link.feedback
 
 
+@needs_bubblewrap
 def test_instructor_files_and_other_submissions_unchanged(graded):
     assert graded["before"] == graded["after"]
     assert not (ROOT / f"pwned-{TOKEN}").exists() and not (graded["chapters"] / "pwned").exists()
     assert graded["out"].read_text() == graded["written"], "nothing writes the grade table after the grader"
 
 
+@needs_bubblewrap
 def test_no_process_survives(graded):
     assert _survivors() == []
 
 
+@needs_bubblewrap
 def test_rerun_skips_graded_and_regrades_changed(graded, capsys):
     """Same command again: nothing runs; a changed file is graded again; the rest of the table stays as it was."""
     submissions, out = graded["submissions"], graded["out"]
@@ -272,3 +276,46 @@ def test_rerun_skips_graded_and_regrades_changed(graded, capsys):
     assert totals["z3-untouched/tiny"].points == 2 and len(totals) == len(graded["table"])
     assert sum(r.submission == "z3-untouched/tiny" for r in rows) == 3, "its old rows are replaced, not kept"
     assert "z3-untouched/tiny: running" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- the grade table: never lost, never shared
+
+HEADER = ",".join(grade.FIELDS)
+GOOD = "alice/tiny,tiny.ipynb,TOTAL,2,2,ran in 3 s," + "a" * 64
+
+# (id, content of the table, expected message): a table the grader cannot read whole is refused, never rewritten
+TABLE_ERRORS = [
+    ("a row of 3 fields", f"{HEADER}\n{GOOD}\nbob/tiny,tiny.ipynb,TOTAL\n", r"line 3 \(3 fields, not 7"),
+    ("points that are not a number", f"{HEADER}\n{GOOD}\nbob/tiny,tiny.ipynb,TOTAL,two,2,,{'b' * 64}\n",
+     r"line 3 \(could not convert string to float: 'two'"),
+    ("points that are nan", f"{HEADER}\nbob/tiny,tiny.ipynb,TOTAL,nan,2,,{'b' * 64}\n", r"line 2 \(points that are not finite"),
+]
+
+
+def _none_box() -> sandbox.Sandbox:
+    return sandbox.Sandbox("none", grade.repository_root())
+
+
+@pytest.mark.parametrize("text, message", [pytest.param(*row[1:], id=row[0]) for row in TABLE_ERRORS])
+def test_a_table_with_a_row_it_cannot_read_is_refused_and_kept(text, message, tmp_path):
+    out = tmp_path / "grades.csv"
+    out.write_text(text)
+    (tmp_path / "submissions").mkdir()
+    with pytest.raises(ValueError, match=rf"out '.*grades.csv' has a line the grader cannot read, {message}"):
+        grade.grade_folder(tmp_path / "submissions", out, box=_none_box())
+    assert out.read_text() == text, "the table is left as it was"
+
+
+def test_a_second_grader_on_the_same_table_is_refused(tmp_path, capsys):
+    """While one grader holds the table's lock, another gets one line and writes nothing."""
+    out, submissions = tmp_path / "grades.csv", tmp_path / "submissions"
+    submissions.mkdir()
+    out.write_text(f"{HEADER}\n{GOOD}\n")
+    with open(tmp_path / ".grades.csv.lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the first grader
+        with pytest.raises(grade.GradingError, match=r"another grader is writing '.*grades.csv'"):
+            grade.grade_folder(submissions, out, box=_none_box())
+        assert grade.main([str(submissions), "--out", str(out), "--sandbox", "none"]) == 1
+        assert "grading stopped: another grader is writing" in capsys.readouterr().err
+    assert out.read_text() == f"{HEADER}\n{GOOD}\n"
+    assert grade.grade_folder(submissions, out, box=_none_box())[0].submission == "alice/tiny", "free again: kept"
