@@ -213,7 +213,7 @@ def read_metrics(name_or_path: str | os.PathLike, missing_ok: bool = False) -> l
         raise ValueError(f"{path} does not exist (the run has logged nothing yet)")
     try:
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:  # deep nesting: RecursionError
         raise ValueError(f"{path} is not valid JSON lines ({error})") from None
 
 
@@ -248,7 +248,7 @@ def load_meta(name_or_path: str | os.PathLike) -> dict:
         raise ValueError(f"{path} does not exist (the run has written no checkpoint yet)")
     try:
         meta = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:  # deep nesting: RecursionError
         raise ValueError(f"{path} is not valid JSON ({error})") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
         raise ValueError(f"{path} is not a run's meta.json (it needs a 'config' table)")
