@@ -26,7 +26,7 @@ def _as_array(name: str, answer: Any) -> np.ndarray:
         answer = answer.detach().cpu().numpy()
     try:
         array = np.asarray(answer, dtype=float)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise AssertionError(f"`{name}` should hold numbers, got a {type(answer).__name__}: {answer!r:.80}") from None
     return array
 
@@ -100,7 +100,7 @@ def equal(name: str, answer: Any, expected: Any) -> None:
     if isinstance(expected, (int, np.integer)) and not isinstance(expected, bool):
         try:
             value = float(answer)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             kind = answer.text if isinstance(answer, Unreadable) else f"a {type(answer).__name__}"
             raise AssertionError(f"`{name}` should be an integer, got {kind}") from None
         if value != int(expected):

@@ -31,14 +31,14 @@ def run(check_id: str, names: tuple[str, ...], source: str, namespace: dict) -> 
     verdicts = {}
     try:
         for key, saved in submissions.items():
-            answers = saved.get(check_id)
-            if answers is None:
+            answers = saved.get(check_id) if isinstance(saved, dict) else None
+            if not isinstance(answers, dict):
                 continue  # the submission's run never got to this exercise
-            for name in names:
-                namespace.pop(name, None)
-                if name in answers:
-                    namespace[name] = transport.decode(answers[name])
             try:
+                for name in names:
+                    namespace.pop(name, None)
+                    if name in answers:
+                        namespace[name] = transport.decode(answers[name])
                 with contextlib.redirect_stdout(io.StringIO()):
                     exec(code, namespace)  # noqa: S102 - the instructor's check, run on data
                 verdicts[key] = None
