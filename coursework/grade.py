@@ -34,6 +34,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -48,7 +49,7 @@ try:
 except ImportError:  # Windows: no advisory locks (and no sandbox either)
     fcntl = None
 
-from coursework import markup, sandbox, transport
+from coursework import markup, sandbox, transport, worker
 from coursework.student_edition import repository_root
 
 FIELDS = ("submission", "notebook", "exercise", "points", "max_points", "feedback", "sha256")
@@ -58,6 +59,7 @@ VERDICT = ("# Grading: the check of {label} runs on each submission's answers\n"
            "__import__('coursework.checking').checking.run({check_id!r}, {names!r}, {source!r}, globals())")
 STARTUP_SECONDS = 60  # allowed on top of --timeout for starting the sandbox and the kernel
 MAX_REPORT_BYTES = 2**20
+MAX_TIMEOUT = 86_400  # seconds: --timeout inf (or 1e12) would give every run a limit that nothing reaches
 
 
 @dataclass
@@ -175,16 +177,36 @@ def _report(work: Path) -> tuple[set[int], dict[int, str], str | None]:
     """The cells that ran, their errors and the note of a run's report (untrusted: malformed parts are dropped)."""
     raw = transport.read_plain_file(work / "grading" / "report.json", work / "grading", MAX_REPORT_BYTES)
     try:
-        report = json.loads(raw) if raw is not None else None
-    except (ValueError, RecursionError):
-        report = None
+        return _parse_report(json.loads(raw) if raw is not None else None)
+    except Exception:  # noqa: BLE001 - a submission may have forged the report: at worst it words no feedback
+        return set(), {}, None
+
+
+def _parse_report(report: object) -> tuple[set[int], dict[int, str], str | None]:
     if not isinstance(report, dict):
         return set(), {}, None
-    ran = {i for i in report.get("ran", []) if isinstance(i, int)} if isinstance(report.get("ran"), list) else set()
+    ran = report.get("ran") if isinstance(report.get("ran"), list) else []
+    ran = {i for i in ran if isinstance(i, int) and not isinstance(i, bool) and 0 <= i < 2**31}
     errors = report.get("errors") if isinstance(report.get("errors"), dict) else {}
-    errors = {int(k): v[:2000] for k, v in errors.items() if isinstance(k, str) and k.isdigit() and isinstance(v, str)}
+    # keys as the worker writes them: decimal cell indices ("²".isdigit() is true, but int("²") fails)
+    errors = {int(k): v[:2000] for k, v in errors.items() if isinstance(k, str) and re.fullmatch(r"[0-9]{1,9}", k)
+              and isinstance(v, str)}
     note = report.get("note")
     return ran, errors, note[:300] if isinstance(note, str) else None
+
+
+def _grader_failure(outcome: str, work: Path) -> str | None:
+    """Why a run failed on the grader's side (the sandbox or the worker, before any code of the notebook ran), else None.
+
+    A submission cannot cause these: bubblewrap's own errors come before the notebook starts, and the worker's
+    status :data:`coursework.worker.GRADER_FAILURE_STATUS` means its kernel never ran a cell.
+    """
+    log = (work / "log.txt").read_text(errors="replace") if (work / "log.txt").is_file() else ""
+    if outcome == f"the run ended with status {worker.GRADER_FAILURE_STATUS}":
+        return " ".join(log.split())[-300:] or outcome
+    if outcome == "the run ended with status 1" and log.startswith("bwrap:"):
+        return " ".join(log.split())[:300]
+    return None
 
 
 def run_student(run: StudentRun, nb: nbformat.NotebookNode, box: sandbox.Sandbox, timeout: float, scratch: Path) -> None:
@@ -196,6 +218,8 @@ def run_student(run: StudentRun, nb: nbformat.NotebookNode, box: sandbox.Sandbox
         start = time.perf_counter()
         outcome = box.run(work, _worker(box.layout(work), run.chapter.path.name, timeout), timeout + STARTUP_SECONDS)
         run.seconds = time.perf_counter() - start
+        if (failure := _grader_failure(outcome, work)) is not None:
+            raise GradingError(f"{run.name} was not graded: {failure}; nothing was recorded for it")
         if box.watch and (touched := sandbox.changed(before, sandbox.fingerprint(list(box.watch)))):
             raise GradingError(f"{run.name} changed {len(touched)} file(s) outside its folder, e.g. {touched[:3]}: "
                                "restore them (they are loaded by later kernels) before grading again")
@@ -384,8 +408,8 @@ def grade_folder(submissions: Path, out: Path, *, timeout: float = 600.0, batch:
     submissions, out = Path(submissions), Path(out)
     if not submissions.is_dir():
         raise ValueError(f"submissions must be a folder of notebooks, got {str(submissions)!r}")
-    if not timeout > 0:
-        raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
+    if not (isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and 1 <= timeout <= MAX_TIMEOUT):
+        raise ValueError(f"timeout must be a number of seconds from 1 to {MAX_TIMEOUT} (a day), got {timeout!r}")
     if not (isinstance(batch, int) and batch >= 1):
         raise ValueError(f"batch must be a whole number of submissions >= 1, got {batch!r}")
     check_writable(out)
@@ -459,7 +483,8 @@ def main(argv: list[str] | None = None) -> int:
                                      description="Run submitted notebooks in sandboxes, check their answers apart, write a grade table (CSV).")
     parser.add_argument("submissions", type=Path, help="folder of submitted notebooks (searched recursively)")
     parser.add_argument("--out", type=Path, default=Path("grades.csv"), help="CSV to write and resume (default grades.csv)")
-    parser.add_argument("--timeout", type=float, default=600.0, help="seconds allowed per notebook (default 600)")
+    parser.add_argument("--timeout", type=float, default=600.0,
+                        help=f"seconds allowed per notebook, 1 to {MAX_TIMEOUT} (default 600)")
     parser.add_argument("--batch", type=int, default=10,
                         help="submissions of a chapter checked in one run of the instructor's chapter (default 10)")
     parser.add_argument("--sandbox", choices=("bubblewrap", "none"), default="bubblewrap",

@@ -18,7 +18,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from coursework import grade, markup, sandbox, student_edition
+from coursework import answers, grade, markup, sandbox, student_edition, transport
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "coursework-attack-7f3a"  # in the command line of every process an attack starts
@@ -152,6 +152,17 @@ def attacks(paths: dict[str, str]) -> dict[str, tuple[nbformat.NotebookNode, int
         "kill-worker": (student("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)"), 1),
         "edited-check": (student(check_of_second="# Autograded check (1 point): second\nsecond = 10.0"), 1),
         "deleted-check": (student(check_of_second=""), 1),
+        "forged-numbers": (student(
+            "import json, os, signal\nfolder = os.environ['COURSEWORK_ANSWERS_DIR']\n"
+            "forged = '{\"second\": {\"type\": \"array\", \"dtype\": \"int\", \"shape\": [2], \"values\": [' + str(2**64) + ', NaN]}}'\n"
+            "open(os.path.join(folder, 'tiny-ex-second-check.json'), 'w').write(forged)\n"
+            "open(os.path.join(folder, '..', 'report.json'), 'w').write(json.dumps({'ran': [0], 'errors': {'\u00b2': 'x'}}))\n"
+            "os.kill(os.getppid(), signal.SIGKILL)"), 1),
+        "forged-shape": (student(
+            "import os, signal\nfolder = os.environ['COURSEWORK_ANSWERS_DIR']\n"
+            "forged = '{\"second\": {\"type\": \"array\", \"dtype\": \"float\", \"shape\": [0, ' + str(2**70) + '], \"values\": []}}'\n"
+            "open(os.path.join(folder, 'tiny-ex-second-check.json'), 'w').write(forged)\n"
+            "os.kill(os.getppid(), signal.SIGKILL)"), 1),
     }
 
 
@@ -319,3 +330,89 @@ def test_a_second_grader_on_the_same_table_is_refused(tmp_path, capsys):
         assert "grading stopped: another grader is writing" in capsys.readouterr().err
     assert out.read_text() == f"{HEADER}\n{GOOD}\n"
     assert grade.grade_folder(submissions, out, box=_none_box())[0].submission == "alice/tiny", "free again: kept"
+
+
+# ---------------------------------------------------------------- files a submission can write: untrusted
+
+# (id, text of a saved answers file for `second`): each costs that answer only, with a message, never a traceback
+FORGED_ANSWERS = [
+    ("a 401-digit integer", '{"second": {"type": "int", "value": 1%s}}' % ("0" * 400)),
+    ("a 401-digit float", '{"second": {"type": "float", "value": 1%s}}' % ("0" * 400)),
+    ("2**64 in an int array", '{"second": {"type": "array", "dtype": "int", "shape": [1], "values": [%d]}}' % 2**64),
+    ("NaN in an int array", '{"second": {"type": "array", "dtype": "int", "shape": [2], "values": [1, NaN]}}'),
+    ("a float in an int array", '{"second": {"type": "array", "dtype": "int", "shape": [1], "values": [1.5]}}'),
+    ("10**400 in a float array", '{"second": {"type": "array", "dtype": "float", "shape": [1], "values": [1%s]}}' % ("0" * 400)),
+    ("shape [0, 2**70]", '{"second": {"type": "array", "dtype": "float", "shape": [0, %d], "values": []}}' % 2**70),
+    ("40 axes", '{"second": {"type": "array", "dtype": "float", "shape": %s, "values": [1.0]}}' % ([1] * 40)),
+    ("10**400 in an expression", '{"second": {"type": "expression", "symbols": [], "values": [1%s]}}' % ("0" * 400)),
+    ("an unknown dtype", '{"second": {"type": "array", "dtype": "complex", "shape": [1], "values": [1]}}'),
+]
+
+
+@pytest.mark.parametrize("text", [pytest.param(row[1], id=row[0]) for row in FORGED_ANSWERS])
+def test_a_forged_answer_file_costs_that_answer_only(text, tmp_path):
+    (tmp_path / "second.json").write_text(text)
+    saved = transport.load(tmp_path / "second.json", tmp_path, ("second",))
+    assert saved["second"]["type"] == "unreadable", saved
+    with pytest.raises(AssertionError, match="`second` should hold numbers, got a saved answer that is not in the grader's"
+                                             "|`second` should hold numbers, got an integer too large"):
+        answers.close("second", transport.decode(saved["second"]), 10.0, rtol=1e-9)
+
+
+# (id, a forged report.json): the report only words feedback, so a malformed one is read as no report
+FORGED_REPORTS = [
+    ("a non-decimal digit as a key", '{"ran": [0], "errors": {"\u00b2": "x"}, "note": "n"}'),
+    ("a huge key", '{"ran": [0], "errors": {"%s": "x"}}' % ("9" * 5000)),
+    ("a huge cell index", '{"ran": [%s], "errors": {}}' % ("9" * 5000)),
+    ("deep nesting", "[" * 100_000 + "]" * 100_000),
+]
+
+
+@pytest.mark.parametrize("text", [pytest.param(row[1], id=row[0]) for row in FORGED_REPORTS])
+def test_a_forged_report_is_read_as_feedback_only(text, tmp_path):
+    (tmp_path / "grading").mkdir()
+    (tmp_path / "grading" / "report.json").write_text(text)
+    ran, errors, note = grade._report(tmp_path)
+    assert ran <= {0} and errors == {} and note in (None, "n")
+
+
+# ---------------------------------------------------------------- the grader's own limits and failures
+
+# (id, --timeout): each refused with one line before anything runs
+TIMEOUT_ERRORS = [("inf", "inf"), ("nan", "nan"), ("zero", "0"), ("negative", "-5"), ("a year", "31536000")]
+
+
+@pytest.mark.parametrize("value", [pytest.param(row[1], id=row[0]) for row in TIMEOUT_ERRORS])
+def test_an_absurd_timeout_is_refused(value, tmp_path, capsys):
+    (tmp_path / "submissions").mkdir()
+    with pytest.raises(SystemExit):
+        grade.main([str(tmp_path / "submissions"), "--out", str(tmp_path / "grades.csv"), "--sandbox", "none",
+                    "--timeout", value])
+    assert "timeout must be a number of seconds from 1 to 86400 (a day)" in capsys.readouterr().err
+    assert not (tmp_path / "grades.csv").exists()
+
+
+def _tiny_folder(tmp_path: Path, names: tuple[str, ...] = ("alice",)) -> tuple[Path, Path]:
+    """``(chapters, submissions)``: the tiny chapter and, for each name, its honest solution."""
+    chapters, submissions = tmp_path / "chapters", tmp_path / "submissions"
+    chapters.mkdir()
+    nbformat.write(tiny_chapter(), chapters / "tiny.ipynb")
+    for name in names:
+        (submissions / name).mkdir(parents=True)
+        nbformat.write(student(solve={"first": "xs.sum()", "second": "mean_error(xs) * D"}), submissions / name / "tiny.ipynb")
+    return chapters, submissions
+
+
+def test_the_graders_own_failure_is_not_recorded_as_a_grade(tmp_path, monkeypatch):
+    """A worker that fails before the notebook runs (its kernel cannot start) stops grading; no zero is written."""
+    import sys
+
+    from coursework import worker
+
+    chapters, submissions = _tiny_folder(tmp_path)
+    monkeypatch.setattr(grade, "_worker", lambda layout, notebook, timeout: [
+        sys.executable, "-c", f"import sys; print('no kernel'); sys.exit({worker.GRADER_FAILURE_STATUS})"])
+    out = tmp_path / "grades.csv"
+    with pytest.raises(grade.GradingError, match=r"alice/tiny was not graded: no kernel; nothing was recorded for it"):
+        grade.grade_folder(submissions, out, timeout=20, notebooks_dir=chapters, box=_none_box())
+    assert grade.read_table(out) == [], "a rerun grades it"
