@@ -20,8 +20,9 @@ the error of the student's own code for that exercise, if it raised one). A subm
 out of time or kills its kernel gets its remaining exercises at zero with the reason and its possible points.
 
 The CSV has one row per exercise and submission (``submission, notebook, exercise, points, max_points, feedback,
-sha256``) and one ``TOTAL`` row per submission. It is rewritten, atomically, as soon as a submission is graded;
-grading again with the same ``--out`` skips every submission already in it with the same file hash (SHA-256).
+sha256, checks``) and one ``TOTAL`` row per submission. It is rewritten, atomically, as soon as a submission is graded;
+grading again with the same ``--out`` skips every submission already in it with the same file hash (SHA-256) and
+the same ``checks`` digest (of the instructor's chapter and the check code: a changed hidden test grades again).
 """
 
 from __future__ import annotations
@@ -52,7 +53,9 @@ except ImportError:  # Windows: no advisory locks (and no sandbox either)
 from coursework import markup, sandbox, transport, worker
 from coursework.student_edition import repository_root
 
-FIELDS = ("submission", "notebook", "exercise", "points", "max_points", "feedback", "sha256")
+FIELDS = ("submission", "notebook", "exercise", "points", "max_points", "feedback", "sha256", "checks")
+OLD_FIELDS = FIELDS[:-1]  # tables written before the checks column: read, and every row graded again
+CHECK_CODE = ("answers.py", "checking.py", "transport.py")  # the modules a check runs: part of its digest
 EXPORT = ("# Grading: the answers of {label} are saved for its check, which runs in another kernel\n"
           "__import__('coursework.transport').transport.save({check_id!r}, {names!r}, globals())")
 VERDICT = ("# Grading: the check of {label} runs on each submission's answers\n"
@@ -73,6 +76,7 @@ class Row:
     max_points: float | None
     feedback: str
     sha256: str = ""
+    checks: str = ""  # the digest of the chapter and check code it was graded with (Chapter.digest)
 
 
 @dataclass
@@ -83,6 +87,7 @@ class Chapter:
     nb: nbformat.NotebookNode
     checks: dict[str, dict]
     exercises: list[markup.Exercise]
+    digest: str = ""
 
 
 @dataclass
@@ -112,8 +117,21 @@ def load_chapters(notebooks_dir: Path) -> dict[str, Chapter]:
     for path in sorted(Path(notebooks_dir).glob("*.ipynb")):
         nb, exercises = markup.convert(nbformat.read(path, as_version=4))
         checks = {markup.nbgrader_meta(c)["grade_id"]: c for c in nb.cells if markup.is_check(c)}
-        chapters[path.name] = Chapter(path, nb, checks, [e for e in exercises if e.check_id])
+        chapters[path.name] = Chapter(path, nb, checks, [e for e in exercises if e.check_id], _digest(path))
     return chapters
+
+
+def _digest(chapter: Path) -> str:
+    """SHA-256 of the instructor's chapter and of the check code: when either changes, its grades are stale."""
+    digest = hashlib.sha256(chapter.read_bytes())
+    for name in CHECK_CODE:
+        digest.update((Path(__file__).parent / name).read_bytes())
+    return digest.hexdigest()
+
+
+def _digest_of_all(chapters: dict[str, Chapter]) -> str:
+    """The digest for a file that matched no chapter: a new or changed chapter may match it."""
+    return hashlib.sha256("".join(sorted(c.digest for c in chapters.values())).encode()).hexdigest()
 
 
 def _grade_id(cell: dict) -> str | None:
@@ -289,29 +307,33 @@ def rows_for(run: StudentRun, verdicts: dict[str, dict[str, str | None]]) -> lis
             points = float(exercise.points)
         else:
             feedback = _feedback(run, exercise, verdict)
-        rows.append(Row(run.name, run.path.name, exercise.label, points, float(exercise.points), feedback, run.sha256))
+        rows.append(Row(run.name, run.path.name, exercise.label, points, float(exercise.points), feedback, run.sha256,
+                        run.chapter.digest))
     total = sum(r.points for r in rows)
     rows.append(Row(run.name, run.path.name, "TOTAL", total, sum(r.max_points for r in rows),
-                    run.note or f"ran in {run.seconds:.0f} s", run.sha256))
+                    run.note or f"ran in {run.seconds:.0f} s", run.sha256, run.chapter.digest))
     return rows
 
 
-def broken_rows(name: str, path: Path, sha256: str, chapter: Chapter | None, reason: str) -> list[Row]:
-    """The rows of a submission that could not be run: zero points, the possible points where the chapter is known."""
+def broken_rows(name: str, path: Path, sha256: str, chapter: Chapter | None, reason: str, checks: str = "") -> list[Row]:
+    """The rows of a submission that could not be run: zero points, the possible points where the chapter is known.
+
+    ``checks``: the digest to record where there is no chapter (else the chapter's).
+    """
     if chapter is None:
-        return [Row(name, path.name, "TOTAL", 0, None, reason, sha256)]
-    rows = [Row(name, path.name, e.label, 0, float(e.points), reason, sha256) for e in chapter.exercises]
-    return rows + [Row(name, path.name, "TOTAL", 0, sum(r.max_points for r in rows), reason, sha256)]
+        return [Row(name, path.name, "TOTAL", 0, None, reason, sha256, checks)]
+    rows = [Row(name, path.name, e.label, 0, float(e.points), reason, sha256, chapter.digest) for e in chapter.exercises]
+    return rows + [Row(name, path.name, "TOTAL", 0, sum(r.max_points for r in rows), reason, sha256, chapter.digest)]
 
 
-def _parse_row(fields: list[str]) -> Row:
+def _parse_row(fields: list[str], width: int = len(FIELDS)) -> Row:
     """One row of the table as written by :func:`write_table`; ``ValueError`` if it is not one."""
-    if len(fields) != len(FIELDS):
-        raise ValueError(f"{len(fields)} fields, not {len(FIELDS)}")
+    if len(fields) != width:
+        raise ValueError(f"{len(fields)} fields, not {width}")
     points, max_points = float(fields[3]), float(fields[4]) if fields[4] else None
     if not math.isfinite(points) or (max_points is not None and not math.isfinite(max_points)):
         raise ValueError("points that are not finite numbers")
-    return Row(fields[0], fields[1], fields[2], points, max_points, fields[5], fields[6])
+    return Row(fields[0], fields[1], fields[2], points, max_points, fields[5], fields[6], (fields[7:] or [""])[0])
 
 
 def read_table(out: Path) -> list[Row]:
@@ -324,7 +346,8 @@ def read_table(out: Path) -> list[Row]:
         return []
     with open(out, newline="") as handle:
         reader = csv.reader(handle)
-        if next(reader, None) != list(FIELDS):
+        header = next(reader, None)
+        if header not in (list(FIELDS), list(OLD_FIELDS)):
             raise ValueError(f"out must be a grade table written by this grader or a new file, got {str(out)!r} "
                              f"(its header is not {','.join(FIELDS)})")
         rows = []
@@ -332,7 +355,7 @@ def read_table(out: Path) -> list[Row]:
             if not fields:
                 continue  # a blank line holds no grade
             try:
-                rows.append(_parse_row(fields))
+                rows.append(_parse_row(fields, len(header)))
             except ValueError as error:
                 raise ValueError(f"out {str(out)!r} has a line the grader cannot read, line {reader.line_num} "
                                  f"({error}: {','.join(fields)[:80]!r}); fix or remove that line, or choose another "
@@ -367,7 +390,7 @@ def write_table(rows: list[Row], out: Path) -> None:
         writer.writerow(FIELDS)
         for row in rows:
             writer.writerow([row.submission, row.notebook, row.exercise, f"{row.points:g}",
-                             "" if row.max_points is None else f"{row.max_points:g}", row.feedback, row.sha256])
+                             "" if row.max_points is None else f"{row.max_points:g}", row.feedback, row.sha256, row.checks])
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temporary, out)
@@ -424,7 +447,9 @@ def _grade_locked(submissions: Path, out: Path, timeout: float, batch: int, note
     table = read_table(out)
     write_table(table, out)
     chapters = load_chapters(repository_root() / "notebooks" if notebooks_dir is None else notebooks_dir)
-    done = {(r.submission, r.sha256) for r in table if r.exercise == "TOTAL"}
+    unmatched = _digest_of_all(chapters)
+    current = {chapter.digest for chapter in chapters.values()} | {unmatched}
+    done = {(r.submission, r.sha256) for r in table if r.exercise == "TOTAL" and r.checks in current}
     pending: dict[str, list[tuple[StudentRun, nbformat.NotebookNode]]] = {}
     paths = sorted(p for p in submissions.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts
                    and (p.is_file() or p.is_symlink()))
@@ -442,7 +467,8 @@ def _grade_locked(submissions: Path, out: Path, timeout: float, batch: int, note
             print(f"{name}: already graded in {out}", file=sys.stderr, flush=True)
             continue
         if link:  # e.g. a link to the instructor's chapter, from an unpacked archive: never read
-            record(broken_rows(name, path, sha256, chapters.get(path.name), "the submission is a link, not a notebook file"))
+            record(broken_rows(name, path, sha256, chapters.get(path.name), "the submission is a link, not a notebook file",
+                               unmatched))
             continue
         try:
             nb = nbformat.read(path, as_version=4)
@@ -451,10 +477,11 @@ def _grade_locked(submissions: Path, out: Path, timeout: float, batch: int, note
                 ready, present, cells = student_notebook(nb, chapter)
         except Exception as error:  # noqa: BLE001 - any unreadable file is the student's, not the grader's, problem
             record(broken_rows(name, path, sha256, chapters.get(path.name),
-                               f"could not read the notebook: {type(error).__name__}: {str(error)[:200]}"))
+                               f"could not read the notebook: {type(error).__name__}: {str(error)[:200]}", unmatched))
             continue
         if chapter is None:
-            record(broken_rows(name, path, sha256, None, "not a chapter of the book (no matching name or check cells)"))
+            record(broken_rows(name, path, sha256, None, "not a chapter of the book (no matching name or check cells)",
+                               unmatched))
             continue
         pending.setdefault(chapter.path.name, []).append((StudentRun(name, path, sha256, chapter, present, cells), ready))
     with tempfile.TemporaryDirectory(prefix="coursework-grade-") as scratch:

@@ -292,14 +292,14 @@ def test_rerun_skips_graded_and_regrades_changed(graded, capsys):
 # ---------------------------------------------------------------- the grade table: never lost, never shared
 
 HEADER = ",".join(grade.FIELDS)
-GOOD = "alice/tiny,tiny.ipynb,TOTAL,2,2,ran in 3 s," + "a" * 64
+GOOD = "alice/tiny,tiny.ipynb,TOTAL,2,2,ran in 3 s," + "a" * 64 + "," + "c" * 64
 
 # (id, content of the table, expected message): a table the grader cannot read whole is refused, never rewritten
 TABLE_ERRORS = [
-    ("a row of 3 fields", f"{HEADER}\n{GOOD}\nbob/tiny,tiny.ipynb,TOTAL\n", r"line 3 \(3 fields, not 7"),
-    ("points that are not a number", f"{HEADER}\n{GOOD}\nbob/tiny,tiny.ipynb,TOTAL,two,2,,{'b' * 64}\n",
+    ("a row of 3 fields", f"{HEADER}\n{GOOD}\nbob/tiny,tiny.ipynb,TOTAL\n", r"line 3 \(3 fields, not 8"),
+    ("points that are not a number", f"{HEADER}\n{GOOD}\nbob/tiny,tiny.ipynb,TOTAL,two,2,,{'b' * 64},\n",
      r"line 3 \(could not convert string to float: 'two'"),
-    ("points that are nan", f"{HEADER}\nbob/tiny,tiny.ipynb,TOTAL,nan,2,,{'b' * 64}\n", r"line 2 \(points that are not finite"),
+    ("points that are nan", f"{HEADER}\nbob/tiny,tiny.ipynb,TOTAL,nan,2,,{'b' * 64},\n", r"line 2 \(points that are not finite"),
 ]
 
 
@@ -416,3 +416,30 @@ def test_the_graders_own_failure_is_not_recorded_as_a_grade(tmp_path, monkeypatc
     with pytest.raises(grade.GradingError, match=r"alice/tiny was not graded: no kernel; nothing was recorded for it"):
         grade.grade_folder(submissions, out, timeout=20, notebooks_dir=chapters, box=_none_box())
     assert grade.read_table(out) == [], "a rerun grades it"
+
+
+def test_a_changed_check_grades_again(tmp_path, capsys):
+    """The resume key holds the chapter's and the check code's digest: a changed hidden test regrades, nothing else does."""
+    chapters, submissions = _tiny_folder(tmp_path)
+    out = tmp_path / "grades.csv"
+    first = grade.grade_folder(submissions, out, timeout=30, notebooks_dir=chapters, box=_none_box())
+    assert first[-1].points == 2 and first[-1].checks == grade._digest(chapters / "tiny.ipynb")
+    grade.grade_folder(submissions, out, timeout=30, notebooks_dir=chapters, box=_none_box())
+    assert "already graded" in capsys.readouterr().err
+    chapter = nbformat.read(chapters / "tiny.ipynb", as_version=4)
+    check = next(c for c in chapter.cells if markup.nbgrader_meta(c).get("grade_id") == "tiny-ex-second-check")
+    check["source"] = check["source"].replace("mean_error(xs) * D, rtol", "mean_error(xs) * D + 1, rtol")  # a new answer
+    nbformat.write(chapter, chapters / "tiny.ipynb")
+    again = grade.grade_folder(submissions, out, timeout=30, notebooks_dir=chapters, box=_none_box())
+    assert [r.points for r in again] == [1, 0, 1] and "`second` is too small" in again[1].feedback
+    assert "alice/tiny: running" in capsys.readouterr().err
+
+
+def test_a_table_of_the_old_layout_is_read_and_graded_again(tmp_path):
+    """A table written before the checks column keeps its rows and grades them again (their checks are unknown)."""
+    out = tmp_path / "grades.csv"
+    out.write_text(",".join(grade.OLD_FIELDS) + "\nalice/tiny,tiny.ipynb,TOTAL,2,2,ran in 3 s," + "a" * 64 + "\n")
+    (tmp_path / "submissions").mkdir()
+    rows = grade.grade_folder(tmp_path / "submissions", out, box=_none_box())
+    assert [(r.submission, r.points, r.checks) for r in rows] == [("alice/tiny", 2, "")]
+    assert out.read_text().startswith(HEADER + "\n"), "rewritten in the new layout"
