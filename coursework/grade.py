@@ -59,9 +59,10 @@ CHECK_CODE = ("answers.py", "checking.py", "transport.py")  # the modules a chec
 EXPORT = ("# Grading: the answers of {label} are saved for its check, which runs in another kernel\n"
           "__import__('coursework.transport').transport.save({check_id!r}, {names!r}, globals())")
 VERDICT = ("# Grading: the check of {label} runs on each submission's answers\n"
-           "__import__('coursework.checking').checking.run({check_id!r}, {names!r}, {source!r}, globals())")
+           "__import__('coursework.checking').checking.run({check_id!r}, {names!r}, {source!r}, globals(), {seconds!r})")
 STARTUP_SECONDS = 60  # allowed on top of --timeout for starting the sandbox and the kernel
 MAX_REPORT_BYTES = 2**20
+CHECK_SECONDS = 300  # at most, for one check on one submission (see check_seconds)
 MAX_TIMEOUT = 86_400  # seconds: --timeout inf (or 1e12) would give every run a limit that nothing reaches
 
 
@@ -171,8 +172,14 @@ def student_notebook(nb: nbformat.NotebookNode, chapter: Chapter) -> tuple[nbfor
     return nb, present, cells
 
 
-def checks_notebook(chapter: Chapter) -> nbformat.NotebookNode:
-    """The instructor's chapter with each check cell replaced by a run of that check on every submission's answers."""
+def check_seconds(timeout: float) -> float:
+    """The time limit of one check on one submission's answers: as long as a notebook's run, at most :data:`CHECK_SECONDS`."""
+    return float(min(timeout, CHECK_SECONDS))
+
+
+def checks_notebook(chapter: Chapter, seconds: float | None = None) -> nbformat.NotebookNode:
+    """The instructor's chapter with each check cell replaced by a run of that check on every submission's answers
+    (``seconds``: each check's time limit on each submission, see :func:`check_seconds`)."""
     nb = copy.deepcopy(chapter.nb)
     by_check = {e.check_id: e for e in chapter.exercises}
     last = -1
@@ -180,7 +187,8 @@ def checks_notebook(chapter: Chapter) -> nbformat.NotebookNode:
         exercise = by_check.get(markup.nbgrader_meta(cell).get("grade_id"))
         if exercise is not None:
             nb.cells[index] = nbformat.v4.new_code_cell(VERDICT.format(
-                label=exercise.label, check_id=exercise.check_id, names=exercise.answers, source=cell["source"]))
+                label=exercise.label, check_id=exercise.check_id, names=exercise.answers, source=cell["source"],
+                seconds=seconds))
             last = index
     nb.cells = nb.cells[: last + 1]
     return nb
@@ -257,9 +265,11 @@ def run_checks(chapter: Chapter, runs: list[StudentRun], box: sandbox.Sandbox, t
     """The checks' run of ``chapter`` on the answers of ``runs``: the verdict (None: passed) by check id and submission."""
     work = sandbox.new_work(scratch)
     try:
-        nbformat.write(checks_notebook(chapter), work / "notebooks" / chapter.path.name)
+        seconds = check_seconds(timeout)
+        nbformat.write(checks_notebook(chapter, seconds), work / "notebooks" / chapter.path.name)
         (work / "grading" / "answers.json").write_text(json.dumps({r.name: r.answers for r in runs}, allow_nan=True))
-        limit = 2 * timeout
+        # the chapter's own run, then each check on each submission within its own limit: grows with the batch
+        limit = timeout + len(runs) * len(chapter.exercises) * seconds
         outcome = box.run(work, _worker(box.layout(work), chapter.path.name, limit), limit + STARTUP_SECONDS)
         verdicts = {}
         for exercise in chapter.exercises:

@@ -443,3 +443,30 @@ def test_a_table_of_the_old_layout_is_read_and_graded_again(tmp_path):
     rows = grade.grade_folder(tmp_path / "submissions", out, box=_none_box())
     assert [(r.submission, r.points, r.checks) for r in rows] == [("alice/tiny", 2, "")]
     assert out.read_text().startswith(HEADER + "\n"), "rewritten in the new layout"
+
+
+def test_one_slow_check_costs_its_own_row_only(tmp_path):
+    """Each submission's check has its own time limit: an answer that makes the check slow fails that exercise, and
+    the others of its batch are graded (the checks' run is no longer one limit for the whole batch)."""
+    md, code = nbformat.v4.new_markdown_cell, nbformat.v4.new_code_cell
+    chapter = nbformat.v4.new_notebook()
+    chapter.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
+    chapter.cells = [md("```{exercise} wait\n:label: slow-ex-wait\n\nStore it in `wait`.\n```"),
+                     md("```{solution-start} slow-ex-wait\n:class: dropdown\n```"), code("wait = 0.0"),
+                     code("# Autograded check (1 point): wait\nimport time\nfrom coursework import answers\n\n"
+                          "time.sleep(float(wait))  # a check whose time grows with the answer\n"
+                          "answers.close('wait', wait, 0.0, rtol=0)"), md("```{solution-end}\n```")]
+    for i, cell in enumerate(chapter.cells):
+        cell["id"] = f"slow-{i}"
+    (tmp_path / "chapters").mkdir()
+    nbformat.write(markup.convert(chapter)[0], tmp_path / "chapters" / "slow.ipynb")
+    for name, value in (("a", "0.0"), ("b", "1000.0"), ("c", "0.0")):
+        nb = student_edition.student_notebook(markup.convert(chapter)[0])
+        next(c for c in nb.cells if markup.nbgrader_meta(c).get("grade_id") == "slow-ex-wait-solution-1")["source"] = f"wait = {value}"
+        (tmp_path / "submissions" / name).mkdir(parents=True)
+        nbformat.write(nb, tmp_path / "submissions" / name / "slow.ipynb")
+    rows = grade.grade_folder(tmp_path / "submissions", tmp_path / "grades.csv", timeout=8, notebooks_dir=tmp_path / "chapters",
+                              box=_none_box())
+    totals = {r.submission: r for r in rows if r.exercise == "slow-ex-wait"}
+    assert {name: r.points for name, r in totals.items()} == {"a/slow": 1, "b/slow": 0, "c/slow": 1}
+    assert "the check ran out of time on this answer (over 8 s)" in totals["b/slow"].feedback
