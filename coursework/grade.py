@@ -37,6 +37,7 @@ import math
 import os
 import re
 import shutil
+import stat
 import sys
 import tempfile
 import time
@@ -419,7 +420,24 @@ def check_writable(out: Path) -> None:
 
 
 def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _not_a_file(path: Path) -> str | None:
+    """None for a regular file, else what ``path`` is (``"a FIFO"``, ...): opening a FIFO would wait for ever."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError as error:
+        return f"a file that cannot be read ({error.strerror})"
+    if stat.S_ISREG(mode):
+        return None
+    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+             (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"))
+    return next((text for test, text in kinds if test(mode)), "not a regular file")
 
 
 def _print(rows: list[Row]) -> None:
@@ -461,8 +479,8 @@ def _grade_locked(submissions: Path, out: Path, timeout: float, batch: int, note
     current = {chapter.digest for chapter in chapters.values()} | {unmatched}
     done = {(r.submission, r.sha256) for r in table if r.exercise == "TOTAL" and r.checks in current}
     pending: dict[str, list[tuple[StudentRun, nbformat.NotebookNode]]] = {}
-    paths = sorted(p for p in submissions.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts
-                   and (p.is_file() or p.is_symlink()))
+    # every name, whatever it is: a FIFO or a folder named *.ipynb gets a row too, or its student would vanish
+    paths = sorted(p for p in submissions.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
 
     def record(rows: list[Row]) -> None:
         table[:] = [r for r in table if r.submission != rows[0].submission] + rows
@@ -472,13 +490,18 @@ def _grade_locked(submissions: Path, out: Path, timeout: float, batch: int, note
     for path in paths:
         name = path.relative_to(submissions).with_suffix("").as_posix()
         link = path.is_symlink() or not path.resolve().is_relative_to(submissions.resolve())
-        sha256 = hashlib.sha256(str(path.resolve()).encode()).hexdigest() if link else _sha256(path)
+        kind = "a link" if link else _not_a_file(path)
+        try:
+            sha256 = "" if kind else _sha256(path)
+        except OSError as error:
+            kind = f"a file that cannot be read ({error.strerror})"
+        sha256 = sha256 or hashlib.sha256(f"{kind} {path.resolve()}".encode()).hexdigest()
         if (name, sha256) in done:
             print(f"{name}: already graded in {out}", file=sys.stderr, flush=True)
             continue
-        if link:  # e.g. a link to the instructor's chapter, from an unpacked archive: never read
-            record(broken_rows(name, path, sha256, chapters.get(path.name), "the submission is a link, not a notebook file",
-                               unmatched))
+        if kind:  # e.g. a link to the instructor's chapter, from an unpacked archive, or a FIFO: never read
+            record(broken_rows(name, path, sha256, chapters.get(path.name),
+                               f"the submission is {kind}, not a notebook file", unmatched))
             continue
         try:
             nb = nbformat.read(path, as_version=4)

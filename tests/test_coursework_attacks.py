@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import os
+import socket
 import time
 from pathlib import Path
 
@@ -470,3 +472,24 @@ def test_one_slow_check_costs_its_own_row_only(tmp_path):
     totals = {r.submission: r for r in rows if r.exercise == "slow-ex-wait"}
     assert {name: r.points for name, r in totals.items()} == {"a/slow": 1, "b/slow": 0, "c/slow": 1}
     assert "the check ran out of time on this answer (over 8 s)" in totals["b/slow"].feedback
+
+
+# (id, how to make SUBMISSIONS/NAME/tiny.ipynb, its kind in the feedback): not a notebook file, but a row with 0
+NOT_FILES = [
+    ("a FIFO", lambda path: os.mkfifo(path), "a FIFO"),
+    ("a folder", lambda path: path.mkdir(), "a folder"),
+    ("a socket", lambda path: socket.socket(socket.AF_UNIX).bind(str(path)), "a socket"),
+]
+
+
+def test_a_fifo_folder_or_socket_named_ipynb_gets_a_row_with_zero(tmp_path):
+    submissions = tmp_path / "submissions"
+    chapters, _ = _tiny_folder(tmp_path, ())
+    for name, make, _ in NOT_FILES:
+        (submissions / name).mkdir(parents=True)
+        make(submissions / name / "tiny.ipynb")
+    rows = grade.grade_folder(submissions, tmp_path / "grades.csv", timeout=20, notebooks_dir=chapters, box=_none_box())
+    totals = {r.submission: r for r in rows if r.exercise == "TOTAL"}
+    for name, _, kind in NOT_FILES:
+        total = totals[f"{name}/tiny"]
+        assert (total.points, total.max_points) == (0, 2) and f"the submission is {kind}, not a notebook file" in total.feedback
