@@ -449,6 +449,58 @@ def _print(rows: list[Row]) -> None:
     print(f"{total.submission}: {total.points:g} / {possible} points ({total.feedback})", file=sys.stderr, flush=True)
 
 
+SCRATCH_PREFIX = "coursework-grade-"  # the grader's work folders in the system's temporary folder
+SCRATCH_LOCK = ".in-use"  # locked (fcntl.flock) by the grader that made the folder, while it runs
+UNLOCKED_AGE = 3600  # seconds after which a work folder without its lock file is stale (made by an older grader)
+
+
+@contextlib.contextmanager
+def scratch_folder():
+    """A fresh work folder in the system's temporary folder, locked while it is in use and removed afterwards.
+
+    Stale ones first: a grader killed with ``kill -9`` cannot remove its folder, which holds students' files, so
+    each start removes every ``coursework-grade-*`` folder whose lock no running grader holds.
+    """
+    removed = remove_stale_scratch()
+    if removed:
+        print(f"removed {len(removed)} work folder(s) left by a grader that was killed: {', '.join(removed[:3])}",
+              file=sys.stderr, flush=True)
+    folder = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX))
+    try:
+        with open(folder / SCRATCH_LOCK, "a") as lock:
+            if fcntl is not None:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def remove_stale_scratch(parent: Path | None = None) -> list[str]:
+    """Remove the grader's work folders in ``parent`` (the system's temporary folder) that no grader uses; list them."""
+    removed = []
+    for folder in sorted(Path(parent or tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*")):
+        if folder.is_symlink() or not folder.is_dir() or not _stale(folder):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(str(folder))
+    return removed
+
+
+def _stale(folder: Path) -> bool:
+    """Whether no running grader holds ``folder``'s lock (or, without a lock file, whether it is over an hour old)."""
+    lock = folder / SCRATCH_LOCK
+    try:
+        if not lock.is_file():
+            return time.time() - folder.stat().st_mtime > UNLOCKED_AGE
+        if fcntl is None:
+            return False
+        with open(lock, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free: its grader is gone
+        return True
+    except OSError:  # held by a running grader, or not ours to read
+        return False
+
+
 def grade_folder(submissions: Path, out: Path, *, timeout: float = 600.0, batch: int = 10,
                  notebooks_dir: Path | None = None, box: sandbox.Sandbox | None = None) -> list[Row]:
     """Grade every notebook under ``submissions`` not yet graded in ``out``, writing ``out`` after each; return all rows.
@@ -517,7 +569,7 @@ def _grade_locked(submissions: Path, out: Path, timeout: float, batch: int, note
                                unmatched))
             continue
         pending.setdefault(chapter.path.name, []).append((StudentRun(name, path, sha256, chapter, present, cells), ready))
-    with tempfile.TemporaryDirectory(prefix="coursework-grade-") as scratch:
+    with scratch_folder() as scratch:
         for group in pending.values():
             for start in range(0, len(group), batch):
                 runs, stopped = [], None
@@ -539,6 +591,16 @@ def _grade_locked(submissions: Path, out: Path, timeout: float, batch: int, note
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line; Ctrl-C ends it with one line (exit status 130), the graded rows kept in the table."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("grading interrupted (Ctrl-C): the submissions graded before it are in the table; run the same command "
+              "again to grade the rest", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="python -m coursework.grade",
                                      description="Run submitted notebooks in sandboxes, check their answers apart, write a grade table (CSV).")
     parser.add_argument("submissions", type=Path, help="folder of submitted notebooks (searched recursively)")

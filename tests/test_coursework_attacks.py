@@ -13,7 +13,11 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import signal
 import socket
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -407,8 +411,6 @@ def _tiny_folder(tmp_path: Path, names: tuple[str, ...] = ("alice",)) -> tuple[P
 
 def test_the_graders_own_failure_is_not_recorded_as_a_grade(tmp_path, monkeypatch):
     """A worker that fails before the notebook runs (its kernel cannot start) stops grading; no zero is written."""
-    import sys
-
     from coursework import worker
 
     chapters, submissions = _tiny_folder(tmp_path)
@@ -493,3 +495,45 @@ def test_a_fifo_folder_or_socket_named_ipynb_gets_a_row_with_zero(tmp_path):
     for name, _, kind in NOT_FILES:
         total = totals[f"{name}/tiny"]
         assert (total.points, total.max_points) == (0, 2) and f"the submission is {kind}, not a notebook file" in total.feedback
+
+
+def test_stale_work_folders_are_removed_at_the_next_start(tmp_path, monkeypatch):
+    """A grader killed with kill -9 leaves its work folder (students' files in it): the next start removes it, and
+    leaves alone the folder of a grader still running."""
+    temporary = tmp_path / "tmp"
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))
+    for name in ("killed", "running", "old-grader", "just-made"):
+        (temporary / f"coursework-grade-{name}" / "run-1" / "notebooks").mkdir(parents=True)
+    for name in ("killed", "running"):
+        (temporary / f"coursework-grade-{name}" / grade.SCRATCH_LOCK).write_text("")
+    os.utime(temporary / "coursework-grade-old-grader", (time.time() - 2 * grade.UNLOCKED_AGE,) * 2)
+    (tmp_path / "submissions").mkdir()
+    with open(temporary / "coursework-grade-running" / grade.SCRATCH_LOCK) as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        grade.grade_folder(tmp_path / "submissions", tmp_path / "grades.csv", box=_none_box())
+    assert sorted(p.name for p in temporary.iterdir()) == ["coursework-grade-just-made", "coursework-grade-running"]
+
+
+def test_ctrl_c_says_one_line_and_leaves_no_work_folder(tmp_path):
+    chapters, submissions = _tiny_folder(tmp_path, ())
+    (submissions / "loop").mkdir(parents=True)
+    nbformat.write(student("while True:\n    pass", "start"), submissions / "loop" / "tiny.ipynb")
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    code = ("import sys; from coursework import grade; from pathlib import Path; import coursework.grade as g\n"
+            f"g.load_chapters = lambda folder, load=g.load_chapters: load(Path({str(chapters)!r}))\n"
+            "sys.exit(grade.main(sys.argv[1:]))")
+    process = subprocess.Popen([sys.executable, "-c", code, str(submissions), "--out", str(tmp_path / "grades.csv"),
+                                "--sandbox", "none", "--timeout", "60"], stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "TMPDIR": str(temporary), "PYTHONPATH": str(ROOT)})
+    lines = []
+    while not any("running" in line for line in lines):
+        lines.append(process.stderr.readline())
+        assert lines[-1], lines
+    time.sleep(3)  # the student's kernel is in its loop
+    process.send_signal(signal.SIGINT)
+    rest = process.stderr.read()
+    assert process.wait(timeout=60) == 130
+    assert rest.strip().splitlines() == ["grading interrupted (Ctrl-C): the submissions graded before it are in the "
+                                         "table; run the same command again to grade the rest"]
+    assert list(temporary.iterdir()) == []
