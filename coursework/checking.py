@@ -19,7 +19,7 @@ from pathlib import Path
 
 from coursework import transport
 
-GRADING_DIR_ENV = "COURSEWORK_GRADING_DIR"  # holds answers.json (the grader's) and receives verdicts/
+GRADING_DIR_ENV = "COURSEWORK_GRADING_DIR"  # holds submitted/CHECK_ID.json (the grader's) and receives verdicts/
 _MISSING = object()
 
 
@@ -47,13 +47,14 @@ def time_limit(seconds: float | None):
 
 
 def run(check_id: str, names: tuple[str, ...], source: str, namespace: dict, seconds: float | None = None) -> None:
-    """Run the check ``source`` once per submission of ``answers.json`` with its answers ``names``; save the verdicts.
+    """Run the check ``source`` once per submission of ``submitted/check_id.json`` with its answers ``names``; save
+    the verdicts.
 
     ``seconds``: the time limit of the check on each submission's answers; one that runs past it fails that
     submission's exercise only.
     """
     folder = Path(os.environ[GRADING_DIR_ENV])
-    submissions = json.loads((folder / "answers.json").read_text())
+    submissions = json.loads((folder / "submitted" / f"{check_id}.json").read_text())
     code = compile(source, f"<check {check_id}>", "exec")
     own = {name: namespace.get(name, _MISSING) for name in names}
     verdicts = {}

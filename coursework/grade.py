@@ -63,6 +63,7 @@ VERDICT = ("# Grading: the check of {label} runs on each submission's answers\n"
            "__import__('coursework.checking').checking.run({check_id!r}, {names!r}, {source!r}, globals(), {seconds!r})")
 STARTUP_SECONDS = 60  # allowed on top of --timeout for starting the sandbox and the kernel
 MAX_REPORT_BYTES = 2**20
+MAX_NOTEBOOK_BYTES = 32 * 2**20  # a submitted notebook is read whole, at several times its size: larger ones get 0
 CHECK_SECONDS = 300  # at most, for one check on one submission (see check_seconds)
 MAX_TIMEOUT = 86_400  # seconds: --timeout inf (or 1e12) would give every run a limit that nothing reaches
 
@@ -195,9 +196,10 @@ def checks_notebook(chapter: Chapter, seconds: float | None = None) -> nbformat.
     return nb
 
 
-def _worker(layout: sandbox.Layout, notebook: str, timeout: float) -> list[str]:
+def _worker(layout: sandbox.Layout, notebook: str, timeout: float, limits: bool = False) -> list[str]:
+    """The worker's command line (``limits``: it sets the sandbox's process and file size limits, see the worker)."""
     return [sys.executable, "-s", "-m", "coursework.worker", str(layout.notebooks / notebook),
-            str(layout.grading / "report.json"), "--timeout", f"{timeout:g}"]
+            str(layout.grading / "report.json"), "--timeout", f"{timeout:g}"] + (["--limits"] if limits else [])
 
 
 def _report(work: Path) -> tuple[set[int], dict[int, str], str | None]:
@@ -243,7 +245,8 @@ def run_student(run: StudentRun, nb: nbformat.NotebookNode, box: sandbox.Sandbox
         nbformat.write(nb, work / "notebooks" / run.chapter.path.name)
         before = sandbox.fingerprint(list(box.watch)) if box.watch else {}
         start = time.perf_counter()
-        outcome = box.run(work, _worker(box.layout(work), run.chapter.path.name, timeout), timeout + STARTUP_SECONDS)
+        command = _worker(box.layout(work), run.chapter.path.name, timeout, limits=box.kind == "bubblewrap")
+        outcome = box.run(work, command, timeout + STARTUP_SECONDS)
         run.seconds = time.perf_counter() - start
         if (failure := _grader_failure(outcome, work)) is not None:
             raise GradingError(f"{run.name} was not graded: {failure}; nothing was recorded for it")
@@ -268,7 +271,10 @@ def run_checks(chapter: Chapter, runs: list[StudentRun], box: sandbox.Sandbox, t
     try:
         seconds = check_seconds(timeout)
         nbformat.write(checks_notebook(chapter, seconds), work / "notebooks" / chapter.path.name)
-        (work / "grading" / "answers.json").write_text(json.dumps({r.name: r.answers for r in runs}, allow_nan=True))
+        (work / "grading" / "submitted").mkdir()
+        for exercise in chapter.exercises:  # one file per check: a check cell parses its own answers only
+            answers = {r.name: {exercise.check_id: r.answers[exercise.check_id]} for r in runs if exercise.check_id in r.answers}
+            (work / "grading" / "submitted" / f"{exercise.check_id}.json").write_text(json.dumps(answers, allow_nan=True))
         # the chapter's own run, then each check on each submission within its own limit: grows with the batch
         limit = timeout + len(runs) * len(chapter.exercises) * seconds
         outcome = box.run(work, _worker(box.layout(work), chapter.path.name, limit), limit + STARTUP_SECONDS)
@@ -554,6 +560,10 @@ def _grade_locked(submissions: Path, out: Path, timeout: float, batch: int, note
         if kind:  # e.g. a link to the instructor's chapter, from an unpacked archive, or a FIFO: never read
             record(broken_rows(name, path, sha256, chapters.get(path.name),
                                f"the submission is {kind}, not a notebook file", unmatched))
+            continue
+        if (size := path.stat().st_size) > MAX_NOTEBOOK_BYTES:
+            record(broken_rows(name, path, sha256, chapters.get(path.name), f"the notebook is larger than "
+                               f"{MAX_NOTEBOOK_BYTES // 2**20} MiB ({size / 2**20:.0f} MiB): clear its outputs", unmatched))
             continue
         try:
             nb = nbformat.read(path, as_version=4)

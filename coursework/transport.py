@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 
 POINTS = tuple(range(1, 11))  # where a sympy expression is evaluated (as coursework.answers.expression does)
-MAX_ENTRIES = 1_000_000  # entries of one array answer
+MAX_ENTRIES = 100_000  # entries of one array answer (the largest of the book's answers has 10,000)
 MAX_TEXT = 10_000  # characters of one string answer
-MAX_FILE_BYTES = 64 * 2**20  # one exercise's saved answers
+MAX_FILE_BYTES = 8 * 2**20  # one exercise's saved answers (100,000 numbers are about 2.5 MB of JSON)
 INT_LIMIT = 2**63  # integers must fit numpy's int64, as every check reads them
 ANSWERS_DIR_ENV = "COURSEWORK_ANSWERS_DIR"  # where save() writes, set by the grader in the student's kernel
 

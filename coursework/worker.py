@@ -18,6 +18,7 @@ import json
 import math
 import os
 import re
+import resource
 import sys
 import time
 from pathlib import Path
@@ -28,6 +29,8 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
 MAX_OUTPUT_CHARS = 100_000
+MAX_PROCESSES = 256  # processes (and threads) of the sandbox, with --limits
+MAX_FILE_BYTES = 2**30  # the largest file a run may write, with --limits
 GRADER_FAILURE_STATUS = 70  # the worker's exit status when it failed itself, not the notebook (EX_SOFTWARE)
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -109,12 +112,28 @@ def _started(client: NotebookClient):
         manager.__exit__(None, None, None)
 
 
+def set_limits() -> None:
+    """Limit this process and the kernel it starts: :data:`MAX_PROCESSES` processes, files of :data:`MAX_FILE_BYTES`.
+
+    Set here, inside bubblewrap's user namespace, the process limit counts the sandbox's processes only (set before,
+    it would count every process of the grader's user). Linux does not apply it to root: grade as an ordinary user.
+    """
+    for limit, value in ((resource.RLIMIT_NPROC, MAX_PROCESSES), (resource.RLIMIT_FSIZE, MAX_FILE_BYTES)):
+        soft, hard = resource.getrlimit(limit)
+        value = value if hard == resource.RLIM_INFINITY else min(value, hard)
+        resource.setrlimit(limit, (value, value))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m coursework.worker", description="Run a notebook; write a JSON report.")
     parser.add_argument("notebook", type=Path)
     parser.add_argument("report", type=Path)
     parser.add_argument("--timeout", type=float, required=True, help="seconds for the whole notebook")
+    parser.add_argument("--limits", action="store_true",
+                        help="set the sandbox's limits (processes, file size) before the kernel starts")
     args = parser.parse_args(argv)
+    if args.limits:
+        set_limits()
     try:
         if not (math.isfinite(args.timeout) and args.timeout > 0):
             raise GraderFailure(f"timeout must be a finite number of seconds > 0, got {args.timeout!r}")

@@ -169,6 +169,10 @@ def attacks(paths: dict[str, str]) -> dict[str, tuple[nbformat.NotebookNode, int
             "forged = '{\"second\": {\"type\": \"array\", \"dtype\": \"float\", \"shape\": [0, ' + str(2**70) + '], \"values\": []}}'\n"
             "open(os.path.join(folder, 'tiny-ex-second-check.json'), 'w').write(forged)\n"
             "os.kill(os.getppid(), signal.SIGKILL)"), 1),
+        "no-limits": (student(  # a fork bomb, a file filling the disk, /tmp filling the memory: bounded, or it scores
+            "import os, resource\nprocesses, size = (resource.getrlimit(r)[0] for r in (resource.RLIMIT_NPROC, resource.RLIMIT_FSIZE))\n"
+            "tmp = os.statvfs('/tmp')\nunbounded = lambda limit: limit == resource.RLIM_INFINITY or limit > 2**31\n"
+            "if unbounded(processes) or unbounded(size) or tmp.f_blocks * tmp.f_frsize > 2**30:\n    second = 10.0"), 1),
     }
 
 
@@ -351,6 +355,7 @@ FORGED_ANSWERS = [
     ("shape [0, 2**70]", '{"second": {"type": "array", "dtype": "float", "shape": [0, %d], "values": []}}' % 2**70),
     ("40 axes", '{"second": {"type": "array", "dtype": "float", "shape": %s, "values": [1.0]}}' % ([1] * 40)),
     ("10**400 in an expression", '{"second": {"type": "expression", "symbols": [], "values": [1%s]}}' % ("0" * 400)),
+    ("100,001 entries", '{"second": {"type": "array", "dtype": "float", "shape": [100001], "values": %s}}' % ([0.0] * 100_001)),
     ("an unknown dtype", '{"second": {"type": "array", "dtype": "complex", "shape": [1], "values": [1]}}'),
 ]
 
@@ -414,7 +419,7 @@ def test_the_graders_own_failure_is_not_recorded_as_a_grade(tmp_path, monkeypatc
     from coursework import worker
 
     chapters, submissions = _tiny_folder(tmp_path)
-    monkeypatch.setattr(grade, "_worker", lambda layout, notebook, timeout: [
+    monkeypatch.setattr(grade, "_worker", lambda layout, notebook, timeout, limits=False: [
         sys.executable, "-c", f"import sys; print('no kernel'); sys.exit({worker.GRADER_FAILURE_STATUS})"])
     out = tmp_path / "grades.csv"
     with pytest.raises(grade.GradingError, match=r"alice/tiny was not graded: no kernel; nothing was recorded for it"):
@@ -476,11 +481,12 @@ def test_one_slow_check_costs_its_own_row_only(tmp_path):
     assert "the check ran out of time on this answer (over 8 s)" in totals["b/slow"].feedback
 
 
-# (id, how to make SUBMISSIONS/NAME/tiny.ipynb, its kind in the feedback): not a notebook file, but a row with 0
+# (id, how to make SUBMISSIONS/NAME/tiny.ipynb, its feedback): never read, but a row with 0 and the reason
 NOT_FILES = [
-    ("a FIFO", lambda path: os.mkfifo(path), "a FIFO"),
-    ("a folder", lambda path: path.mkdir(), "a folder"),
-    ("a socket", lambda path: socket.socket(socket.AF_UNIX).bind(str(path)), "a socket"),
+    ("a FIFO", lambda path: os.mkfifo(path), "the submission is a FIFO, not a notebook file"),
+    ("a folder", lambda path: path.mkdir(), "the submission is a folder, not a notebook file"),
+    ("a socket", lambda path: socket.socket(socket.AF_UNIX).bind(str(path)), "the submission is a socket, not a notebook file"),
+    ("33 MiB", lambda path: path.write_bytes(b" " * (33 * 2**20)), "the notebook is larger than 32 MiB (33 MiB)"),
 ]
 
 
@@ -494,7 +500,7 @@ def test_a_fifo_folder_or_socket_named_ipynb_gets_a_row_with_zero(tmp_path):
     totals = {r.submission: r for r in rows if r.exercise == "TOTAL"}
     for name, _, kind in NOT_FILES:
         total = totals[f"{name}/tiny"]
-        assert (total.points, total.max_points) == (0, 2) and f"the submission is {kind}, not a notebook file" in total.feedback
+        assert (total.points, total.max_points) == (0, 2) and kind in total.feedback
 
 
 def test_stale_work_folders_are_removed_at_the_next_start(tmp_path, monkeypatch):
@@ -533,7 +539,7 @@ def test_ctrl_c_says_one_line_and_leaves_no_work_folder(tmp_path):
     time.sleep(3)  # the student's kernel is in its loop
     process.send_signal(signal.SIGINT)
     rest = process.stderr.read()
-    assert process.wait(timeout=60) == 130
+    assert process.wait(timeout=60) == 130, lines + [rest]
     assert rest.strip().splitlines() == ["grading interrupted (Ctrl-C): the submissions graded before it are in the "
                                          "table; run the same command again to grade the rest"]
     assert list(temporary.iterdir()) == []
