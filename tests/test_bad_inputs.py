@@ -34,6 +34,7 @@ from icl_lib import train as train_module
 from icl_lib.checkpoints import CHECKPOINT_FILE, META_FILE, METRICS_FILE, MODEL_FILE, repository_root
 from icl_lib.devices import make_generator
 from icl_lib.train import TrainConfig, load_config, train
+from coursework import markup as coursework_markup
 from tools import setup_cell
 
 REPO = repository_root()
@@ -126,6 +127,27 @@ def bad_toml(changes: dict[str, str], then: Callable[[Path, Path], None] | None 
 
 def no_setup(run: Path, tmp: Path) -> None:
     pass
+
+
+def book_root(pyproject: str | None = '[project]\ndependencies = ["torch==2.0", "numpy==1.0"]\n',
+              chapter: str | None = "{}") -> Callable[[Path, Path], None]:
+    """``tmp`` as a book's repository for ``tools.setup_cell``: a config, ``pyproject`` (None: none) and one chapter
+    (None: a folder in its place)."""
+    def setup(run: Path, tmp: Path) -> None:
+        (tmp / "notebooks" / "01_x.ipynb").mkdir(parents=True) if chapter is None else (
+            (tmp / "notebooks").mkdir(), (tmp / "notebooks" / "01_x.ipynb").write_text(chapter))
+        (tmp / "_config.yml").write_text("repository:\n  url: https://example.org/book\n")
+        if pyproject is not None:
+            (tmp / "pyproject.toml").write_text(pyproject)
+    return setup
+
+
+def broken_markup(run: Path, tmp: Path) -> None:
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("```{solution-end}\n```", id="x")]
+    nbformat.write(nb, tmp / "broken.ipynb")
 
 
 def warm_start_toml(init_from: str, changes: dict[str, str] | None = None,
@@ -255,6 +277,25 @@ CLI_ERRORS = [
      lambda run, tmp: ((tmp / "notebooks").mkdir(), (tmp / "notebooks" / "01_x.ipynb").write_text("{}"),
                        (tmp / "_config.yml").write_text("title: x\n")),
      r"_config.yml: repository.url must be the repository's URL \(a non-empty string\), got None"),
+    ("setup_cell without pyproject.toml", "setup_cell", ["--root", "{tmp}"], book_root(pyproject=None),
+     r"pyproject.toml cannot be read as TOML \(No such file or directory\)"),
+    ("setup_cell with a pyproject.toml of bad TOML", "setup_cell", ["--root", "{tmp}"], book_root(pyproject="x = "),
+     r"pyproject.toml cannot be read as TOML \(Invalid"),
+    ("setup_cell with dependencies that are not a list", "setup_cell", ["--root", "{tmp}"],
+     book_root(pyproject='[project]\ndependencies = "torch"\n'),
+     r"pyproject.toml: project.dependencies must be a list of requirement strings, got 'torch'"),
+    ("setup_cell with a chapter that is a folder", "setup_cell", ["--root", "{tmp}"], book_root(chapter=None),
+     r"01_x.ipynb cannot be read as a notebook \(IsADirectoryError: Is a directory\)"),
+    ("markup of a missing file", "markup", ["{tmp}/missing.ipynb"], no_setup,
+     r"missing.ipynb: cannot be read as a notebook \(FileNotFoundError: No such file or directory\)"),
+    ("markup of a folder", "markup", ["{tmp}"], no_setup,
+     r"error: .*: cannot be read as a notebook \(IsADirectoryError: Is a directory\)"),
+    ("markup of bad JSON", "markup", ["{tmp}/bad.ipynb"], lambda run, tmp: (tmp / "bad.ipynb").write_text("{"),
+     r"bad.ipynb: cannot be read as a notebook \(NotJSONError: Notebook does not appear to be JSON"),
+    ("markup of JSON that is not a notebook", "markup", ["{tmp}/list.ipynb"],
+     lambda run, tmp: (tmp / "list.ipynb").write_text("[1, 2]"), r"list.ipynb: cannot be read as a notebook"),
+    ("markup of broken markup", "markup", ["{tmp}/broken.ipynb"], broken_markup,
+     r"broken.ipynb: cell 0 \(id 'x'\): solution-end without solution-start"),
 ]
 
 
@@ -266,7 +307,8 @@ def test_a_bad_command_line_fails_with_one_line(command, argv, setup, message, r
     setup(run, tmp_path)
     before = digest(run)
     argv = [a.format(tiny=TINY, run=run, tmp=tmp_path, file=tmp_path / "a_file") for a in argv]
-    main = {"train": train_module.main, "evaluate": evaluate.main, "setup_cell": setup_cell.main}[command]
+    main = {"train": train_module.main, "evaluate": evaluate.main, "setup_cell": setup_cell.main,
+            "markup": coursework_markup.main}[command]
     code, out, err = call_cli(main, argv, capsys)
     assert code == 2, err
     assert "Traceback" not in err
