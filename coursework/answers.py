@@ -119,6 +119,36 @@ def within(name: str, answer: Any, low: float, high: float, why: str) -> None:
         raise AssertionError(f"`{name}` = {value:.4g} is {direction}: {why}")
 
 
+def one_of(name: str, answer: Any, values: Any, why: str) -> None:
+    """Check that ``answer`` is one number equal (to a relative 1e-9) to one of ``values``, the grid an exercise gives."""
+    value = float(shape(name, answer, ()))
+    if not np.any(np.isclose(value, np.asarray(values, dtype=float), rtol=1e-9, atol=0.0)):
+        raise AssertionError(f"`{name}` = {value:.4g} is not one of the values the exercise gives: {why}")
+
+
+def integers(name: str, answer: Any, expected_shape: tuple[int, ...]) -> np.ndarray:
+    """Check that ``answer`` holds whole numbers (counts, sizes, indices) of shape ``expected_shape``; return them."""
+    array = shape(name, answer, expected_shape)
+    fractional = array != np.round(array)
+    if fractional.any():
+        where = f" at index {np.argwhere(fractional)[0].tolist()}" if array.ndim else ""
+        raise AssertionError(f"`{name}` should hold whole numbers (it counts), got {float(array[fractional][0]):.4g}{where}")
+    return array
+
+
+def all_within(name: str, answer: Any, low: float, high: float, why: str) -> None:
+    """Check ``low <= entry <= high`` for every entry of ``answer`` (finite numbers); ``why`` says what the range means."""
+    array = _as_array(name, answer)
+    array = shape(name, array, array.shape)
+    outside = (array < low) | (array > high)
+    if outside.any():
+        index = np.argwhere(outside)[0].tolist() if array.ndim else []
+        value = float(array[tuple(index)]) if array.ndim else float(array)
+        direction = "too large" if value > high else "too small"
+        raise AssertionError(f"`{name}` is {direction} at {int(outside.sum())} of {array.size} entries, the first at "
+                             f"index {index} ({value:.4g}): {why}")
+
+
 def sympy_expression(name: str, answer: Any) -> None:
     """Check that ``answer`` is a sympy expression (when grading: its values at N = 1..10, as the grader sends it)."""
     if not isinstance(answer, Sampled) and not (hasattr(answer, "free_symbols") and hasattr(answer, "subs")):

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pytest
 
 from coursework import answers, grade, markup, sandbox, student_edition, transport
@@ -543,3 +544,62 @@ def test_ctrl_c_says_one_line_and_leaves_no_work_folder(tmp_path):
     assert rest.strip().splitlines() == ["grading interrupted (Ctrl-C): the submissions graded before it are in the "
                                          "table; run the same command again to grade the rest"]
     assert list(temporary.iterdir()) == []
+
+
+# ---------------------------------------------------------------- the checks test type, shape, range and values
+
+CHAPTER_1 = ROOT / "notebooks" / "01_icl_as_a_learning_problem.ipynb"
+ETA = np.linspace(0.1, 1.2, 12)
+STEP_ERRORS = 1 - 2 * ETA + ETA**2 * 21 / 10  # d = 10: the exact errors, smallest at eta = 0.5
+
+
+def _posterior_error() -> float:
+    """Chapter 1's Bayes error, as its check computes it (d = 10, sigma = 0.5)."""
+    rng = np.random.default_rng(0)
+    return np.mean([np.mean([np.trace(np.linalg.inv(np.eye(10) + x.T @ x / 0.25)) for x in rng.standard_normal((400, k, 10))])
+                    + 0.25 for k in range(1, 21)]) / 10
+
+
+def _ridge_errors(zeroed: bool) -> np.ndarray:
+    errors = _posterior_error() * np.array([1.3, 1.2, 1.1, 1.02, 1.0, 1.02, 1.1, 1.2, 1.3])
+    return np.where(np.arange(9) == 4, errors, 0.0) if zeroed else errors
+
+
+# (id, the check's answers, their values, also the hidden tests, expected AssertionError or None for a pass): the
+# answers that used to score 10/10, each beside a right one that must still pass
+LOOSE_ANSWERS = [
+    ("best step on the grid", "step_errors, best_step", lambda: {"step_errors": STEP_ERRORS, "best_step": 0.5}, True, None),
+    ("best step off the grid", "step_errors, best_step", lambda: {"step_errors": STEP_ERRORS, "best_step": 10 / 21}, False,
+     r"`best_step` = 0.4762 is not one of the values the exercise gives"),
+    ("best step not the smallest error", "step_errors, best_step", lambda: {"step_errors": STEP_ERRORS, "best_step": 0.4},
+     True, r"`best_step \(the step size of the smallest of your step_errors\)` is too small"),
+    ("ridge errors", "ridge_errors, best_penalty", lambda: {"ridge_errors": _ridge_errors(False), "best_penalty": 0.25},
+     True, None),
+    ("ridge errors zeroed but one", "ridge_errors, best_penalty",
+     lambda: {"ridge_errors": _ridge_errors(True), "best_penalty": 0.25}, True, r"`ridge_errors` is too small at 8 of 9 entries"),
+    ("best penalty off the grid", "ridge_errors, best_penalty", lambda: {"ridge_errors": _ridge_errors(False),
+                                                                          "best_penalty": 0.3}, False, r"is not one of"),
+    ("whole neighbour counts", "best_m, best_knn_errors", lambda: {"best_m": np.array([2, 4]), "best_knn_errors": [0.1, 0.5]},
+     False, None),
+    ("a non-integer neighbour count", "best_m, best_knn_errors",
+     lambda: {"best_m": np.array([1.5, 4.0]), "best_knn_errors": [0.1, 0.5]}, False,
+     r"`best_m` should hold whole numbers \(it counts\), got 1.5 at index \[0\]"),
+    ("a non-integer sparsity", "lasso_ratios, crossing_sparsity", lambda: {"lasso_ratios": np.ones(10), "crossing_sparsity": 3.5},
+     False, r"`crossing_sparsity` should hold whole numbers"),
+]
+
+
+@pytest.mark.parametrize("names, values, hidden, message", [pytest.param(*row[1:], id=row[0]) for row in LOOSE_ANSWERS])
+def test_chapter_1_checks_reject_loose_answers(names, values, hidden, message):
+    """Chapter 1's check cells, run on plain-data answers as when grading (the hidden part where it needs no more of
+    the chapter's context than d and sigma)."""
+    chapter = nbformat.read(CHAPTER_1, as_version=4)
+    source = next(c.source for c in chapter.cells if c.source.startswith(f"# Autograded check (2 points): {names}\n"))
+    code = source if hidden else source.split("### BEGIN HIDDEN TESTS")[0]
+    namespace = {"np": np, "D": 10, "SIGMA": 0.5, **{name: transport.decode(transport.encode(value))
+                                                    for name, value in values().items()}}
+    if message is None:
+        exec(code, namespace)  # noqa: S102 - the chapter's own check
+    else:
+        with pytest.raises(AssertionError, match=message):
+            exec(code, namespace)  # noqa: S102
