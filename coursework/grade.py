@@ -273,8 +273,9 @@ def run_checks(chapter: Chapter, runs: list[StudentRun], box: sandbox.Sandbox, t
         nbformat.write(checks_notebook(chapter, seconds), work / "notebooks" / chapter.path.name)
         (work / "grading" / "submitted").mkdir()
         for exercise in chapter.exercises:  # one file per check: a check cell parses its own answers only
-            answers = {r.name: {exercise.check_id: r.answers[exercise.check_id]} for r in runs if exercise.check_id in r.answers}
-            (work / "grading" / "submitted" / f"{exercise.check_id}.json").write_text(json.dumps(answers, allow_nan=True))
+            check_id = exercise.check_id
+            answers = {r.name: {check_id: r.answers[check_id]} for r in runs if check_id in r.answers}
+            (work / "grading" / "submitted" / f"{check_id}.json").write_text(json.dumps(answers, allow_nan=True))
         # the chapter's own run, then each check on each submission within its own limit: grows with the batch
         limit = timeout + len(runs) * len(chapter.exercises) * seconds
         outcome = box.run(work, _worker(box.layout(work), chapter.path.name, limit), limit + STARTUP_SECONDS)
@@ -562,8 +563,8 @@ def _grade_locked(submissions: Path, out: Path, timeout: float, batch: int, note
                                f"the submission is {kind}, not a notebook file", unmatched))
             continue
         if (size := path.stat().st_size) > MAX_NOTEBOOK_BYTES:
-            record(broken_rows(name, path, sha256, chapters.get(path.name), f"the notebook is larger than "
-                               f"{MAX_NOTEBOOK_BYTES // 2**20} MiB ({size / 2**20:.0f} MiB): clear its outputs", unmatched))
+            reason = f"the notebook is larger than {MAX_NOTEBOOK_BYTES // 2**20} MiB ({size / 2**20:.0f} MiB): clear its outputs"
+            record(broken_rows(name, path, sha256, chapters.get(path.name), reason, unmatched))
             continue
         try:
             nb = nbformat.read(path, as_version=4)

@@ -1,13 +1,15 @@
 """Run one notebook in a fresh kernel and report what happened: the grader starts this inside the sandbox.
 
-    python -m coursework.worker NOTEBOOK REPORT --timeout SECONDS
+    python -m coursework.worker NOTEBOOK REPORT --timeout SECONDS [--limits]
 
 The notebook runs top to bottom, errors allowed, within ``SECONDS`` in all. ``REPORT`` (JSON) lists the indices of
 the cells that ran, the first error of each cell (``ename: evalue``) and a note: ``""`` if every cell ran, else why
 the run stopped. It exits with :data:`GRADER_FAILURE_STATUS` when it failed before any code of the notebook ran
 (a bad argument, a kernel that did not start): the grader then records no grade. Outputs are capped
-(:data:`MAX_OUTPUT_CHARS` a cell), so that a cell that prints without end cannot exhaust the memory; the executed notebook itself is not kept. For a submission everything here is untrusted: its
-code runs in the same sandbox and may have rewritten the report, so the grader uses it for feedback only.
+(:data:`MAX_OUTPUT_CHARS` a cell), so that a cell that prints without end cannot exhaust the memory; the executed
+notebook itself is not kept. ``--limits`` sets the sandbox's process and file size limits (:func:`set_limits`). For a
+submission everything here is untrusted: its code runs in the same sandbox and may have rewritten the report, so the
+grader uses it for feedback only.
 """
 
 from __future__ import annotations
