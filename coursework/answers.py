@@ -26,7 +26,7 @@ def _as_array(name: str, answer: Any) -> np.ndarray:
         answer = answer.detach().cpu().numpy()
     try:
         array = np.asarray(answer, dtype=float)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise AssertionError(f"`{name}` should hold numbers, got a {type(answer).__name__}: {answer!r:.80}") from None
     return array
 
@@ -100,7 +100,7 @@ def equal(name: str, answer: Any, expected: Any) -> None:
     if isinstance(expected, (int, np.integer)) and not isinstance(expected, bool):
         try:
             value = float(answer)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             kind = answer.text if isinstance(answer, Unreadable) else f"a {type(answer).__name__}"
             raise AssertionError(f"`{name}` should be an integer, got {kind}") from None
         if value != int(expected):
@@ -117,6 +117,36 @@ def within(name: str, answer: Any, low: float, high: float, why: str) -> None:
     if not low <= value <= high:
         direction = "too large" if value > high else "too small"
         raise AssertionError(f"`{name}` = {value:.4g} is {direction}: {why}")
+
+
+def one_of(name: str, answer: Any, values: Any, why: str) -> None:
+    """Check that ``answer`` is one number equal (to a relative 1e-9) to one of ``values``, the grid an exercise gives."""
+    value = float(shape(name, answer, ()))
+    if not np.any(np.isclose(value, np.asarray(values, dtype=float), rtol=1e-9, atol=0.0)):
+        raise AssertionError(f"`{name}` = {value:.4g} is not one of the values the exercise gives: {why}")
+
+
+def integers(name: str, answer: Any, expected_shape: tuple[int, ...]) -> np.ndarray:
+    """Check that ``answer`` holds whole numbers (counts, sizes, indices) of shape ``expected_shape``; return them."""
+    array = shape(name, answer, expected_shape)
+    fractional = array != np.round(array)
+    if fractional.any():
+        where = f" at index {np.argwhere(fractional)[0].tolist()}" if array.ndim else ""
+        raise AssertionError(f"`{name}` should hold whole numbers (it counts), got {float(array[fractional][0]):.4g}{where}")
+    return array
+
+
+def all_within(name: str, answer: Any, low: float, high: float, why: str) -> None:
+    """Check ``low <= entry <= high`` for every entry of ``answer`` (finite numbers); ``why`` says what the range means."""
+    array = _as_array(name, answer)
+    array = shape(name, array, array.shape)
+    outside = (array < low) | (array > high)
+    if outside.any():
+        index = np.argwhere(outside)[0].tolist() if array.ndim else []
+        value = float(array[tuple(index)]) if array.ndim else float(array)
+        direction = "too large" if value > high else "too small"
+        raise AssertionError(f"`{name}` is {direction} at {int(outside.sum())} of {array.size} entries, the first at "
+                             f"index {index} ({value:.4g}): {why}")
 
 
 def sympy_expression(name: str, answer: Any) -> None:

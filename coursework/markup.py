@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import copy
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -188,23 +189,46 @@ def convert(nb: nbformat.NotebookNode) -> tuple[nbformat.NotebookNode, list[Exer
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Convert notebooks in place and list their exercises."""
+    """Convert notebooks in place and list their exercises; a file that cannot be converted ends it with one line."""
     parser = argparse.ArgumentParser(prog="python -m coursework.markup",
                                      description="Give the exercises of chapter notebooks nbgrader's metadata, in place.")
     parser.add_argument("notebooks", nargs="+", type=Path)
     args = parser.parse_args(argv)
     for path in args.notebooks:
+        try:
+            convert_file(path)
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+    return 0
+
+
+def convert_file(path: Path) -> None:
+    """Convert the notebook at ``path`` in place and print its exercises; ``ValueError`` naming the file if it cannot."""
+    try:
         nb = nbformat.read(path, as_version=4)
+    except Exception as error:  # noqa: BLE001 - nbformat raises OSError, ValueError, TypeError, AttributeError, ...
+        raise ValueError(f"{path}: cannot be read as a notebook ({type(error).__name__}: {_one_line(error)})") from None
+    try:
         converted, exercises = convert(nb)
         nbformat.validate(converted)
-        changed = converted != nb
-        if changed:
+    except (ValueError, nbformat.ValidationError) as error:
+        raise ValueError(f"{path}: {_one_line(error)}") from None
+    changed = converted != nb
+    if changed:
+        try:
             nbformat.write(converted, path)
-        print(f"{path}: {'converted' if changed else 'already converted'}")
-        for ex in exercises:
-            kind = f"autograded, {ex.points} points, answers {', '.join(ex.answers)}" if ex.check_id else "graded by hand"
-            print(f"  {ex.label}: {len(ex.solution_ids)} solution cell(s), {kind}")
-    return 0
+        except OSError as error:
+            raise ValueError(f"{path}: cannot be written ({_one_line(error)})") from None
+    print(f"{path}: {'converted' if changed else 'already converted'}")
+    for ex in exercises:
+        kind = f"autograded, {ex.points} points, answers {', '.join(ex.answers)}" if ex.check_id else "graded by hand"
+        print(f"  {ex.label}: {len(ex.solution_ids)} solution cell(s), {kind}")
+
+
+def _one_line(error: Exception) -> str:
+    text = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+    return " ".join(text.split())[:300]
 
 
 if __name__ == "__main__":

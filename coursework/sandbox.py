@@ -34,6 +34,7 @@ from coursework.transport import ANSWERS_DIR_ENV
 
 SHARED = ("icl_lib", "coursework", "checkpoints", "results", "configs")  # the repository's folders a chapter may read
 SYSTEM = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/etc", "/sys")
+TMPFS_BYTES = 512 * 2**20  # the sandbox's /tmp, a tmpfs: in the machine's memory
 PASSED_ON = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "LANG", "TZ")  # the only variables of the grader's environment kept
 UNPROTECTED = (
     "the submission can read every file the grader can: the instructor's chapters with their hidden tests, the other "
@@ -71,9 +72,24 @@ def bubblewrap_problem() -> str | None:
     return None
 
 
+def tmpfs_size() -> list[str]:
+    """``["--size", TMPFS_BYTES]`` where bubblewrap can bound a tmpfs (0.8.0 on): /tmp is held in the machine's memory."""
+    global _TMPFS_SIZE
+    if _TMPFS_SIZE is None:
+        try:
+            usage = subprocess.run(["bwrap", "--help"], capture_output=True, text=True, timeout=30).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            usage = ""
+        _TMPFS_SIZE = ["--size", str(TMPFS_BYTES)] if "--size" in usage else []
+    return _TMPFS_SIZE
+
+
+_TMPFS_SIZE: list[str] | None = None
+
+
 def _bwrap_arguments(work: Path | None, root: Path) -> list[str]:
     arguments = ["bwrap", "--die-with-parent", "--new-session", "--unshare-all", "--cap-drop", "ALL",
-                 "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+                 "--proc", "/proc", "--dev", "/dev"] + tmpfs_size() + ["--tmpfs", "/tmp"]
     for folder in SYSTEM:
         if os.path.exists(folder):
             arguments += ["--ro-bind", folder, folder]
@@ -117,6 +133,7 @@ class Sandbox:
                 "JUPYTER_DATA_DIR": f"{inside.home}/.local/share/jupyter",
                 "JUPYTER_RUNTIME_DIR": f"{inside.home}/.local/share/jupyter/runtime",
                 "MPLCONFIGDIR": f"{inside.home}/.config/matplotlib", "PYTHONDONTWRITEBYTECODE": "1",
+                "PYTHONPATH": str(self.root),  # the library of the views it is shown, whatever an editable install names
                 ANSWERS_DIR_ENV: f"{inside.grading}/answers", GRADING_DIR_ENV: str(inside.grading)}
         command = _bwrap_arguments(work, self.root) + ["--"] + argv if self.kind == "bubblewrap" else argv
         with open(work / "log.txt", "wb") as log:

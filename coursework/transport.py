@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 
 POINTS = tuple(range(1, 11))  # where a sympy expression is evaluated (as coursework.answers.expression does)
-MAX_ENTRIES = 1_000_000  # entries of one array answer
+MAX_ENTRIES = 100_000  # entries of one array answer (the largest of the book's answers has 10,000)
 MAX_TEXT = 10_000  # characters of one string answer
-MAX_FILE_BYTES = 64 * 2**20  # one exercise's saved answers
+MAX_FILE_BYTES = 8 * 2**20  # one exercise's saved answers (100,000 numbers are about 2.5 MB of JSON)
+INT_LIMIT = 2**63  # integers must fit numpy's int64, as every check reads them
 ANSWERS_DIR_ENV = "COURSEWORK_ANSWERS_DIR"  # where save() writes, set by the grader in the student's kernel
 
 
@@ -94,9 +95,44 @@ def _number(item: Any) -> bool:
     return isinstance(item, (int, float)) and not isinstance(item, bool)
 
 
+def _integer(item: Any) -> bool:
+    """An int that fits the checks' int64 (a file may hold ``2**64`` or a 400-digit number)."""
+    return isinstance(item, int) and not isinstance(item, bool) and -INT_LIMIT <= item < INT_LIMIT
+
+
+def _shape(shape: Any, values: Any) -> bool:
+    """A shape numpy can make of ``values``: at most 32 axes, each at most :data:`MAX_ENTRIES` (``[0, 2**70]`` is not)."""
+    return (isinstance(shape, list) and len(shape) <= 32 and all(_integer(n) and 0 <= n <= MAX_ENTRIES for n in shape)
+            and isinstance(values, list) and len(values) <= MAX_ENTRIES and math.prod(shape) == len(values))
+
+
+def _array(data: dict) -> Any:
+    """The array of an ``"array"`` answer, None if any part of it is malformed (NaN in an int array, 10**400, ...)."""
+    shape, values, dtype = data.get("shape"), data.get("values"), data.get("dtype")
+    if not _shape(shape, values):
+        return None
+    accepted = {"bool": lambda v: isinstance(v, bool), "int": _integer,
+                "float": lambda v: _number(v) and (isinstance(v, float) or _integer(v))}.get(dtype)
+    if accepted is None or not all(accepted(v) for v in values):
+        return None
+    return np.array(values, dtype={"bool": bool, "int": np.int64, "float": float}[dtype]).reshape(shape)
+
+
 def decode(data: Any) -> Any:
-    """The answer that :func:`encode` gave ``data`` for; an :class:`Unreadable` for anything malformed."""
-    bad = Unreadable("a saved answer that is not in the grader's format")
+    """The answer that :func:`encode` gave ``data`` for; an :class:`Unreadable` for anything malformed. Never raises:
+    ``data`` comes from a file that a submission's code may have written.
+    """
+    try:
+        return _decode(data)
+    except Exception:  # noqa: BLE001 - whatever the file holds costs that answer only
+        return Unreadable(_BAD)
+
+
+_BAD = "a saved answer that is not in the grader's format"
+
+
+def _decode(data: Any) -> Any:
+    bad = Unreadable(_BAD)
     if not isinstance(data, dict):
         return bad
     kind = data.get("type")
@@ -106,24 +142,21 @@ def decode(data: Any) -> Any:
     if kind == "bool" and isinstance(value, bool):
         return value
     if kind == "int" and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if kind == "float" and _number(value):
+        return value if _integer(value) else Unreadable("an integer too large for the checks (at least 2**63)")
+    if kind == "float" and (isinstance(value, float) or _integer(value)):
         return float(value)
     if kind == "str" and isinstance(value, str):
         return value[:MAX_TEXT]
     if kind == "expression":
         symbols, values = data.get("symbols"), data.get("values")
-        if (isinstance(symbols, list) and all(isinstance(s, str) for s in symbols) and isinstance(values, list)
-                and all(_number(v) for v in values) and len(values) in (0, len(POINTS))):
+        if (isinstance(symbols, list) and len(symbols) <= 32 and all(isinstance(s, str) for s in symbols)
+                and isinstance(values, list) and all(isinstance(v, float) or _integer(v) for v in values)
+                and len(values) in (0, len(POINTS))):
             return Sampled(tuple(s[:80] for s in symbols), tuple(float(v) for v in values))
         return bad
     if kind == "array":
-        shape, values, dtype = data.get("shape"), data.get("values"), data.get("dtype")
-        if (isinstance(shape, list) and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)
-                and isinstance(values, list) and len(values) <= MAX_ENTRIES and math.prod(shape) == len(values)
-                and dtype in ("bool", "int", "float") and all(isinstance(v, (bool, int, float)) for v in values)):
-            return np.array(values, dtype={"bool": bool, "int": np.int64, "float": float}[dtype]).reshape(shape)
-        return bad
+        array = _array(data)
+        return bad if array is None else array
     if kind == "unreadable" and isinstance(data.get("text"), str):
         return Unreadable(data["text"][:200])
     return bad
@@ -177,7 +210,14 @@ def load(path: Path, folder: Path, names: tuple[str, ...]) -> dict[str, dict] | 
         data = None
     if not isinstance(data, dict):
         data = {name: None for name in names}  # every answer unreadable
-    return {name: _reencode(decode(data[name])) for name in names if name in data}
+    return {name: _safe_reencode(decode(data[name])) for name in names if name in data}
+
+
+def _safe_reencode(value: Any) -> dict:
+    try:
+        return _reencode(value)
+    except Exception:  # noqa: BLE001 - an answer that cannot be written again costs that answer only
+        return {"type": "unreadable", "text": _BAD}
 
 
 def _reencode(value: Any) -> dict:

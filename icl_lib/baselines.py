@@ -22,7 +22,8 @@ from icl_lib.devices import make_generator
 
 def _float64(xs: torch.Tensor, ys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The prompt in float64, once checked: shapes, and finite values (a nan would fail deep in a solver or pass)."""
-    checks.prompt_tensors(xs, ys)
+    if checks.prompt_tensors(xs, ys)[2] == 0:  # else lasso's max_steps = 8 d = 0 would take the blame
+        raise ValueError(f"xs must have at least one input dimension (d >= 1), got shape {tuple(xs.shape)}")
     return checks.finite_tensor("xs", xs).to(torch.float64), checks.finite_tensor("ys", ys).to(torch.float64)
 
 

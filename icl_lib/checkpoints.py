@@ -368,7 +368,7 @@ def load_meta(name_or_path: str | os.PathLike) -> dict:
         raise ValueError(f"{path} does not exist (the run has written no checkpoint yet)")
     try:
         meta = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:  # deep nesting: RecursionError
         raise ValueError(f"{path} is not valid JSON ({error})") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
         raise ValueError(f"{path} is not a run's meta.json (it needs a 'config' table)")

@@ -162,6 +162,9 @@ def error_curve(
     errors = squared_errors(preds, ys) / normalizer
     if errors.shape[0] == 0:
         raise ValueError("preds and ys must hold at least one prompt (batch >= 1), got an empty batch")
+    if errors.shape[1] == 0:
+        raise ValueError(f"preds and ys must hold at least one point per prompt (n_points >= 1), got shape "
+                         f"{tuple(errors.shape)}")
     low, high = bootstrap_band(errors, n_bootstrap=n_bootstrap, level=level, seed=seed)
     mean = errors.mean(dim=0).cpu().numpy()
     return ErrorCurve(mean=mean, low=low, high=high, n_prompts=errors.shape[0])

@@ -33,11 +33,14 @@ def gaussian_xs(
     checks.positive_int("n_points", n_points)
     checks.positive_int("d", d)
     scale = checks.nonnegative_float("scale", scale)
+    dtype = float_dtype("dtype", dtype)
     device = checks.generator("generator", generator).device
     if cov is not None and not (isinstance(cov, torch.Tensor) and tuple(cov.shape) in ((d, d), (batch, d, d))):
         got = tuple(cov.shape) if isinstance(cov, torch.Tensor) else type(cov).__name__
         raise ValueError(f"cov must be a tensor of shape (d, d) = {(d, d)} or (batch, d, d) = {(batch, d, d)}, "
                          f"got {got}")
+    if cov is not None:
+        checks.finite_tensor("cov", cov)  # a nan would reach the square root and every input drawn
     if cov is not None and not torch.allclose(cov.double(), cov.double().transpose(-1, -2), atol=1e-8):
         raise ValueError("cov must be symmetric")
     z = torch.randn(batch, n_points, d, generator=generator, device=device, dtype=dtype)
@@ -46,8 +49,19 @@ def gaussian_xs(
     return scale * z
 
 
+def float_dtype(name: str, dtype: object) -> torch.dtype:
+    """Return ``dtype`` if it is a floating torch dtype (``torch.float32``, ``torch.float64``, ...), else ``ValueError``."""
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"{name} must be a floating torch dtype (torch.float32 or torch.float64), got {dtype!r}")
+    return dtype
+
+
 def cov_sqrt(cov: torch.Tensor) -> torch.Tensor:
     """Symmetric square root of a symmetric PSD covariance ``(d, d)`` or ``(batch, d, d)``, computed in float64."""
+    if not isinstance(cov, torch.Tensor) or cov.ndim not in (2, 3) or cov.shape[-1] != cov.shape[-2]:
+        got = tuple(cov.shape) if isinstance(cov, torch.Tensor) else type(cov).__name__
+        raise ValueError(f"cov must be a tensor of shape (d, d) or (batch, d, d), got {got}")
+    checks.finite_tensor("cov", cov)
     eigenvalues, eigenvectors = torch.linalg.eigh(cov.to(torch.float64))
     # Rounding makes a singular covariance's zero eigenvalues slightly negative: about d * eps of the input's dtype
     # relative to the largest (eps = 1.2e-7 in float32), so the tolerance scales with it.
@@ -71,5 +85,7 @@ def exp_diagonal_cov(batch: int, d: int, generator: torch.Generator, dtype: torc
     """
     checks.positive_int("batch", batch)
     checks.positive_int("d", d)
+    dtype = float_dtype("dtype", dtype)
+    generator = checks.generator("generator", generator)
     diagonal = torch.empty(batch, d, device=generator.device, dtype=dtype).exponential_(1.0, generator=generator)
     return torch.diag_embed(diagonal)

@@ -39,6 +39,7 @@ from icl_lib.checkpoints import CHECKPOINT_FILE, META_FILE, METRICS_FILE, MODEL_
 from icl_lib.devices import make_generator
 from icl_lib.train import TrainConfig, load_config, train
 from coursework import student_edition
+from coursework import markup as coursework_markup
 from tools import setup_cell
 
 REPO = repository_root()
@@ -177,6 +178,25 @@ def no_setup(run: Path, tmp: Path) -> None:
 def a_result(run: Path, tmp: Path) -> None:
     """``tmp/r.json``: a result file, as an earlier ``icl_lib.evaluate`` left it."""
     (tmp / "r.json").write_text(json.dumps({"format": evaluate.RESULT_FORMAT, "curves": {}}))
+def book_root(pyproject: str | None = '[project]\ndependencies = ["torch==2.0", "numpy==1.0"]\n',
+              chapter: str | None = "{}") -> Callable[[Path, Path], None]:
+    """``tmp`` as a book's repository for ``tools.setup_cell``: a config, ``pyproject`` (None: none) and one chapter
+    (None: a folder in its place)."""
+    def setup(run: Path, tmp: Path) -> None:
+        (tmp / "notebooks" / "01_x.ipynb").mkdir(parents=True) if chapter is None else (
+            (tmp / "notebooks").mkdir(), (tmp / "notebooks" / "01_x.ipynb").write_text(chapter))
+        (tmp / "_config.yml").write_text("repository:\n  url: https://example.org/book\n")
+        if pyproject is not None:
+            (tmp / "pyproject.toml").write_text(pyproject)
+    return setup
+
+
+def broken_markup(run: Path, tmp: Path) -> None:
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("```{solution-end}\n```", id="x")]
+    nbformat.write(nb, tmp / "broken.ipynb")
 
 
 def warm_start_toml(init_from: str, changes: dict[str, str] | None = None,
@@ -361,6 +381,25 @@ CLI_ERRORS = [
      r"which holds other files: nothing was deleted; choose another --out"),
     ("student_edition --out a run's model.pt", "student_edition", ["--out", "{run}/model.pt"], no_setup,
      r"--out must be a new folder or one this command wrote, got '.*model.pt', which is a file or a link"),
+    ("setup_cell without pyproject.toml", "setup_cell", ["--root", "{tmp}"], book_root(pyproject=None),
+     r"pyproject.toml cannot be read as TOML \(No such file or directory\)"),
+    ("setup_cell with a pyproject.toml of bad TOML", "setup_cell", ["--root", "{tmp}"], book_root(pyproject="x = "),
+     r"pyproject.toml cannot be read as TOML \(Invalid"),
+    ("setup_cell with dependencies that are not a list", "setup_cell", ["--root", "{tmp}"],
+     book_root(pyproject='[project]\ndependencies = "torch"\n'),
+     r"pyproject.toml: project.dependencies must be a list of requirement strings, got 'torch'"),
+    ("setup_cell with a chapter that is a folder", "setup_cell", ["--root", "{tmp}"], book_root(chapter=None),
+     r"01_x.ipynb cannot be read as a notebook \(IsADirectoryError: Is a directory\)"),
+    ("markup of a missing file", "markup", ["{tmp}/missing.ipynb"], no_setup,
+     r"missing.ipynb: cannot be read as a notebook \(FileNotFoundError: No such file or directory\)"),
+    ("markup of a folder", "markup", ["{tmp}"], no_setup,
+     r"error: .*: cannot be read as a notebook \(IsADirectoryError: Is a directory\)"),
+    ("markup of bad JSON", "markup", ["{tmp}/bad.ipynb"], lambda run, tmp: (tmp / "bad.ipynb").write_text("{"),
+     r"bad.ipynb: cannot be read as a notebook \(NotJSONError: Notebook does not appear to be JSON"),
+    ("markup of JSON that is not a notebook", "markup", ["{tmp}/list.ipynb"],
+     lambda run, tmp: (tmp / "list.ipynb").write_text("[1, 2]"), r"list.ipynb: cannot be read as a notebook"),
+    ("markup of broken markup", "markup", ["{tmp}/broken.ipynb"], broken_markup,
+     r"broken.ipynb: cell 0 \(id 'x'\): solution-end without solution-start"),
 ]
 
 
@@ -373,7 +412,7 @@ def test_a_bad_command_line_fails_with_one_line(command, argv, setup, message, r
     before = digest(run)
     argv = [a.format(tiny=TINY, run=run, tmp=tmp_path, file=tmp_path / "a_file") for a in argv]
     main = {"train": train_module.main, "evaluate": evaluate.main, "setup_cell": setup_cell.main,
-            "student_edition": student_edition.main}[command]
+            "student_edition": student_edition.main, "markup": coursework_markup.main}[command]
     code, out, err = call_cli(main, argv, capsys)
     assert code == 2, err
     assert "Traceback" not in err
@@ -472,6 +511,29 @@ LIBRARY_ERRORS = [
      lambda run, tmp: ((run / META_FILE).write_text("not json"), checkpoints.load_meta(run)), r"meta.json is not valid JSON"),
     ("gaussian_xs(generator=None)", lambda run, tmp: samplers.gaussian_xs(2, 3, 4, None),
      r"generator must be a torch.Generator"),
+    ("gaussian_xs(dtype=torch.int64)", lambda run, tmp: samplers.gaussian_xs(2, 3, 4, make_generator(0), dtype=torch.int64),
+     r"dtype must be a floating torch dtype \(torch.float32 or torch.float64\), got torch.int64"),
+    ("gaussian_xs(dtype='float32')", lambda run, tmp: samplers.gaussian_xs(2, 3, 4, make_generator(0), dtype="float32"),
+     r"dtype must be a floating torch dtype \(torch.float32 or torch.float64\), got 'float32'"),
+    ("gaussian_xs cov with a nan", lambda run, tmp: samplers.gaussian_xs(
+        2, 3, 2, make_generator(0), cov=torch.tensor([[1.0, math.nan], [math.nan, 1.0]])), r"cov must hold finite numbers"),
+    ("exp_diagonal_cov(generator=None)", lambda run, tmp: samplers.exp_diagonal_cov(2, 3, None),
+     r"generator must be a torch.Generator"),
+    ("exp_diagonal_cov(dtype=torch.int64)", lambda run, tmp: samplers.exp_diagonal_cov(2, 3, make_generator(0), torch.int64),
+     r"dtype must be a floating torch dtype"),
+    ("cov_sqrt of a 1-d tensor", lambda run, tmp: samplers.cov_sqrt(torch.ones(3)),
+     r"cov must be a tensor of shape \(d, d\) or \(batch, d, d\), got \(3,\)"),
+    ("cov_sqrt of a nan", lambda run, tmp: samplers.cov_sqrt(torch.full((2, 2), math.nan)), r"cov must hold finite numbers"),
+    ("error_curve with no points", lambda run, tmp: evaluation.error_curve(torch.zeros(3, 0), torch.zeros(3, 0), 1.0),
+     r"preds and ys must hold at least one point per prompt \(n_points >= 1\), got shape \(3, 0\)"),
+    ("lasso with d = 0", lambda run, tmp: baselines.lasso(torch.zeros(2, 3, 0), torch.zeros(2, 3), alpha=0.1),
+     r"xs must have at least one input dimension \(d >= 1\), got shape \(2, 3, 0\)"),
+    ("load_meta on a deeply nested meta.json",
+     lambda run, tmp: ((run / META_FILE).write_text("[" * 100_000 + "]" * 100_000), checkpoints.load_meta(run)),
+     r"meta.json is not valid JSON \(maximum recursion depth"),
+    ("read_metrics on a deeply nested metrics.jsonl",
+     lambda run, tmp: ((run / METRICS_FILE).write_text("[" * 100_000 + "]" * 100_000), checkpoints.read_metrics(run)),
+     r"metrics.jsonl is not valid JSON lines \(maximum recursion depth"),
     ("DenseLinear().sample(xs, None)", lambda run, tmp: tasks.DenseLinear().sample(torch.zeros(1, 2, 3), None),
      r"generator must be a torch.Generator"),
     ("Mixture(components=(1,))", lambda run, tmp: tasks.Mixture(components=(1,), weights=(1.0,)),

@@ -10,14 +10,22 @@ Needs bubblewrap (``apt-get install bubblewrap``): without a sandbox these noteb
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pytest
 
-from coursework import grade, markup, sandbox, student_edition
+from coursework import answers, grade, markup, sandbox, student_edition, transport
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "coursework-attack-7f3a"  # in the command line of every process an attack starts
@@ -151,6 +159,21 @@ def attacks(paths: dict[str, str]) -> dict[str, tuple[nbformat.NotebookNode, int
         "kill-worker": (student("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)"), 1),
         "edited-check": (student(check_of_second="# Autograded check (1 point): second\nsecond = 10.0"), 1),
         "deleted-check": (student(check_of_second=""), 1),
+        "forged-numbers": (student(
+            "import json, os, signal\nfolder = os.environ['COURSEWORK_ANSWERS_DIR']\n"
+            "forged = '{\"second\": {\"type\": \"array\", \"dtype\": \"int\", \"shape\": [2], \"values\": [' + str(2**64) + ', NaN]}}'\n"
+            "open(os.path.join(folder, 'tiny-ex-second-check.json'), 'w').write(forged)\n"
+            "open(os.path.join(folder, '..', 'report.json'), 'w').write(json.dumps({'ran': [0], 'errors': {'\u00b2': 'x'}}))\n"
+            "os.kill(os.getppid(), signal.SIGKILL)"), 1),
+        "forged-shape": (student(
+            "import os, signal\nfolder = os.environ['COURSEWORK_ANSWERS_DIR']\n"
+            "forged = '{\"second\": {\"type\": \"array\", \"dtype\": \"float\", \"shape\": [0, ' + str(2**70) + '], \"values\": []}}'\n"
+            "open(os.path.join(folder, 'tiny-ex-second-check.json'), 'w').write(forged)\n"
+            "os.kill(os.getppid(), signal.SIGKILL)"), 1),
+        "no-limits": (student(  # a fork bomb, a file filling the disk, /tmp filling the memory: bounded, or it scores
+            "import os, resource\nprocesses, size = (resource.getrlimit(r)[0] for r in (resource.RLIMIT_NPROC, resource.RLIMIT_FSIZE))\n"
+            "tmp = os.statvfs('/tmp')\nunbounded = lambda limit: limit == resource.RLIM_INFINITY or limit > 2**31\n"
+            "if unbounded(processes) or unbounded(size) or tmp.f_blocks * tmp.f_frsize > 2**30:\n    second = 10.0"), 1),
     }
 
 
@@ -211,9 +234,7 @@ def graded(tmp_path_factory) -> dict:
             "written": written, "out": out, "seconds": seconds, "submissions": submissions, "chapters": chapters}
 
 
-pytestmark = needs_bubblewrap
-
-
+@needs_bubblewrap
 def test_every_attack_scores_zero_where_unsolved(graded):
     wrong = {}
     for name, first in graded["expected"].items():
@@ -224,6 +245,7 @@ def test_every_attack_scores_zero_where_unsolved(graded):
     assert not wrong, wrong
 
 
+@needs_bubblewrap
 def test_honest_full_marks_and_one_wrong_answer(graded):
     table = graded["table"]
     assert table["z1-honest/tiny"]["TOTAL"].points == table["z1-honest/tiny"]["TOTAL"].max_points == 2
@@ -235,6 +257,7 @@ def test_honest_full_marks_and_one_wrong_answer(graded):
     assert "not answered yet" in untouched["tiny-ex-second"].feedback
 
 
+@needs_bubblewrap
 def test_feedback_says_what_happened(graded):
     table = graded["table"]
     assert "too small" in table["a12-context/tiny"]["tiny-ex-first"].feedback, "the chapter's xs, not the student's"
@@ -249,16 +272,19 @@ def test_feedback_says_what_happened(graded):
     assert (link.points, link.max_points) == (0, 2) and "is a link" in link.feedback
 
 
+@needs_bubblewrap
 def test_instructor_files_and_other_submissions_unchanged(graded):
     assert graded["before"] == graded["after"]
     assert not (ROOT / f"pwned-{TOKEN}").exists() and not (graded["chapters"] / "pwned").exists()
     assert graded["out"].read_text() == graded["written"], "nothing writes the grade table after the grader"
 
 
+@needs_bubblewrap
 def test_no_process_survives(graded):
     assert _survivors() == []
 
 
+@needs_bubblewrap
 def test_rerun_skips_graded_and_regrades_changed(graded, capsys):
     """Same command again: nothing runs; a changed file is graded again; the rest of the table stays as it was."""
     submissions, out = graded["submissions"], graded["out"]
@@ -272,3 +298,308 @@ def test_rerun_skips_graded_and_regrades_changed(graded, capsys):
     assert totals["z3-untouched/tiny"].points == 2 and len(totals) == len(graded["table"])
     assert sum(r.submission == "z3-untouched/tiny" for r in rows) == 3, "its old rows are replaced, not kept"
     assert "z3-untouched/tiny: running" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- the grade table: never lost, never shared
+
+HEADER = ",".join(grade.FIELDS)
+GOOD = "alice/tiny,tiny.ipynb,TOTAL,2,2,ran in 3 s," + "a" * 64 + "," + "c" * 64
+
+# (id, content of the table, expected message): a table the grader cannot read whole is refused, never rewritten
+TABLE_ERRORS = [
+    ("a row of 3 fields", f"{HEADER}\n{GOOD}\nbob/tiny,tiny.ipynb,TOTAL\n", r"line 3 \(3 fields, not 8"),
+    ("points that are not a number", f"{HEADER}\n{GOOD}\nbob/tiny,tiny.ipynb,TOTAL,two,2,,{'b' * 64},\n",
+     r"line 3 \(could not convert string to float: 'two'"),
+    ("points that are nan", f"{HEADER}\nbob/tiny,tiny.ipynb,TOTAL,nan,2,,{'b' * 64},\n", r"line 2 \(points that are not finite"),
+]
+
+
+def _none_box() -> sandbox.Sandbox:
+    return sandbox.Sandbox("none", grade.repository_root())
+
+
+@pytest.mark.parametrize("text, message", [pytest.param(*row[1:], id=row[0]) for row in TABLE_ERRORS])
+def test_a_table_with_a_row_it_cannot_read_is_refused_and_kept(text, message, tmp_path):
+    out = tmp_path / "grades.csv"
+    out.write_text(text)
+    (tmp_path / "submissions").mkdir()
+    with pytest.raises(ValueError, match=rf"out '.*grades.csv' has a line the grader cannot read, {message}"):
+        grade.grade_folder(tmp_path / "submissions", out, box=_none_box())
+    assert out.read_text() == text, "the table is left as it was"
+
+
+def test_a_second_grader_on_the_same_table_is_refused(tmp_path, capsys):
+    """While one grader holds the table's lock, another gets one line and writes nothing."""
+    out, submissions = tmp_path / "grades.csv", tmp_path / "submissions"
+    submissions.mkdir()
+    out.write_text(f"{HEADER}\n{GOOD}\n")
+    with open(tmp_path / ".grades.csv.lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the first grader
+        with pytest.raises(grade.GradingError, match=r"another grader is writing '.*grades.csv'"):
+            grade.grade_folder(submissions, out, box=_none_box())
+        assert grade.main([str(submissions), "--out", str(out), "--sandbox", "none"]) == 1
+        assert "grading stopped: another grader is writing" in capsys.readouterr().err
+    assert out.read_text() == f"{HEADER}\n{GOOD}\n"
+    assert grade.grade_folder(submissions, out, box=_none_box())[0].submission == "alice/tiny", "free again: kept"
+
+
+# ---------------------------------------------------------------- files a submission can write: untrusted
+
+# (id, text of a saved answers file for `second`): each costs that answer only, with a message, never a traceback
+FORGED_ANSWERS = [
+    ("a 401-digit integer", '{"second": {"type": "int", "value": 1%s}}' % ("0" * 400)),
+    ("a 401-digit float", '{"second": {"type": "float", "value": 1%s}}' % ("0" * 400)),
+    ("2**64 in an int array", '{"second": {"type": "array", "dtype": "int", "shape": [1], "values": [%d]}}' % 2**64),
+    ("NaN in an int array", '{"second": {"type": "array", "dtype": "int", "shape": [2], "values": [1, NaN]}}'),
+    ("a float in an int array", '{"second": {"type": "array", "dtype": "int", "shape": [1], "values": [1.5]}}'),
+    ("10**400 in a float array", '{"second": {"type": "array", "dtype": "float", "shape": [1], "values": [1%s]}}' % ("0" * 400)),
+    ("shape [0, 2**70]", '{"second": {"type": "array", "dtype": "float", "shape": [0, %d], "values": []}}' % 2**70),
+    ("40 axes", '{"second": {"type": "array", "dtype": "float", "shape": %s, "values": [1.0]}}' % ([1] * 40)),
+    ("10**400 in an expression", '{"second": {"type": "expression", "symbols": [], "values": [1%s]}}' % ("0" * 400)),
+    ("100,001 entries", '{"second": {"type": "array", "dtype": "float", "shape": [100001], "values": %s}}' % ([0.0] * 100_001)),
+    ("an unknown dtype", '{"second": {"type": "array", "dtype": "complex", "shape": [1], "values": [1]}}'),
+]
+
+
+@pytest.mark.parametrize("text", [pytest.param(row[1], id=row[0]) for row in FORGED_ANSWERS])
+def test_a_forged_answer_file_costs_that_answer_only(text, tmp_path):
+    (tmp_path / "second.json").write_text(text)
+    saved = transport.load(tmp_path / "second.json", tmp_path, ("second",))
+    assert saved["second"]["type"] == "unreadable", saved
+    with pytest.raises(AssertionError, match="`second` should hold numbers, got a saved answer that is not in the grader's"
+                                             "|`second` should hold numbers, got an integer too large"):
+        answers.close("second", transport.decode(saved["second"]), 10.0, rtol=1e-9)
+
+
+# (id, a forged report.json): the report only words feedback, so a malformed one is read as no report
+FORGED_REPORTS = [
+    ("a non-decimal digit as a key", '{"ran": [0], "errors": {"\u00b2": "x"}, "note": "n"}'),
+    ("a huge key", '{"ran": [0], "errors": {"%s": "x"}}' % ("9" * 5000)),
+    ("a huge cell index", '{"ran": [%s], "errors": {}}' % ("9" * 5000)),
+    ("deep nesting", "[" * 100_000 + "]" * 100_000),
+]
+
+
+@pytest.mark.parametrize("text", [pytest.param(row[1], id=row[0]) for row in FORGED_REPORTS])
+def test_a_forged_report_is_read_as_feedback_only(text, tmp_path):
+    (tmp_path / "grading").mkdir()
+    (tmp_path / "grading" / "report.json").write_text(text)
+    ran, errors, note = grade._report(tmp_path)
+    assert ran <= {0} and errors == {} and note in (None, "n")
+
+
+# ---------------------------------------------------------------- the grader's own limits and failures
+
+# (id, --timeout): each refused with one line before anything runs
+TIMEOUT_ERRORS = [("inf", "inf"), ("nan", "nan"), ("zero", "0"), ("negative", "-5"), ("a year", "31536000")]
+
+
+@pytest.mark.parametrize("value", [pytest.param(row[1], id=row[0]) for row in TIMEOUT_ERRORS])
+def test_an_absurd_timeout_is_refused(value, tmp_path, capsys):
+    (tmp_path / "submissions").mkdir()
+    with pytest.raises(SystemExit):
+        grade.main([str(tmp_path / "submissions"), "--out", str(tmp_path / "grades.csv"), "--sandbox", "none",
+                    "--timeout", value])
+    assert "timeout must be a number of seconds from 1 to 86400 (a day)" in capsys.readouterr().err
+    assert not (tmp_path / "grades.csv").exists()
+
+
+def _tiny_folder(tmp_path: Path, names: tuple[str, ...] = ("alice",)) -> tuple[Path, Path]:
+    """``(chapters, submissions)``: the tiny chapter and, for each name, its honest solution."""
+    chapters, submissions = tmp_path / "chapters", tmp_path / "submissions"
+    chapters.mkdir()
+    nbformat.write(tiny_chapter(), chapters / "tiny.ipynb")
+    for name in names:
+        (submissions / name).mkdir(parents=True)
+        nbformat.write(student(solve={"first": "xs.sum()", "second": "mean_error(xs) * D"}), submissions / name / "tiny.ipynb")
+    return chapters, submissions
+
+
+def test_the_graders_own_failure_is_not_recorded_as_a_grade(tmp_path, monkeypatch):
+    """A worker that fails before the notebook runs (its kernel cannot start) stops grading; no zero is written."""
+    from coursework import worker
+
+    chapters, submissions = _tiny_folder(tmp_path)
+    monkeypatch.setattr(grade, "_worker", lambda layout, notebook, timeout, limits=False: [
+        sys.executable, "-c", f"import sys; print('no kernel'); sys.exit({worker.GRADER_FAILURE_STATUS})"])
+    out = tmp_path / "grades.csv"
+    with pytest.raises(grade.GradingError, match=r"alice/tiny was not graded: no kernel; nothing was recorded for it"):
+        grade.grade_folder(submissions, out, timeout=20, notebooks_dir=chapters, box=_none_box())
+    assert grade.read_table(out) == [], "a rerun grades it"
+
+
+def test_a_changed_check_grades_again(tmp_path, capsys):
+    """The resume key holds the chapter's and the check code's digest: a changed hidden test regrades, nothing else does."""
+    chapters, submissions = _tiny_folder(tmp_path)
+    out = tmp_path / "grades.csv"
+    first = grade.grade_folder(submissions, out, timeout=30, notebooks_dir=chapters, box=_none_box())
+    assert first[-1].points == 2 and first[-1].checks == grade._digest(chapters / "tiny.ipynb")
+    grade.grade_folder(submissions, out, timeout=30, notebooks_dir=chapters, box=_none_box())
+    assert "already graded" in capsys.readouterr().err
+    chapter = nbformat.read(chapters / "tiny.ipynb", as_version=4)
+    check = next(c for c in chapter.cells if markup.nbgrader_meta(c).get("grade_id") == "tiny-ex-second-check")
+    check["source"] = check["source"].replace("mean_error(xs) * D, rtol", "mean_error(xs) * D + 1, rtol")  # a new answer
+    nbformat.write(chapter, chapters / "tiny.ipynb")
+    again = grade.grade_folder(submissions, out, timeout=30, notebooks_dir=chapters, box=_none_box())
+    assert [r.points for r in again] == [1, 0, 1] and "`second` is too small" in again[1].feedback
+    assert "alice/tiny: running" in capsys.readouterr().err
+
+
+def test_a_table_of_the_old_layout_is_read_and_graded_again(tmp_path):
+    """A table written before the checks column keeps its rows and grades them again (their checks are unknown)."""
+    out = tmp_path / "grades.csv"
+    out.write_text(",".join(grade.OLD_FIELDS) + "\nalice/tiny,tiny.ipynb,TOTAL,2,2,ran in 3 s," + "a" * 64 + "\n")
+    (tmp_path / "submissions").mkdir()
+    rows = grade.grade_folder(tmp_path / "submissions", out, box=_none_box())
+    assert [(r.submission, r.points, r.checks) for r in rows] == [("alice/tiny", 2, "")]
+    assert out.read_text().startswith(HEADER + "\n"), "rewritten in the new layout"
+
+
+def test_one_slow_check_costs_its_own_row_only(tmp_path):
+    """Each submission's check has its own time limit: an answer that makes the check slow fails that exercise, and
+    the others of its batch are graded (the checks' run is no longer one limit for the whole batch)."""
+    md, code = nbformat.v4.new_markdown_cell, nbformat.v4.new_code_cell
+    chapter = nbformat.v4.new_notebook()
+    chapter.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
+    chapter.cells = [md("```{exercise} wait\n:label: slow-ex-wait\n\nStore it in `wait`.\n```"),
+                     md("```{solution-start} slow-ex-wait\n:class: dropdown\n```"), code("wait = 0.0"),
+                     code("# Autograded check (1 point): wait\nimport time\nfrom coursework import answers\n\n"
+                          "time.sleep(float(wait))  # a check whose time grows with the answer\n"
+                          "answers.close('wait', wait, 0.0, rtol=0)"), md("```{solution-end}\n```")]
+    for i, cell in enumerate(chapter.cells):
+        cell["id"] = f"slow-{i}"
+    (tmp_path / "chapters").mkdir()
+    nbformat.write(markup.convert(chapter)[0], tmp_path / "chapters" / "slow.ipynb")
+    for name, value in (("a", "0.0"), ("b", "1000.0"), ("c", "0.0")):
+        nb = student_edition.student_notebook(markup.convert(chapter)[0])
+        next(c for c in nb.cells if markup.nbgrader_meta(c).get("grade_id") == "slow-ex-wait-solution-1")["source"] = f"wait = {value}"
+        (tmp_path / "submissions" / name).mkdir(parents=True)
+        nbformat.write(nb, tmp_path / "submissions" / name / "slow.ipynb")
+    rows = grade.grade_folder(tmp_path / "submissions", tmp_path / "grades.csv", timeout=8, notebooks_dir=tmp_path / "chapters",
+                              box=_none_box())
+    totals = {r.submission: r for r in rows if r.exercise == "slow-ex-wait"}
+    assert {name: r.points for name, r in totals.items()} == {"a/slow": 1, "b/slow": 0, "c/slow": 1}
+    assert "the check ran out of time on this answer (over 8 s)" in totals["b/slow"].feedback
+
+
+# (id, how to make SUBMISSIONS/NAME/tiny.ipynb, its feedback): never read, but a row with 0 and the reason
+NOT_FILES = [
+    ("a FIFO", lambda path: os.mkfifo(path), "the submission is a FIFO, not a notebook file"),
+    ("a folder", lambda path: path.mkdir(), "the submission is a folder, not a notebook file"),
+    ("a socket", lambda path: socket.socket(socket.AF_UNIX).bind(str(path)), "the submission is a socket, not a notebook file"),
+    ("33 MiB", lambda path: path.write_bytes(b" " * (33 * 2**20)), "the notebook is larger than 32 MiB (33 MiB)"),
+]
+
+
+def test_a_fifo_folder_or_socket_named_ipynb_gets_a_row_with_zero(tmp_path):
+    submissions = tmp_path / "submissions"
+    chapters, _ = _tiny_folder(tmp_path, ())
+    for name, make, _ in NOT_FILES:
+        (submissions / name).mkdir(parents=True)
+        make(submissions / name / "tiny.ipynb")
+    rows = grade.grade_folder(submissions, tmp_path / "grades.csv", timeout=20, notebooks_dir=chapters, box=_none_box())
+    totals = {r.submission: r for r in rows if r.exercise == "TOTAL"}
+    for name, _, kind in NOT_FILES:
+        total = totals[f"{name}/tiny"]
+        assert (total.points, total.max_points) == (0, 2) and kind in total.feedback
+
+
+def test_stale_work_folders_are_removed_at_the_next_start(tmp_path, monkeypatch):
+    """A grader killed with kill -9 leaves its work folder (students' files in it): the next start removes it, and
+    leaves alone the folder of a grader still running."""
+    temporary = tmp_path / "tmp"
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))
+    for name in ("killed", "running", "old-grader", "just-made"):
+        (temporary / f"coursework-grade-{name}" / "run-1" / "notebooks").mkdir(parents=True)
+    for name in ("killed", "running"):
+        (temporary / f"coursework-grade-{name}" / grade.SCRATCH_LOCK).write_text("")
+    os.utime(temporary / "coursework-grade-old-grader", (time.time() - 2 * grade.UNLOCKED_AGE,) * 2)
+    (tmp_path / "submissions").mkdir()
+    with open(temporary / "coursework-grade-running" / grade.SCRATCH_LOCK) as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        grade.grade_folder(tmp_path / "submissions", tmp_path / "grades.csv", box=_none_box())
+    assert sorted(p.name for p in temporary.iterdir()) == ["coursework-grade-just-made", "coursework-grade-running"]
+
+
+def test_ctrl_c_says_one_line_and_leaves_no_work_folder(tmp_path):
+    chapters, submissions = _tiny_folder(tmp_path, ())
+    (submissions / "loop").mkdir(parents=True)
+    nbformat.write(student("while True:\n    pass", "start"), submissions / "loop" / "tiny.ipynb")
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    code = ("import sys; from coursework import grade; from pathlib import Path; import coursework.grade as g\n"
+            f"g.load_chapters = lambda folder, load=g.load_chapters: load(Path({str(chapters)!r}))\n"
+            "sys.exit(grade.main(sys.argv[1:]))")
+    process = subprocess.Popen([sys.executable, "-c", code, str(submissions), "--out", str(tmp_path / "grades.csv"),
+                                "--sandbox", "none", "--timeout", "60"], stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "TMPDIR": str(temporary), "PYTHONPATH": str(ROOT)})
+    lines = []
+    while not any("running" in line for line in lines):
+        lines.append(process.stderr.readline())
+        assert lines[-1], lines
+    time.sleep(3)  # the student's kernel is in its loop
+    process.send_signal(signal.SIGINT)
+    rest = process.stderr.read()
+    assert process.wait(timeout=60) == 130, lines + [rest]
+    assert rest.strip().splitlines() == ["grading interrupted (Ctrl-C): the submissions graded before it are in the "
+                                         "table; run the same command again to grade the rest"]
+    assert list(temporary.iterdir()) == []
+
+
+# ---------------------------------------------------------------- the checks test type, shape, range and values
+
+CHAPTER_1 = ROOT / "notebooks" / "01_icl_as_a_learning_problem.ipynb"
+ETA = np.linspace(0.1, 1.2, 12)
+STEP_ERRORS = 1 - 2 * ETA + ETA**2 * 21 / 10  # d = 10: the exact errors, smallest at eta = 0.5
+
+
+def _posterior_error() -> float:
+    """Chapter 1's Bayes error, as its check computes it (d = 10, sigma = 0.5)."""
+    rng = np.random.default_rng(0)
+    return np.mean([np.mean([np.trace(np.linalg.inv(np.eye(10) + x.T @ x / 0.25)) for x in rng.standard_normal((400, k, 10))])
+                    + 0.25 for k in range(1, 21)]) / 10
+
+
+def _ridge_errors(zeroed: bool) -> np.ndarray:
+    errors = _posterior_error() * np.array([1.3, 1.2, 1.1, 1.02, 1.0, 1.02, 1.1, 1.2, 1.3])
+    return np.where(np.arange(9) == 4, errors, 0.0) if zeroed else errors
+
+
+# (id, the check's answers, their values, also the hidden tests, expected AssertionError or None for a pass): the
+# answers that used to score 10/10, each beside a right one that must still pass
+LOOSE_ANSWERS = [
+    ("best step on the grid", "step_errors, best_step", lambda: {"step_errors": STEP_ERRORS, "best_step": 0.5}, True, None),
+    ("best step off the grid", "step_errors, best_step", lambda: {"step_errors": STEP_ERRORS, "best_step": 10 / 21}, False,
+     r"`best_step` = 0.4762 is not one of the values the exercise gives"),
+    ("best step not the smallest error", "step_errors, best_step", lambda: {"step_errors": STEP_ERRORS, "best_step": 0.4},
+     True, r"`best_step \(the step size of the smallest of your step_errors\)` is too small"),
+    ("ridge errors", "ridge_errors, best_penalty", lambda: {"ridge_errors": _ridge_errors(False), "best_penalty": 0.25},
+     True, None),
+    ("ridge errors zeroed but one", "ridge_errors, best_penalty",
+     lambda: {"ridge_errors": _ridge_errors(True), "best_penalty": 0.25}, True, r"`ridge_errors` is too small at 8 of 9 entries"),
+    ("best penalty off the grid", "ridge_errors, best_penalty", lambda: {"ridge_errors": _ridge_errors(False),
+                                                                          "best_penalty": 0.3}, False, r"is not one of"),
+    ("whole neighbour counts", "best_m, best_knn_errors", lambda: {"best_m": np.array([2, 4]), "best_knn_errors": [0.1, 0.5]},
+     False, None),
+    ("a non-integer neighbour count", "best_m, best_knn_errors",
+     lambda: {"best_m": np.array([1.5, 4.0]), "best_knn_errors": [0.1, 0.5]}, False,
+     r"`best_m` should hold whole numbers \(it counts\), got 1.5 at index \[0\]"),
+    ("a non-integer sparsity", "lasso_ratios, crossing_sparsity", lambda: {"lasso_ratios": np.ones(10), "crossing_sparsity": 3.5},
+     False, r"`crossing_sparsity` should hold whole numbers"),
+]
+
+
+@pytest.mark.parametrize("names, values, hidden, message", [pytest.param(*row[1:], id=row[0]) for row in LOOSE_ANSWERS])
+def test_chapter_1_checks_reject_loose_answers(names, values, hidden, message):
+    """Chapter 1's check cells, run on plain-data answers as when grading (the hidden part where it needs no more of
+    the chapter's context than d and sigma)."""
+    chapter = nbformat.read(CHAPTER_1, as_version=4)
+    source = next(c.source for c in chapter.cells if c.source.startswith(f"# Autograded check (2 points): {names}\n"))
+    code = source if hidden else source.split("### BEGIN HIDDEN TESTS")[0]
+    namespace = {"np": np, "D": 10, "SIGMA": 0.5, **{name: transport.decode(transport.encode(value))
+                                                    for name, value in values().items()}}
+    if message is None:
+        exec(code, namespace)  # noqa: S102 - the chapter's own check
+    else:
+        with pytest.raises(AssertionError, match=message):
+            exec(code, namespace)  # noqa: S102

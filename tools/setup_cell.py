@@ -96,7 +96,13 @@ def read_repository(root: Path = ROOT) -> tuple[str, str]:
 def read_pins(root: Path = ROOT) -> dict[str, str]:
     """The exact pins of :data:`PINNED` in ``root/pyproject.toml``'s dependencies (``{"torch": "2.13.0", ...}``)."""
     path = Path(root) / "pyproject.toml"
-    dependencies = tomllib.loads(path.read_text())["project"]["dependencies"]
+    try:
+        project = tomllib.loads(path.read_text()).get("project")
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        raise ValueError(f"{path} cannot be read as TOML ({_why(error)})") from None
+    dependencies = project.get("dependencies") if isinstance(project, dict) else None
+    if not isinstance(dependencies, list) or not all(isinstance(item, str) for item in dependencies):
+        raise ValueError(f"{path}: project.dependencies must be a list of requirement strings, got {dependencies!r:.80}")
     pins = {}
     for requirement in dependencies:
         match = re.fullmatch(r"([A-Za-z0-9_.-]+)==([^\s;]+)", requirement.strip())
@@ -106,6 +112,20 @@ def read_pins(root: Path = ROOT) -> dict[str, str]:
     if missing:
         raise ValueError(f"{path}: the dependencies must pin {missing} exactly (name==version)")
     return pins
+
+
+def _why(error: Exception) -> str:
+    """An error in one line, without the path it names (the message names it already)."""
+    text = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+    return " ".join(text.split())
+
+
+def read_chapter(path: Path) -> nbformat.NotebookNode:
+    """The notebook at ``path``; ``ValueError`` naming it if it cannot be read (a folder, not JSON, not a notebook)."""
+    try:
+        return nbformat.read(path, as_version=4)
+    except Exception as error:  # noqa: BLE001 - nbformat raises OSError, ValueError, TypeError, AttributeError, ...
+        raise ValueError(f"{path} cannot be read as a notebook ({type(error).__name__}: {_why(error)[:200]})") from None
 
 
 def cell_source(root: Path = ROOT) -> str:
@@ -153,13 +173,16 @@ def update(root: Path = ROOT, check: bool = False) -> list[Path]:
     cell = setup_cell(root)
     stale = []
     for path in paths:
-        nb = nbformat.read(path, as_version=4)
+        nb = read_chapter(path)
         if is_current(nb, cell):
             continue
         stale.append(path)
         if not check:
-            nbformat.validate(with_setup_cell(nb, cell))
-            nbformat.write(nb, path)
+            try:
+                nbformat.validate(with_setup_cell(nb, cell))
+                nbformat.write(nb, path)
+            except (OSError, nbformat.ValidationError) as error:
+                raise ValueError(f"{path} cannot be written with the setup cell ({_why(error)[:200]})") from None
     return stale
 
 
