@@ -185,7 +185,9 @@ def main(paths: list[str]) -> None:
         "failures included, one thread each, two runs sharing the 2 cores. The result column is the run's own "
         "evaluation error averaged over k = 3 .. 7 (least squares: 0.375; lasso: about 0.21) at every 4k steps; "
         "the curves are in [`sweep_curves.png`](sweep_curves.png), and the bar on fresh prompts is "
-        "[`selection_bar.md`](selection_bar.md).",
+        "[`selection_bar.md`](selection_bar.md). For a mixture the window error here is over all its held-out "
+        "prompts; the from-scratch mixtures' sparse-prompt errors, their escapes from least squares or the steps at "
+        "which they are censored, are in [`escape_steps.md`](escape_steps.md) (issue 28).",
         "",
         "| run | setting | steps | wall time, median speed | window error | command |",
         "|---|---|---|---|---|---|",
