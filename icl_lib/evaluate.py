@@ -445,6 +445,9 @@ def _prompt_shape(args: argparse.Namespace, run: Mapping[str, Any]) -> tuple[int
     return n_dims, n_points
 
 
+MAX_PROMPT_ELEMENTS = 2**28  # as train.MAX_BATCH_ELEMENTS: more inputs than this is a typo, not an evaluation
+
+
 def _run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     """The command line's work, once its arguments are parsed; bad input raises ``ValueError``."""
     checks.positive_int("--prompts", args.prompts)
@@ -476,6 +479,9 @@ def _run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         raise ValueError(f"{checkpoints.resolve(args.run) / checkpoints.META_FILE} disagrees with the model it "
                          f"describes: {stored} in meta.json, {run} in the weights; restore meta.json or retrain the run")
     n_dims, n_points = _prompt_shape(args, run)
+    if args.prompts * n_points * n_dims > MAX_PROMPT_ELEMENTS:  # refused before anything is allocated
+        raise ValueError(f"--prompts x points x n_dims must be at most 2**28 (1 GiB of float32 inputs), got "
+                         f"{args.prompts} x {n_points} x {n_dims}")
     model = checkpoints.load_model(args.run, device=device)
     started = time.perf_counter()
     curves = evaluate_model(model, task_spec, n_dims=n_dims, n_points=n_points, n_prompts=args.prompts,

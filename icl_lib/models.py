@@ -456,6 +456,23 @@ def model_spec(spec: Mapping) -> dict:
     return {**preset, **spec}
 
 
+# The largest model the library builds: 2^30 parameters (4 GiB of float32 weights, 16 GiB with AdamW's state and
+# the gradients), far above the paper preset's 9.5M; a larger width or depth is a typo, refused before allocating.
+MAX_PARAMETERS = 2**30
+
+
+def _check_size(options: Mapping, n_dims: int) -> None:
+    """Refuse a model whose parameter count (a GPT's 12 L W^2 plus its read-in and read-out, or the query-reading
+    models' few (d + 1, d + 1) matrices per layer) is beyond :data:`MAX_PARAMETERS`."""
+    width, layers = options.get("width", n_dims + 1), options.get("n_layers", 1)
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (width, layers)):
+        return  # the kind's own checks name the bad value
+    estimate = 12 * layers * width**2 + 4 * width * (n_dims + 1) + 4 * layers * (n_dims + 1) ** 2
+    if estimate > MAX_PARAMETERS:
+        raise ValueError(f"model: width {width}, n_layers {layers} and n_dims {n_dims} give about {estimate:.2e} "
+                         f"parameters; at most {MAX_PARAMETERS:.2e} (2**30) are built")
+
+
 def _kind(name: str, options: Mapping, n_dims: int, n_points: int) -> GPTConfig | nn.Module:
     """The GPT's config, or a query-reading model built from its options (cheap: a few (d + 1, d + 1) matrices)."""
     if name == "gpt":
@@ -475,6 +492,7 @@ def check_model_spec(spec: Mapping, n_dims: int, n_points: int) -> tuple[str, di
     name, options = checks.spec_options(MODELS, model_spec(spec), "model", _PROMPT_SHAPE)
     checks.positive_int("n_dims", n_dims)
     checks.positive_int("n_points", n_points)
+    _check_size(options, n_dims)
     try:
         with torch.random.fork_rng(devices=[]):  # the linear transformer draws its initial weights
             _kind(name, options, n_dims, n_points)

@@ -108,6 +108,9 @@ RESUMABLE_CHANGES = frozenset(
 # trains from scratch. meta.json lists each such change under "schedule_changes".
 SCHEDULE_FIELDS = ("steps", "lr_schedule", "decay_fraction", "lr_floor", "warmup_steps")
 MAX_THREADS = 4096  # torch takes a C int; more threads than this is a typo, not a machine
+# The largest batch of inputs a step or an evaluation draws: 2^28 numbers (1 GiB in float32), 10^4 times the paper
+# preset's; more is a typo that would fail to allocate with a traceback, so it is refused where the config enters.
+MAX_BATCH_ELEMENTS = 2**28
 
 
 @dataclass(frozen=True)
@@ -167,6 +170,11 @@ class TrainConfig:
             checks.nonnegative_int(name, getattr(self, name))
         if self.threads > MAX_THREADS:
             raise ValueError(f"threads must be a positive integer <= {MAX_THREADS}, got {self.threads}")
+        for name in ("batch_size", "eval_batch"):
+            elements = getattr(self, name) * self.n_points * self.n_dims
+            if elements > MAX_BATCH_ELEMENTS:
+                raise ValueError(f"{name} x n_points x n_dims must be at most 2**28 (1 GiB of float32 inputs), got "
+                                 f"{getattr(self, name)} x {self.n_points} x {self.n_dims} = {elements:.2e}")
         checks.positive_float("lr", self.lr)
         checks.unit_interval("lr_floor", self.lr_floor)
         checks.unit_interval("decay_fraction", self.decay_fraction)
