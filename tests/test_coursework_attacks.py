@@ -532,7 +532,9 @@ def test_ctrl_c_says_one_line_and_leaves_no_work_folder(tmp_path):
             "sys.exit(grade.main(sys.argv[1:]))")
     process = subprocess.Popen([sys.executable, "-c", code, str(submissions), "--out", str(tmp_path / "grades.csv"),
                                 "--sandbox", "none", "--timeout", "60"], stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "TMPDIR": str(temporary), "PYTHONPATH": str(ROOT)})
+                               env={**os.environ, "TMPDIR": str(temporary), "PYTHONPATH": str(ROOT)},
+                               # a suite started in the background (as CI may run it) passes SIGINT on ignored
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines = []
     while not any("running" in line for line in lines):
         lines.append(process.stderr.readline())
