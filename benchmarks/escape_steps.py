@@ -43,6 +43,8 @@ WINDOW = slice(3, 8)  # k = 3 .. 7
 ESCAPE_RATIO = 0.9
 DEFAULT_RUNS = ("yadlowsky_selection_sparse_laptop", "yadlowsky_selection_sparse_laptop_seed1",
                 "yadlowsky_selection_mixture_per_batch_laptop", "yadlowsky_selection_mixture_per_batch_laptop_seed1",
+                "yadlowsky_selection_mixture_per_batch_share075_laptop",
+                "yadlowsky_selection_mixture_per_batch_share025_laptop",
                 "yadlowsky_selection_mixture_balanced_laptop", "yadlowsky_selection_mixture_laptop")
 
 
