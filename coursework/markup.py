@@ -1,6 +1,6 @@
 """The book's exercise markup, converted mechanically into nbgrader's cell metadata (one source of truth).
 
-Authors write exercises as the chapters do (see the instructor's guide, section "For authors"):
+Authors write exercises as the chapters do (see CONTRIBUTING.md, section "Writing an exercise"):
 
 * a markdown cell with a ```` ```{exercise} Title ```` block and ``:label: chN-ex-NAME``;
 * a markdown cell ```` ```{solution-start} chN-ex-NAME ```` (``:class: dropdown``), the solution's markdown and code

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import http.server
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -84,6 +85,7 @@ def browser():
         "--window-size=1280,1600",
     ):
         options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the console, read by _console_errors
     driver = webdriver.Chrome(service=Service(executable_path=chromedriver), options=options)
     driver.set_script_timeout(60)
     yield driver
@@ -173,3 +175,136 @@ def test_exercise_solution_opens_on_click(browser, site):
         solution.find_element(By.CSS_SELECTOR, ".admonition-title button.toggle-button").click()
         WebDriverWait(browser, 10).until(lambda _: body.is_displayed())
         assert body.is_displayed(), f"{page.name}: clicking the solution's title did not open it"
+
+
+def _settle(browser, url: str) -> None:
+    """Open ``url`` and wait for its images to load and, where the page loads MathJax, for it to typeset."""
+    _open(browser, url, math=False)
+    typeset = browser.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "if (!window.MathJax || !MathJax.startup) { done('ok'); return; }"
+        "MathJax.startup.promise.then(() => done('ok'), (e) => done('MathJax failed: ' + e));"
+    )
+    assert typeset == "ok", f"{url}: {typeset}"
+
+
+def _console_errors(browser) -> list[str]:
+    """The console's errors since the last call (uncaught exceptions, console.error, failed loads)."""
+    return [entry["message"] for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+
+
+# The page's prose: main's text without code, outputs and typeset math (where `$` and braces are legitimate).
+_PROSE = (
+    "const main = document.querySelector('main').cloneNode(true);"
+    "main.querySelectorAll('pre, code, .highlight, .cell_output, .output, mjx-container, script, style, .MathJax')"
+    ".forEach(e => e.remove());"
+    "return main.textContent;"
+)
+_READ = {
+    "prose": _PROSE,
+    "headings": "return Array.from(document.querySelectorAll('main h1, main h2, main h3, main h4'))"
+                ".map(h => h.textContent.replace(/#\\s*$/, '').trim())",
+    "pdf_links": "return Array.from(document.querySelectorAll('.article-header-buttons a.btn-book-pdf-button'))"
+                 ".map(a => a.href)",
+    "wide_code": "return Array.from(document.querySelectorAll('div.cell_input pre'))"
+                 ".filter(p => p.scrollWidth > p.clientWidth + 1).length",
+    "bare_figures": "return Array.from(document.querySelectorAll('.cell_output img'))"
+                    ".filter(i => !i.closest('figure') || !i.closest('figure').querySelector('figcaption')).length",
+}
+
+
+@pytest.fixture(scope="module")
+def read_pages(browser, site) -> dict[str, dict]:
+    """Every page of the book opened once at the desktop width (1280 px), settled (images loaded, math typeset):
+    its console errors and what the checks below read from it, by the page's path in the book."""
+    read = {}
+    for page in _book_pages():
+        _console_errors(browser)  # whatever an earlier page logged after it was checked
+        _settle(browser, site + page.relative_to(BUILD).as_posix())
+        found = {name: browser.execute_script(script) for name, script in _READ.items()}
+        found["errors"] = _console_errors(browser)
+        found["prose"] = " ".join(found["prose"].split())
+        read[page.relative_to(BUILD).as_posix()] = found
+    return read
+
+
+def test_no_console_error_on_any_page(read_pages):
+    """No page logs an error: e.g. sphinx-thebe's configuration script, declared twice, threw
+    "Identifier 'THEBE_JS_URL' has already been declared" on every page (book/_ext/unique_scripts.py)."""
+    for page, found in read_pages.items():
+        assert not found["errors"], f"{page}: errors in the browser's console: {found['errors']}"
+
+
+def test_no_raw_markup_in_the_page_text(read_pages):
+    """The prose shows no markup that failed to render: no stray `$` (math MathJax did not receive), no MyST role
+    left as text (`{ref}`, `{numref}`, `{doc}`, `{cite}`, `{prf:ref}`), no exercise shown by its label
+    (`ch1-ex-step-size`) instead of its number, no unresolved reference (`??`)."""
+    raw = re.compile(r"\$|\{(?:ref|numref|doc|cite|cite:[tp]|prf:ref|eq|math)\}|\bch\d+-ex-[\w-]+|\?\?")
+    for page, found in read_pages.items():
+        text = found["prose"]
+        places = [text[max(0, m.start() - 60):m.end() + 60] for m in raw.finditer(text)]
+        assert not places, f"{page}: raw markup in the page text, {len(places)} places: {places[:3]}"
+
+
+def test_headings_are_numbered_once(read_pages):
+    """A chapter's section headings carry the book's numbers only ("3.1. The identity, exactly"), not a number of
+    their own as well ("3.1. 1. The identity")."""
+    twice = re.compile(r"^\d+(\.\d+)+\.?\s+\d+(\.\d+)*[.)]\s")
+    for page, found in read_pages.items():
+        numbered = [h for h in found["headings"] if twice.match(h)]
+        assert not numbered, f"{page}: headings numbered twice: {numbered}"
+
+
+def test_every_page_links_the_pdf(read_pages, site):
+    """The header of every page links the whole book as a PDF, book.pdf at the site's root (make pdf puts it there;
+    where it was not built the link finds nothing, and the page does not load it)."""
+    for page, found in read_pages.items():
+        assert found["pdf_links"] == [site + "book.pdf"], (
+            f"{page}: the header's PDF link is {found['pdf_links']}, not {site}book.pdf")
+
+
+@pytest.fixture()
+def narrow(browser):
+    """The browser with a viewport 400 px wide (a phone), restored afterwards."""
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                            {"width": 400, "height": 900, "deviceScaleFactor": 1, "mobile": True})
+    yield browser
+    browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
+def test_no_page_scrolls_sideways_at_400_px(narrow, site):
+    """At 400 px every page fits the width: wide code, outputs, tables and formulas scroll or wrap within their own
+    boxes (book/_static/book.css), and the page itself never scrolls sideways."""
+    for page in _book_pages():
+        _settle(narrow, site + page.relative_to(BUILD).as_posix())
+        widths = narrow.execute_script(
+            "const e = document.documentElement; return [e.scrollWidth, e.clientWidth, document.body.scrollWidth];")
+        scroll, client, body = widths
+        assert max(scroll, body) <= client + 1, (
+            f"{page.name}: at 400 px the page is {max(scroll, body)} px wide (viewport {client} px): it scrolls sideways")
+
+
+def test_no_page_scrolls_sideways_at_400_px(narrow, site):
+    """At 400 px every page fits the width: outputs wrap, and wide code, tables and formulas scroll within their own
+    boxes (book/_static/book.css); the page itself never scrolls sideways."""
+    for page in _book_pages():
+        _settle(narrow, site + page.relative_to(BUILD).as_posix())
+        scroll, client, body = narrow.execute_script(
+            "const e = document.documentElement; return [e.scrollWidth, e.clientWidth, document.body.scrollWidth];")
+        assert max(scroll, body) <= client + 1, (
+            f"{page.name}: at 400 px the page is {max(scroll, body)} px wide (viewport {client} px): it scrolls sideways")
+
+
+@pytest.mark.xfail(reason="chapters' code lines wider than the text column (issue 31, the code-width pass): their "
+                          "boxes scroll sideways; the page itself does not", strict=False)
+def test_no_code_cell_scrolls_sideways(read_pages):
+    """At the desktop width (1280 px), every line of every code cell fits its box."""
+    for page, found in read_pages.items():
+        assert found["wide_code"] == 0, f"{page}: {found['wide_code']} code cells scroll sideways at 1280 px"
+
+
+@pytest.mark.xfail(reason="figures without captions (issue 31, the figure pass): a chapter's figures are cell "
+                          "outputs, captioned only where the chapter gives a caption", strict=False)
+def test_every_chapter_figure_has_a_caption(read_pages):
+    for page, found in read_pages.items():
+        assert found["bare_figures"] == 0, f"{page}: {found['bare_figures']} figures without a caption"
