@@ -17,11 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from icl_lib import checks, models
-from icl_lib.devices import make_generator, parse_device
-from icl_lib.tasks import make_task
+from icl_lib.devices import parse_device
+from icl_lib.tasks import check_fits, make_task
 
 @dataclass(frozen=True)
 class Curriculum:
@@ -174,9 +172,7 @@ class TrainConfig:
             raise ValueError(f"task must be a table with a 'name', got {self.task!r}")
         object.__setattr__(self, "task", dict(self.task))
         try:
-            task = make_task(**self.task)
-            # A dry run on a 1-prompt batch catches options that do not fit n_dims (e.g. sparsity k > d).
-            task.sample(torch.zeros(1, 2, self.n_dims), make_generator(0))
+            check_fits(make_task(**self.task), self.n_dims)  # options that do not fit n_dims (sparsity k > d)
         except ValueError as error:
             raise ValueError(f"task: {error}") from None
 
