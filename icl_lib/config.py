@@ -197,7 +197,7 @@ class TrainConfig:
             if curriculum.points_end > self.n_points:
                 raise ValueError(f"curriculum.points_end = {curriculum.points_end} exceeds n_points = {self.n_points}")
         object.__setattr__(self, "curriculum", curriculum)
-        check_points_curriculum(self, models.MODELS[model_name].predicts_every_position, f"model.name = {model_name!r}")
+        check_points_curriculum(self, models.predicts_every_position(model_name), f"model.name = {model_name!r}")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
