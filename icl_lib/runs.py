@@ -180,11 +180,38 @@ def _warm_start(model: nn.Module, config: TrainConfig) -> dict[str, str]:
     return {"run": str(config.init_from), "sha256": hashlib.sha256(file.read_bytes()).hexdigest()}
 
 
+def training_state(step_fn: Step, step: int, wall_s: float) -> dict[str, Any]:
+    """What ``checkpoint.pt`` holds after ``step``: the config and what a step changes (model, optimizer, data
+    generator, the metric sums not yet logged), with the global random states (dropout draws from them)."""
+    device = step_fn.device
+    return {
+        "config": step_fn.config.to_dict(),
+        "step": step,
+        "model": step_fn.model.state_dict(),
+        "optimizer": step_fn.optimizer.state_dict(),
+        "generator": step_fn.generator.get_state(),
+        "rng_cpu": torch.get_rng_state(),
+        **({"rng_cuda": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
+        "totals": step_fn.totals.detach().cpu(),
+        "totals_steps": step_fn.summed,
+        "wall_s": wall_s,
+        **({"schedule_changes": step_fn.schedule_changes} if step_fn.schedule_changes else {}),
+    }
+
+
 def resume(stored: Mapping[str, Any], out_dir: Path, step_fn: Step) -> tuple[int, float, list[dict[str, Any]]]:
-    """Load a checkpoint's training state into ``step_fn``; returns its step, the wall time spent so far and the
-    metric records up to that step (those logged after it are replayed)."""
+    """Load a checkpoint's training state (:func:`training_state`) into ``step_fn``; returns its step, the wall time
+    spent so far and the metric records up to that step (those logged after it are replayed)."""
     try:
-        step_fn.load_state_dict(stored)
+        step_fn.model.load_state_dict(stored["model"])
+        step_fn.optimizer.load_state_dict(stored["optimizer"])
+        step_fn.generator.set_state(stored["generator"])
+        torch.set_rng_state(stored["rng_cpu"])
+        if step_fn.device.type == "cuda" and "rng_cuda" in stored:
+            torch.cuda.set_rng_state(stored["rng_cuda"], step_fn.device)
+        step_fn.totals.copy_(stored["totals"])
+        step_fn.summed = stored["totals_steps"]
+        step_fn.schedule_changes = list(stored.get("schedule_changes", []))
     except (RuntimeError, ValueError, KeyError, TypeError) as error:
         reason = " ".join(str(error).split())[:300]
         raise ValueError(f"cannot resume {_run_name(out_dir)}: its {checkpoints.CHECKPOINT_FILE} does not fit "

@@ -69,8 +69,8 @@ class Step:
 
     It never waits for the host: what changes between steps (learning rate, active shape) lives in device tensors
     filled in place, and the loss and normalised error are summed on the device in ``totals`` until
-    :meth:`take_means` reads them. It owns what a step changes (model, optimizer, data generator, totals), so it is
-    also what a checkpoint saves (:meth:`state_dict`) and a resumed run restores (:meth:`load_state_dict`).
+    :meth:`take_means` reads them. It owns what a step changes (model, optimizer, data generator, totals): what a
+    checkpoint saves (:func:`icl_lib.runs.training_state`) and a resumed run restores (:func:`icl_lib.runs.resume`).
     """
 
     def __init__(self, model: nn.Module, task: Any, config: TrainConfig, device: torch.device) -> None:
@@ -132,32 +132,6 @@ class Step:
         self.summed = 0
         return means
 
-    def state_dict(self, step: int, wall_s: float) -> dict[str, Any]:
-        """The training state of ``checkpoint.pt`` (with the global random states: dropout draws from them)."""
-        return {
-            "config": self.config.to_dict(),
-            "step": step,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "generator": self.generator.get_state(),
-            "rng_cpu": torch.get_rng_state(),
-            **({"rng_cuda": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {}),
-            "totals": self.totals.detach().cpu(),
-            "totals_steps": self.summed,
-            "wall_s": wall_s,
-            **({"schedule_changes": self.schedule_changes} if self.schedule_changes else {}),
-        }
-
-    def load_state_dict(self, stored: Mapping[str, Any]) -> None:
-        self.model.load_state_dict(stored["model"])
-        self.optimizer.load_state_dict(stored["optimizer"])
-        self.generator.set_state(stored["generator"])
-        torch.set_rng_state(stored["rng_cpu"])
-        if self.device.type == "cuda" and "rng_cuda" in stored:
-            torch.cuda.set_rng_state(stored["rng_cuda"], self.device)
-        self.totals.copy_(stored["totals"])
-        self.summed = stored["totals_steps"]
-        self.schedule_changes = list(stored.get("schedule_changes", []))
 
 
 def _make_optimizer(model: nn.Module, config: TrainConfig, device: torch.device, capturable: bool) -> torch.optim.AdamW:
@@ -175,6 +149,111 @@ def _make_optimizer(model: nn.Module, config: TrainConfig, device: torch.device,
 
 
 # ---------------------------------------------------------------- the loop
+
+
+def _loop(config: TrainConfig, out_dir: Path | None, *, resume: bool, progress: bool, hooks: tuple[Hook, ...],
+          stop_at: int | None, command: str | None, model: nn.Module | None = None, task: Any = None) -> TrainResult:
+    """The loop, on arguments already checked: set up (or resume) the run, then step, log, evaluate and checkpoint
+    until ``config.steps``."""
+    device = resolve_device(config.device)
+    with _session(config, device, out_dir):
+        task = make_task(**config.task) if task is None else task
+        stored = runs.resumable_state(out_dir, config) if (out_dir is not None and resume) else None
+        if out_dir is not None and resume and (finished := runs.finished_run(out_dir, config, stored)) is not None:
+            step, history = finished
+            return TrainResult(checkpoints.load_model(out_dir, device=device), config, step,
+                               runs.final_metrics(history), history, out_dir, already_finished=True)
+        torch.default_generator.manual_seed(derive_seed(config.seed, "global"))  # dropout, inside fork_rng
+        if device.type == "cuda":
+            torch.cuda.manual_seed(derive_seed(config.seed, "global"))
+        model, warm_start = runs.initial_model(config, model, stored, out_dir)
+        step_fn = Step(model.to(device).train(), task, config, device)
+        step, wall_before, history = runs.resume(stored, out_dir, step_fn) if stored is not None else (0, 0.0, [])
+        if stored is not None and (change := runs.schedule_change(stored["config"], config, step)):
+            step_fn.schedule_changes.append(change)
+        step_fn.set_lr(learning_rate(config, step))  # re-attach the device lr after loading a state
+        writer = runs.RunWriter(out_dir, config, history, resumed_from=step if stored is not None else None,
+                                command=command, model=model, device=device, warm_start=warm_start,
+                                graph=step_fn.graph, schedule_changes=step_fn.schedule_changes)
+        clock = runs.Clock(wall_before, step)
+        bar = tqdm(total=config.steps, initial=step, disable=not progress, desc=out_dir.name if out_dir else "train",
+                   dynamic_ncols=True, file=sys.stderr)
+        try:
+            if step >= config.steps:  # killed after the last checkpoint, before model.pt or meta.json
+                writer.finish(model, step, clock.wall())
+            while step < config.steps and (stop_at is None or step < stop_at):
+                lr = learning_rate(config, step)
+                step_fn.set_lr(lr)
+                dims, points = config.curriculum.at(step) if config.curriculum else (config.n_dims, config.n_points)
+                step_fn.set_active(dims, points)
+                step_fn()
+                step += 1
+                bar.update(1)
+                record: dict[str, Any] = {}
+                last = step == config.steps
+                if step % config.log_every == 0 or last:
+                    record.update(step_fn.take_means(), lr=lr, n_dims=dims, n_points=points, **clock.lap(step))
+                    bar.set_postfix(loss=f"{record['train_loss']:.4f}", err=f"{record['train_normalized_error']:.3f}")
+                if (config.eval_every and step % config.eval_every == 0) or last:
+                    held_out = make_generator(derive_seed(config.seed, "eval"), device)  # the same prompts every time
+                    record.update(held_out_metrics(model, task, config.n_dims, config.n_points, config.eval_batch,
+                                                   held_out, active_dims=dims, active_points=points,
+                                                   autocast=config.autocast))
+                    record.update(hook_metrics(hooks, step, model))
+                _check_finite(record, step, config, writer)
+                if record:
+                    writer.log({"step": step, **record})
+                if out_dir is not None and (
+                    (config.checkpoint_every and step % config.checkpoint_every == 0) or last or step == stop_at
+                ):
+                    writer.checkpoint(runs.training_state(step_fn, step, clock.wall()), step)
+                    if last:
+                        writer.finish(model, step, clock.wall())
+                    else:
+                        writer.write_meta("stopped" if step == stop_at else "running", step, clock.wall())
+        except BaseException as error:
+            with interrupts.ignored():  # a second Ctrl-C must not leave meta.json saying "running"
+                writer.mark("diverged" if isinstance(error, FloatingPointError) else "interrupted")
+            raise
+        finally:
+            bar.close()
+            writer.close()
+        return TrainResult(model.eval(), config, step, runs.final_metrics(writer.history), writer.history, out_dir)
+
+
+@contextlib.contextmanager
+def _session(config: TrainConfig, device: torch.device, out_dir: Path | None) -> Iterator[None]:
+    """For the run: ``config.threads`` CPU threads, the run directory's lock (a second process on it is refused, not
+    interleaved), a fork of the global random state and the CUDA device; the caller's settings come back after."""
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    try:
+        devices = [device.index] if device.type == "cuda" else []
+        lock = checkpoints.run_lock(out_dir) if out_dir is not None else contextlib.nullcontext()
+        with lock, torch.random.fork_rng(devices=devices), (
+            torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+        ):
+            yield
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _check_finite(record: Mapping[str, Any], step: int, config: TrainConfig, writer: runs.RunWriter) -> None:
+    """Stop a diverged run: ``FloatingPointError`` if a metric of ``record`` (a number or a list) is nan or infinite."""
+    def finite(value: Any) -> bool:
+        if isinstance(value, list):
+            return all(finite(v) for v in value)
+        return not isinstance(value, float) or math.isfinite(value)
+
+    bad = [key for key, value in record.items() if not finite(value)]
+    if bad:
+        raise FloatingPointError(
+            f"training diverged: {', '.join(bad)} not finite at logged step {step} (lr = {config.lr}); "
+            f"{writer.kept()}; lower lr (or raise warmup_steps) and start over with --fresh (resume=False)"
+        )
+
+
+# ---------------------------------------------------------------- the library's entry: train()
 
 
 @dataclass
@@ -252,108 +331,6 @@ def _check_objects(config: TrainConfig, out_dir: str | Path | None, model: Any, 
                          f"{config.init_from!r} into config.model), got {config.init_from!r}")
     if model is not None:
         check_points_curriculum(config, getattr(model, "predicts_every_position", False), "this model")
-
-
-def _loop(config: TrainConfig, out_dir: Path | None, *, resume: bool, progress: bool, hooks: tuple[Hook, ...],
-          stop_at: int | None, command: str | None, model: nn.Module | None = None, task: Any = None) -> TrainResult:
-    """The loop, on arguments already checked: set up (or resume) the run, then step, log, evaluate and checkpoint
-    until ``config.steps``."""
-    device = resolve_device(config.device)
-    with _session(config, device, out_dir):
-        task = make_task(**config.task) if task is None else task
-        stored = runs.resumable_state(out_dir, config) if (out_dir is not None and resume) else None
-        if out_dir is not None and resume and (finished := runs.finished_run(out_dir, config, stored)) is not None:
-            step, history = finished
-            return TrainResult(checkpoints.load_model(out_dir, device=device), config, step,
-                               runs.final_metrics(history), history, out_dir, already_finished=True)
-        torch.default_generator.manual_seed(derive_seed(config.seed, "global"))  # dropout, inside fork_rng
-        if device.type == "cuda":
-            torch.cuda.manual_seed(derive_seed(config.seed, "global"))
-        model, warm_start = runs.initial_model(config, model, stored, out_dir)
-        step_fn = Step(model.to(device).train(), task, config, device)
-        step, wall_before, history = runs.resume(stored, out_dir, step_fn) if stored is not None else (0, 0.0, [])
-        if stored is not None and (change := runs.schedule_change(stored["config"], config, step)):
-            step_fn.schedule_changes.append(change)
-        step_fn.set_lr(learning_rate(config, step))  # re-attach the device lr after loading a state
-        writer = runs.RunWriter(out_dir, config, history, resumed_from=step if stored is not None else None,
-                                command=command, model=model, device=device, warm_start=warm_start,
-                                graph=step_fn.graph, schedule_changes=step_fn.schedule_changes)
-        clock = runs.Clock(wall_before, step)
-        bar = tqdm(total=config.steps, initial=step, disable=not progress, desc=out_dir.name if out_dir else "train",
-                   dynamic_ncols=True, file=sys.stderr)
-        try:
-            if step >= config.steps:  # killed after the last checkpoint, before model.pt or meta.json
-                writer.finish(model, step, clock.wall())
-            while step < config.steps and (stop_at is None or step < stop_at):
-                lr = learning_rate(config, step)
-                step_fn.set_lr(lr)
-                dims, points = config.curriculum.at(step) if config.curriculum else (config.n_dims, config.n_points)
-                step_fn.set_active(dims, points)
-                step_fn()
-                step += 1
-                bar.update(1)
-                record: dict[str, Any] = {}
-                last = step == config.steps
-                if step % config.log_every == 0 or last:
-                    record.update(step_fn.take_means(), lr=lr, n_dims=dims, n_points=points, **clock.lap(step))
-                    bar.set_postfix(loss=f"{record['train_loss']:.4f}", err=f"{record['train_normalized_error']:.3f}")
-                if (config.eval_every and step % config.eval_every == 0) or last:
-                    held_out = make_generator(derive_seed(config.seed, "eval"), device)  # the same prompts every time
-                    record.update(held_out_metrics(model, task, config.n_dims, config.n_points, config.eval_batch,
-                                                   held_out, active_dims=dims, active_points=points,
-                                                   autocast=config.autocast))
-                    record.update(hook_metrics(hooks, step, model))
-                _check_finite(record, step, config, writer)
-                if record:
-                    writer.log({"step": step, **record})
-                if out_dir is not None and (
-                    (config.checkpoint_every and step % config.checkpoint_every == 0) or last or step == stop_at
-                ):
-                    writer.checkpoint(step_fn.state_dict(step, clock.wall()), step)
-                    if last:
-                        writer.finish(model, step, clock.wall())
-                    else:
-                        writer.write_meta("stopped" if step == stop_at else "running", step, clock.wall())
-        except BaseException as error:
-            with interrupts.ignored():  # a second Ctrl-C must not leave meta.json saying "running"
-                writer.mark("diverged" if isinstance(error, FloatingPointError) else "interrupted")
-            raise
-        finally:
-            bar.close()
-            writer.close()
-        return TrainResult(model.eval(), config, step, runs.final_metrics(writer.history), writer.history, out_dir)
-
-
-@contextlib.contextmanager
-def _session(config: TrainConfig, device: torch.device, out_dir: Path | None) -> Iterator[None]:
-    """For the run: ``config.threads`` CPU threads, the run directory's lock (a second process on it is refused, not
-    interleaved), a fork of the global random state and the CUDA device; the caller's settings come back after."""
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(config.threads)
-    try:
-        devices = [device.index] if device.type == "cuda" else []
-        lock = checkpoints.run_lock(out_dir) if out_dir is not None else contextlib.nullcontext()
-        with lock, torch.random.fork_rng(devices=devices), (
-            torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
-        ):
-            yield
-    finally:
-        torch.set_num_threads(previous_threads)
-
-
-def _check_finite(record: Mapping[str, Any], step: int, config: TrainConfig, writer: runs.RunWriter) -> None:
-    """Stop a diverged run: ``FloatingPointError`` if a metric of ``record`` (a number or a list) is nan or infinite."""
-    def finite(value: Any) -> bool:
-        if isinstance(value, list):
-            return all(finite(v) for v in value)
-        return not isinstance(value, float) or math.isfinite(value)
-
-    bad = [key for key, value in record.items() if not finite(value)]
-    if bad:
-        raise FloatingPointError(
-            f"training diverged: {', '.join(bad)} not finite at logged step {step} (lr = {config.lr}); "
-            f"{writer.kept()}; lower lr (or raise warmup_steps) and start over with --fresh (resume=False)"
-        )
 
 
 # ---------------------------------------------------------------- command line
