@@ -98,7 +98,7 @@ class TrainConfig:
       disclose. Its model, ``n_dims`` and ``n_points`` must be this config's; ``meta.json`` records the weights' SHA-256.
     * ``device``: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ``"cuda:N"``; ``threads``: CPU threads,
       pinned during the run (results are bit-identical only for the same count); ``autocast``: bf16 on CUDA (never on
-      the CPU); ``cuda_graph``: capture the step in a CUDA graph (CUDA only).
+      the CPU); ``cuda_graph``: capture the step in a CUDA graph (CUDA only; opt-in, see :mod:`icl_lib.cuda_graph`).
     """
 
     model: dict = field(default_factory=lambda: {"preset": "laptop"})
@@ -128,6 +128,8 @@ class TrainConfig:
     cuda_graph: bool = False
 
     def __post_init__(self) -> None:
+        """Check every field, once; the four that a TOML table or a chapter may spell loosely (betas as a list, a
+        model preset, a task table, a curriculum's name or table) are stored typed, as runs record them."""
         for name in ("n_dims", "n_points", "batch_size", "steps", "log_every", "eval_batch", "threads"):
             checks.positive_int(name, getattr(self, name))
         for name in ("warmup_steps", "eval_every", "checkpoint_every", "seed"):
@@ -176,21 +178,7 @@ class TrainConfig:
         except ValueError as error:
             raise ValueError(f"task: {error}") from None
 
-        curriculum = self.curriculum
-        if isinstance(curriculum, str):
-            checks.choice("curriculum", curriculum, tuple(CURRICULUM_PRESETS))
-            curriculum = CURRICULUM_PRESETS[curriculum]()
-        elif isinstance(curriculum, Mapping):
-            accepted = [f.name for f in dataclasses.fields(Curriculum)]
-            unknown = sorted(set(curriculum) - set(accepted))
-            if unknown:
-                raise ValueError(f"unknown curriculum field(s) {unknown}; accepted: {accepted}")
-            try:
-                curriculum = Curriculum(**curriculum)
-            except (TypeError, ValueError) as error:
-                raise ValueError(f"curriculum.{error}") from None
-        elif curriculum is not None and not isinstance(curriculum, Curriculum):
-            raise ValueError(f"curriculum must be None, {list(CURRICULUM_PRESETS)} or a table, got {curriculum!r}")
+        curriculum = parse_curriculum(self.curriculum)
         if curriculum is not None:
             if curriculum.dims_end > self.n_dims:
                 raise ValueError(f"curriculum.dims_end = {curriculum.dims_end} exceeds n_dims = {self.n_dims}")
@@ -220,6 +208,25 @@ class TrainConfig:
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
+
+
+def parse_curriculum(value: Curriculum | str | Mapping | None) -> Curriculum | None:
+    """A config's ``curriculum``: None, a :class:`Curriculum`, a preset's name (``"garg"``) or a table of its fields."""
+    if isinstance(value, str):
+        checks.choice("curriculum", value, tuple(CURRICULUM_PRESETS))
+        return CURRICULUM_PRESETS[value]()
+    if isinstance(value, Mapping):
+        accepted = [f.name for f in dataclasses.fields(Curriculum)]
+        unknown = sorted(set(value) - set(accepted))
+        if unknown:
+            raise ValueError(f"unknown curriculum field(s) {unknown}; accepted: {accepted}")
+        try:
+            return Curriculum(**value)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"curriculum.{error}") from None
+    if value is not None and not isinstance(value, Curriculum):
+        raise ValueError(f"curriculum must be None, {list(CURRICULUM_PRESETS)} or a table, got {value!r}")
+    return value
 
 
 def check_points_curriculum(config: TrainConfig, every_position: bool, model: str) -> None:
