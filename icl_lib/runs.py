@@ -2,8 +2,9 @@
 
 A run directory (:mod:`icl_lib.checkpoints` names its files) holds ``checkpoint.pt`` (the training state),
 ``metrics.jsonl`` (one record per log), ``meta.json`` (provenance and status) and, once finished, ``model.pt``. Here
-:func:`open_run` decides what a directory holds for a config (nothing, a checkpoint to resume, or this config's
-finished run), :class:`RunWriter` writes it, and every refusal names the run and :data:`WAY_OUT`.
+:func:`resumable_state` reads a checkpoint of the config (refusing another config's), :func:`finished_run` is the one
+test of a finished run, :func:`training_state` and :func:`resume` are ``checkpoint.pt``'s format both ways,
+:class:`RunWriter` writes the files, and every refusal names the run and :data:`WAY_OUT`.
 """
 
 from __future__ import annotations
