@@ -1,8 +1,8 @@
 """icl_lib: the helper library of the executable textbook on in-context learning.
 
 Modules, one concern each. Imports flow one way: checks/devices -> samplers/tasks/prompts -> baselines ->
-evaluation -> plotting, and samplers/tasks/prompts -> models -> checkpoints -> train; theory imports models only
-for their initialisation.
+evaluation -> plotting, and samplers/tasks/prompts -> models -> checkpoints, config, batches -> runs -> train; theory
+imports models only for their initialisation.
 
 * ``samplers``: covariates x ~ N(0, c^2 Lambda).
 * ``tasks``: function classes (dense, sparse, noisy linear, a finite pool of linear tasks, ReLU nets, sinusoids,
@@ -26,6 +26,10 @@ for their initialisation.
 * ``finetuning``: zero-shot, in-context and key/value fine-tuning traces of the GPT, and Dai et al.'s metrics
   (Rec2FTP, SimAOU, SimAM, Kendall) with their random-update control.
 * ``interrupts``: Ctrl-C on the command lines (one line, even while torch is still being imported).
+* ``config``: a training run's config (``TrainConfig``, Garg et al.'s ``Curriculum``), learning-rate schedules, seeds.
+* ``batches``: the prompts a training step or a held-out evaluation draws, the masked loss, the held-out metrics.
+* ``runs``: a run directory: resume, the finished-run test, the files a run writes.
+* ``cuda_graph``: the training step captured in a CUDA graph, opt-in (``cuda_graph = true``).
 * ``train``: the one training loop (``python -m icl_lib.train CONFIG``), Triton-free, CPU or CUDA.
 """
 

@@ -430,7 +430,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _prompt_shape(args: argparse.Namespace, run: Mapping[str, Any]) -> tuple[int, int]:
     """``(n_dims, n_points)`` from ``--dims`` and ``--points`` (default: the run's), checked against the model."""
-    every_position = models.MODELS[run["spec"]["name"]].predicts_every_position
+    every_position = models.predicts_every_position(run["spec"]["name"])
     n_dims = run["n_dims"] if args.dims is None else checks.positive_int("--dims", args.dims)
     n_points = run["n_points"] if args.points is None else checks.positive_int("--points", args.points)
     if every_position and n_dims > run["n_dims"]:

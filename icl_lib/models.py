@@ -7,7 +7,8 @@ predictions ``(batch, P)``, where column j predicts ``ys[:, n_points - P + j]``:
 * :class:`LinearSelfAttention`, :class:`ReducedLSA` and :class:`LinearTransformer` read the last point as the query
   and the first ``N = n_points - 1`` as the context (``P = 1``); ``ys[:, -1]`` is never read.
 
-The class attribute ``predicts_every_position`` tells which. :func:`make_model` builds a model from a config dict
+The class attribute ``predicts_every_position`` tells which (and :func:`predicts_every_position` of a spec's name,
+before the model is built). :func:`make_model` builds a model from a config dict
 ``{"name": ..., **options}`` (as ``configs/*.toml`` spell it), so that checkpoints can rebuild what they store; the
 book's model sizes are the presets of :data:`MODEL_PRESETS` (``{"preset": "laptop"}``).
 """
@@ -15,10 +16,8 @@ book's model sizes are the presets of :data:`MODEL_PRESETS` (``{"preset": "lapto
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import ClassVar
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -269,7 +268,6 @@ class GPTConfig:
     dropout: float = 0.0
     attention: str = "softmax"
     momentum: float = 0.0
-    predicts_every_position: ClassVar[bool] = True  # as the GPT it configures: :data:`MODELS` lists this class
 
     def __post_init__(self) -> None:
         for name in ("n_dims", "n_points", "n_layers", "width", "n_heads"):
@@ -420,10 +418,17 @@ class GPT(nn.Module):
 
 # ---------------------------------------------------------------- building models from specs
 
-# The kinds: the GPT's config (the model is GPT(config)) and the classes of the models that read the last point as
-# the query. Each one's parameters after the prompt shape (n_dims or d, n_points) are the spec's options.
-MODELS: dict[str, type] = {
-    "gpt": GPTConfig,
+def gpt(n_dims: int, n_points: int, n_layers: int = 12, width: int = 256, n_heads: int = 8,
+        token_format: str = "interleaved", dropout: float = 0.0, attention: str = "softmax",
+        momentum: float = 0.0) -> GPT:
+    """The :class:`GPT` of these options; :class:`GPTConfig` (same names and defaults) documents and checks them."""
+    return GPT(GPTConfig(n_dims, n_points, n_layers, width, n_heads, token_format, dropout, attention, momentum))
+
+
+# The kinds: each name's constructor. The GPT's takes the prompt shape (n_dims, n_points), those of the models that
+# read the last point as the query take d = n_dims; their other parameters are the spec's options.
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "gpt": gpt,
     "lsa": LinearSelfAttention,
     "reduced_lsa": ReducedLSA,
     "linear_transformer": LinearTransformer,
@@ -473,13 +478,21 @@ def _check_size(options: Mapping, n_dims: int) -> None:
                          f"parameters; at most {MAX_PARAMETERS:.2e} (2**30) are built")
 
 
-def _kind(name: str, options: Mapping, n_dims: int, n_points: int) -> GPTConfig | nn.Module:
-    """The GPT's config, or a query-reading model built from its options (cheap: a few (d + 1, d + 1) matrices)."""
+def predicts_every_position(name: str) -> bool:
+    """Whether the model ``name`` of :data:`MODELS` predicts at every position (the GPT: ``P = n_points``) or reads
+    the last point as the query (``P = 1``), known from its spec before it is built."""
+    return name == "gpt"
+
+
+def _check_values(name: str, options: Mapping, n_dims: int, n_points: int) -> None:
+    """Check a spec's option values as its constructor does: a GPT's by its config (no weights are allocated), a
+    query-reading model's by building it (a few (d + 1, d + 1) matrices)."""
     if name == "gpt":
-        return GPTConfig(n_dims=n_dims, n_points=n_points, **options)
+        GPTConfig(n_dims=n_dims, n_points=n_points, **options)
+        return
     if n_points < 2:
         raise ValueError(f"n_points must be >= 2 for {name!r} (N >= 1 examples and a query), got {n_points}")
-    return MODELS[name](n_dims, **options)
+    MODELS[name](n_dims, **options)
 
 
 def check_model_spec(spec: Mapping, n_dims: int, n_points: int) -> tuple[str, dict]:
@@ -495,7 +508,7 @@ def check_model_spec(spec: Mapping, n_dims: int, n_points: int) -> tuple[str, di
     _check_size(options, n_dims)
     try:
         with torch.random.fork_rng(devices=[]):  # the linear transformer draws its initial weights
-            _kind(name, options, n_dims, n_points)
+            _check_values(name, options, n_dims, n_points)
     except ValueError as error:
         raise ValueError(f"model.{error}") from None
     return name, options
@@ -514,8 +527,9 @@ def make_model(spec: Mapping, n_dims: int, n_points: int, seed: int | None = Non
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.default_generator.manual_seed(seed)  # the CPU generator only: models are built on the CPU
-        kind = _kind(name, options, n_dims, n_points)
-        return GPT(kind) if isinstance(kind, GPTConfig) else kind
+        if predicts_every_position(name):
+            return MODELS[name](n_dims, n_points, **options)
+        return MODELS[name](n_dims, **options)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -443,6 +443,17 @@ def dense_label_scale(spec: Mapping) -> float:
     return next((float(c.get("scale", 1.0)) for c in specs if c.get("name") == "linear"), 1.0)
 
 
+def check_fits(task: object, n_dims: int) -> None:
+    """Refuse a function class whose options do not fit prompts of ``n_dims`` coordinates (a sparse class with
+    k > d, alone or as a part of a mixture or a convex combination), as its ``sample`` would, without sampling."""
+    if isinstance(task, SparseLinear) and task.k > n_dims:
+        raise ValueError(f"k must be at most d = {n_dims} (k of d coordinates are non-zero), got k = {task.k}")
+    parts = task.components if isinstance(task, Mixture) else (
+        (task.first, task.second) if isinstance(task, ConvexCombination) else ())
+    for part in parts:
+        check_fits(part, n_dims)
+
+
 def make_task(name: str, **options) -> FunctionClass:
     """Build a function class from its name and options, as configs spell it (:func:`icl_lib.checks.build`).
 

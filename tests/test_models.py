@@ -301,6 +301,21 @@ def test_make_model_is_seeded_and_leaves_the_global_random_state_alone():
     assert set(MODELS) == {"gpt", "lsa", "reduced_lsa", "linear_transformer"}
 
 
+def test_the_registry_maps_names_to_constructors_and_the_gpts_options_are_its_configs():
+    import inspect
+
+    from icl_lib.models import gpt, predicts_every_position
+
+    def options(kind):
+        return [(name, p.default) for name, p in inspect.signature(kind).parameters.items()]
+
+    assert options(gpt) == options(GPTConfig)  # same names, order and defaults
+    assert [name for name in MODELS if predicts_every_position(name)] == ["gpt"]
+    for name in MODELS:
+        built = make_model({"name": name}, 2, 3, seed=0)
+        assert isinstance(built, torch.nn.Module) and built.predicts_every_position == predicts_every_position(name)
+
+
 @pytest.mark.parametrize(
     "changes, field",
     [

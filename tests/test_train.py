@@ -17,8 +17,8 @@ from icl_lib.devices import make_generator
 from icl_lib.models import make_model
 from icl_lib.tasks import DenseLinear, SparseLinear, TaskSample
 from icl_lib.samplers import gaussian_xs
-from icl_lib.train import (Curriculum, TrainConfig, derive_seed, held_out_metrics, learning_rate, load_config,
-                           masked_mse, sample_batch, train)
+from icl_lib.train import (Curriculum, Step, TrainConfig, derive_seed, held_out_metrics, learning_rate,
+                           load_config, masked_mse, sample_batch, train)
 
 REPO = repository_root()
 TIMING_KEYS = {"steps_per_s", "wall_s"}
@@ -348,6 +348,27 @@ def test_lsa_trains_towards_the_zfb_global_minimum():
 def test_bad_config_values_fail_naming_the_field(changes, field):
     with pytest.raises(ValueError, match=field.replace(".", r"\.")):
         tiny_config(**changes)
+
+
+def test_a_sparse_part_wider_than_the_prompts_is_refused_without_sampling():
+    mixture = {"name": "mixture", "components": [{"name": "linear"}, {"name": "sparse_linear", "k": 4}],
+               "weights": [0.5, 0.5]}
+    with pytest.raises(ValueError, match=r"task: k must be at most d = 3 \(k of d coordinates are non-zero\), got k = 4"):
+        tiny_config(task=mixture)
+    convex = {"name": "convex", "first": "linear", "second": {"name": "sparse_linear", "k": 4}}
+    with pytest.raises(ValueError, match=r"task: k must be at most d = 3"):
+        tiny_config(task=convex)
+    assert tiny_config(task={**mixture, "components": [{"name": "linear"}, {"name": "sparse_linear", "k": 3}]})
+
+
+def test_the_cuda_graph_is_opt_in_and_its_module_imports_without_a_gpu():
+    from icl_lib import cuda_graph
+
+    assert TrainConfig().cuda_graph is False  # the eager step is what a run gets unless its config asks
+    assert callable(cuda_graph.CudaGraphStep)
+    model = make_model(tiny_config().model, 3, 5, seed=0)
+    step = Step(model, DenseLinear(), tiny_config(cuda_graph=True), torch.device("cpu"))
+    assert step.graph is None  # the CPU ignores the option: it never captures
 
 
 def test_unknown_config_fields_fail_and_to_dict_round_trips():
