@@ -158,6 +158,10 @@ def build(out: Path, *, execute: bool = True, strict: bool = True) -> None:
         config_path = Path(out) / "_config.yml"
         config = yaml.safe_load(config_path.read_text())
         config["execute"]["execute_notebooks"] = "off"
+        # Without outputs there are no figures, so the text's {numref} of a figure has nothing to number; only those
+        # warnings are silenced (a numref to anything else that is missing is a "ref.numref" warning as well).
+        sphinx_config = config.setdefault("sphinx", {}).setdefault("config", {})
+        sphinx_config["suppress_warnings"] = [*sphinx_config.get("suppress_warnings", []), "ref.numref"]
         config_path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
     jupyter_book = Path(sys.executable).with_name("jupyter-book")
     command = [str(jupyter_book), "build", str(out)] + (["-W", "-n", "--keep-going"] if strict else [])

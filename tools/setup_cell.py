@@ -35,29 +35,34 @@ TAGS = ["remove-cell"]
 PINNED = ("torch", "numpy")  # the packages the cell reports (it never installs them)
 
 TEMPLATE = '''\
-# Setup for Colab and other fresh environments; in a checkout of the book's repository it does nothing.
-# Where icl_lib or its committed runs are missing, it clones the repository (shallow) and puts the clone on
-# Python's path; it installs no package (the environment's own torch and numpy are kept). Written by
-# `python -m tools.setup_cell` from _config.yml: edit that, not this cell.
+# Setup for Colab and other fresh environments; in a checkout of the book's repository
+# it does nothing. Where icl_lib or its committed runs are missing, it clones the
+# repository (shallow) and puts the clone on Python's path; it installs no package (the
+# environment's own torch and numpy are kept). Written by `python -m tools.setup_cell`
+# from _config.yml: edit that, not this cell.
 def _setup_book(repository={url!r}, ref={branch!r}):
     import importlib, importlib.util, os, pathlib, subprocess, sys, sysconfig
     spec = importlib.util.find_spec("icl_lib")
     here = spec is not None and spec.origin is not None and any(
         pathlib.Path(spec.origin).parents[1].glob("checkpoints/*/model.pt"))
     if here or os.environ.get("COURSEWORK_GRADING_DIR"):
-        return  # a checkout of the repository, or the coursework grader: nothing to do
+        # a checkout of the repository, or the coursework grader: nothing to do
+        return
     repository = os.environ.get("ICL_BOOK_REPOSITORY", repository)
     ref = os.environ.get("ICL_BOOK_REF", ref)
-    clone = pathlib.Path(os.environ.get("ICL_BOOK_CLONE", "~/icl-book")).expanduser().absolute()
+    clone = os.environ.get("ICL_BOOK_CLONE", "~/icl-book")
+    clone = pathlib.Path(clone).expanduser().absolute()
     if (clone / "icl_lib" / "__init__.py").is_file():
         done = f"used the clone {{clone}}"
     else:
-        subprocess.run(["git", "clone", "--quiet", "--depth", "1", "--branch", ref, repository, str(clone)], check=True)
+        subprocess.run(["git", "clone", "--quiet", "--depth", "1", "--branch", ref,
+                        repository, str(clone)], check=True)
         done = f"cloned {{repository}} ({{ref}}) into {{clone}}"
     commit = subprocess.run(["git", "-C", str(clone), "rev-parse", "--short", "HEAD"],
                             capture_output=True, text=True).stdout.strip() or "unknown"
     sys.path.insert(0, str(clone))
-    for name in [name for name in sys.modules if name.split(".")[0] in ("icl_lib", "coursework")]:
+    for name in [name for name in sys.modules
+                 if name.split(".")[0] in ("icl_lib", "coursework")]:
         del sys.modules[name]
     importlib.invalidate_caches()
     try:
@@ -68,8 +73,9 @@ def _setup_book(repository={url!r}, ref={branch!r}):
         done += ", put it on the path of this kernel"
     runs = len(list(clone.glob("checkpoints/*/model.pt")))
     import numpy, torch
-    print(f"setup: {{done}}: icl_lib at commit {{commit}}, {{runs}} committed runs; installed nothing "
-          f"(torch {{torch.__version__}}, numpy {{numpy.__version__}}; the book is checked with {pins})")
+    print(f"setup: {{done}}: icl_lib at commit {{commit}}, {{runs}} committed runs; "
+          f"installed nothing (torch {{torch.__version__}}, numpy {{numpy.__version__}}; "
+          f"the book is checked with {pins})")
 
 
 _setup_book()
