@@ -22,11 +22,6 @@ ROOT = Path(__file__).resolve().parent.parent
 CHAPTERS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 WIDTH = 88
 
-# Cells still being rewritten elsewhere (chapter 5's "From scratch" section and its claims table, issue 31); they
-# are to fit and to caption their figure as well once that is done, and then leave this list.
-PENDING = {
-    "05_pretraining_mixtures_and_model_selection.ipynb": {"ch5-scratch-figure", "ch5-scratch-check", "ch5-032"},
-}
 SHOWS_A_FIGURE = re.compile(r"\b(?:plotting\.show|plt\.show)\(")
 NUMREF = re.compile(r"\{numref\}`(?:[^`<]*<)?([^`>]+)>?`")
 
@@ -41,10 +36,9 @@ def cells(path: Path) -> list[dict]:
 
 def long_lines(path: Path) -> list[str]:
     """``cell id, line number: length`` for every code line of the notebook at ``path`` wider than WIDTH."""
-    pending = PENDING.get(path.name, set())
     found = []
     for index, cell in enumerate(cells(path)):
-        if cell["cell_type"] != "code" or cell.get("id") in pending:
+        if cell["cell_type"] != "code":
             continue
         for number, line in enumerate(cell["source"].split("\n"), start=1):
             if len(line) > WIDTH:
@@ -65,7 +59,6 @@ def test_every_code_line_fits_88_columns(path):
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda path: path.stem[:2])
 def test_every_figure_has_a_numbered_caption_and_the_text_cites_only_real_figures(path):
     chapter = f"fig-ch{int(path.name[:2])}-"
-    pending = PENDING.get(path.name, set())
     names, problems = [], []
     for cell in cells(path):
         figure = cell.get("metadata", {}).get("mystnb", {}).get("figure")
@@ -76,7 +69,7 @@ def test_every_figure_has_a_numbered_caption_and_the_text_cites_only_real_figure
                 problems.append(f"{cell.get('id')}: name {name!r} (should start {chapter!r}), caption {caption!r}")
             if len(SHOWS_A_FIGURE.findall(cell["source"])) > 1:
                 problems.append(f"{cell.get('id')} shows two figures: MyST-NB would give both its one name")
-        elif cell["cell_type"] == "code" and SHOWS_A_FIGURE.search(cell["source"]) and cell.get("id") not in pending:
+        elif cell["cell_type"] == "code" and SHOWS_A_FIGURE.search(cell["source"]):
             problems.append(f"{cell.get('id')} shows a figure without mystnb.figure caption and name")
     problems += [f"figure name {name!r} is used twice" for name in set(names) if names.count(name) > 1]
     cited = {name for cell in cells(path) if cell["cell_type"] == "markdown" for name in NUMREF.findall(cell["source"])}
