@@ -7,7 +7,8 @@
 * Every cell that shows a figure (``plotting.show`` or ``plt.show``) gives it a caption and a name in its metadata,
   ``"mystnb": {"figure": {"caption": "...", "name": "fig-chN-..."}}``; MyST-NB wraps the cell's image in a figure,
   which Sphinx numbers (``numfig``: "Fig. 2.1"), and the text cites it with ``{numref}`fig-chN-...```. Every such
-  reference names a figure of its own chapter.
+  reference names a figure of its own chapter. A figure inside an exercise's solution has no caption: the solution
+  is a box in the PDF, where a numbered figure (a float) cannot go.
 """
 
 from __future__ import annotations
@@ -59,10 +60,16 @@ def test_every_code_line_fits_88_columns(path):
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda path: path.stem[:2])
 def test_every_figure_has_a_numbered_caption_and_the_text_cites_only_real_figures(path):
     chapter = f"fig-ch{int(path.name[:2])}-"
-    names, problems = [], []
+    names, problems, in_solution = [], [], False
     for cell in cells(path):
+        if cell["cell_type"] == "markdown" and "{solution-" in cell["source"]:
+            in_solution = "{solution-start}" in cell["source"]
         figure = cell.get("metadata", {}).get("mystnb", {}).get("figure")
-        if figure is not None:
+        if in_solution:
+            # A solution is a box in the PDF, where a numbered figure (a float) cannot go.
+            if figure is not None:
+                problems.append(f"{cell.get('id')}: a figure inside a solution has no caption")
+        elif figure is not None:
             name, caption = figure.get("name", ""), figure.get("caption", "")
             names.append(name)
             if not name.startswith(chapter) or len(caption.split()) < 8:
