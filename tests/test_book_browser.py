@@ -275,18 +275,6 @@ def narrow(browser):
 
 
 def test_no_page_scrolls_sideways_at_400_px(narrow, site):
-    """At 400 px every page fits the width: wide code, outputs, tables and formulas scroll or wrap within their own
-    boxes (book/_static/book.css), and the page itself never scrolls sideways."""
-    for page in _book_pages():
-        _settle(narrow, site + page.relative_to(BUILD).as_posix())
-        widths = narrow.execute_script(
-            "const e = document.documentElement; return [e.scrollWidth, e.clientWidth, document.body.scrollWidth];")
-        scroll, client, body = widths
-        assert max(scroll, body) <= client + 1, (
-            f"{page.name}: at 400 px the page is {max(scroll, body)} px wide (viewport {client} px): it scrolls sideways")
-
-
-def test_no_page_scrolls_sideways_at_400_px(narrow, site):
     """At 400 px every page fits the width: outputs wrap, and wide code, tables and formulas scroll within their own
     boxes (book/_static/book.css); the page itself never scrolls sideways."""
     for page in _book_pages():
