@@ -82,15 +82,16 @@ class TrainConfig:
     """Everything a training run depends on. The defaults are the book's laptop setting (configs/README.md).
 
     * ``model``: ``{"name": "gpt" | "lsa" | "reduced_lsa" | "linear_transformer", **options}``
-      (:func:`icl_lib.models.make_model`); ``task``: ``{"name": ..., **options}`` (:func:`icl_lib.tasks.make_task`).
+      (:func:`icl_lib.models.make_model`; :meth:`from_dict` and :meth:`replace` also take ``{"preset": "laptop"}``);
+      ``task``: ``{"name": ..., **options}`` (:func:`icl_lib.tasks.make_task`).
     * ``n_dims``, ``n_points``: the (largest) prompt shape; every batch has this shape.
     * ``lr`` with ``warmup_steps`` of linear warm-up, then ``lr_schedule`` ``"cosine"`` (a half cosine from ``lr``
       that would reach ``lr_floor * lr`` one step after the last), ``"constant"``, or ``"wsd"`` (warm-up, stable,
       decay: constant, then a linear fall to ``lr_floor * lr`` over the last ``decay_fraction`` of the steps, so
       that learning is never slowed before the end). AdamW with ``betas`` and
       decoupled ``weight_decay`` on matrices only.
-    * ``grad_clip``: global gradient-norm clipping (0 = off). ``curriculum``: a :class:`Curriculum`, ``"garg"``, a
-      dict of its fields, or None.
+    * ``grad_clip``: global gradient-norm clipping (0 = off). ``curriculum``: a :class:`Curriculum` or None
+      (:meth:`from_dict` and :meth:`replace` also take ``"garg"`` or a dict of its fields).
     * ``log_every`` (train metrics), ``eval_every`` (0 = at the end only) on ``eval_batch`` fixed prompts,
       ``checkpoint_every`` (0 = at the end only).
     * ``init_from``: None (a fresh initialisation from ``seed``), or a committed run's name or a run directory whose
@@ -101,7 +102,7 @@ class TrainConfig:
       the CPU); ``cuda_graph``: capture the step in a CUDA graph (CUDA only; opt-in, see :mod:`icl_lib.cuda_graph`).
     """
 
-    model: dict = field(default_factory=lambda: {"preset": "laptop"})
+    model: dict = field(default_factory=lambda: models.model_spec({"preset": "laptop"}))
     task: dict = field(default_factory=lambda: {"name": "linear"})
     n_dims: int = 5
     n_points: int = 11
@@ -128,8 +129,9 @@ class TrainConfig:
     cuda_graph: bool = False
 
     def __post_init__(self) -> None:
-        """Check every field, once; the four that a TOML table or a chapter may spell loosely (betas as a list, a
-        model preset, a task table, a curriculum's name or table) are stored typed, as runs record them."""
+        """Check every field, once, without building the model or drawing from the task. The fields must be typed as
+        runs store them; :meth:`from_dict` and :meth:`replace` also accept the loose spellings of a TOML file or a
+        chapter (betas as a list, a model preset, a curriculum's name or table) and write them out first."""
         for name in ("n_dims", "n_points", "batch_size", "steps", "log_every", "eval_batch", "threads"):
             checks.positive_int(name, getattr(self, name))
         for name in ("warmup_steps", "eval_every", "checkpoint_every", "seed"):
@@ -150,19 +152,20 @@ class TrainConfig:
         for name in ("autocast", "cuda_graph"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
-        if not isinstance(self.betas, (tuple, list)) or len(self.betas) != 2:
-            raise ValueError(f"betas must be a pair (beta1, beta2), got {self.betas!r}")
-        betas = tuple(checks.unit_interval(f"betas[{i}]", b) for i, b in enumerate(self.betas))
-        if max(betas) >= 1:
+        if not isinstance(self.betas, tuple) or len(self.betas) != 2:
+            raise ValueError(f"betas must be a tuple (beta1, beta2), got {self.betas!r} "
+                             "(TrainConfig.from_dict and replace accept a list)")
+        for i, beta in enumerate(self.betas):
+            checks.unit_interval(f"betas[{i}]", beta)
+        if max(self.betas) >= 1:
             raise ValueError(f"betas must lie in [0, 1), got {list(self.betas)}")
-        object.__setattr__(self, "betas", betas)
         parse_device(self.device)
         if self.init_from is not None and (not isinstance(self.init_from, str) or not self.init_from.strip()):
             raise ValueError(f"init_from must be a run name or directory (a non-empty string), got {self.init_from!r}")
 
-        if not isinstance(self.model, Mapping):
-            raise ValueError(f"model must be a table with a 'name', got {self.model!r}")
-        object.__setattr__(self, "model", models.model_spec(self.model))  # a preset written out, as runs store it
+        if not isinstance(self.model, Mapping) or "preset" in self.model:
+            raise ValueError(f"model must be a table with a 'name' and no 'preset', got {self.model!r} (a preset is "
+                             "written out by TrainConfig.from_dict, replace or models.model_spec)")
         for name in ("model", "task"):
             try:
                 json.dumps(getattr(self, name))
@@ -172,31 +175,33 @@ class TrainConfig:
 
         if not isinstance(self.task, Mapping) or "name" not in self.task:
             raise ValueError(f"task must be a table with a 'name', got {self.task!r}")
-        object.__setattr__(self, "task", dict(self.task))
         try:
             check_fits(make_task(**self.task), self.n_dims)  # options that do not fit n_dims (sparsity k > d)
         except ValueError as error:
             raise ValueError(f"task: {error}") from None
 
-        curriculum = parse_curriculum(self.curriculum)
-        if curriculum is not None:
-            if curriculum.dims_end > self.n_dims:
-                raise ValueError(f"curriculum.dims_end = {curriculum.dims_end} exceeds n_dims = {self.n_dims}")
-            if curriculum.points_end > self.n_points:
-                raise ValueError(f"curriculum.points_end = {curriculum.points_end} exceeds n_points = {self.n_points}")
-        object.__setattr__(self, "curriculum", curriculum)
+        if self.curriculum is not None:
+            if not isinstance(self.curriculum, Curriculum):
+                raise ValueError(f"curriculum must be None or a Curriculum, got {self.curriculum!r} "
+                                 f"(TrainConfig.from_dict and replace accept {list(CURRICULUM_PRESETS)} or a table)")
+            if self.curriculum.dims_end > self.n_dims:
+                raise ValueError(f"curriculum.dims_end = {self.curriculum.dims_end} exceeds n_dims = {self.n_dims}")
+            if self.curriculum.points_end > self.n_points:
+                raise ValueError(f"curriculum.points_end = {self.curriculum.points_end} exceeds "
+                                 f"n_points = {self.n_points}")
         check_points_curriculum(self, models.predicts_every_position(model_name), f"model.name = {model_name!r}")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
-        """Build from a plain dict (a parsed TOML file, or :meth:`to_dict`'s output); unknown keys are errors."""
+        """Build from a plain dict (a parsed TOML file, or :meth:`to_dict`'s output); unknown keys are errors. The
+        loose spellings are written out here (:func:`typed_fields`)."""
         if not isinstance(data, Mapping):
             raise ValueError(f"a config must be a table (dict), got {type(data).__name__}")
         accepted = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(data) - set(accepted))
         if unknown:
             raise ValueError(f"unknown config field(s) {unknown}; accepted: {accepted}")
-        return cls(**dict(data))
+        return cls(**typed_fields(data))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (JSON- and ``weights_only``-safe); ``from_dict(to_dict())`` gives the same config."""
@@ -206,8 +211,24 @@ class TrainConfig:
         return json.loads(json.dumps(data))  # deep copy into plain types
 
     def replace(self, **changes: Any) -> TrainConfig:
-        """A copy with some fields changed (validated again)."""
-        return dataclasses.replace(self, **changes)
+        """A copy with some fields changed (loose spellings accepted, as by :meth:`from_dict`; checked again)."""
+        return dataclasses.replace(self, **typed_fields(changes))
+
+
+def typed_fields(data: Mapping[str, Any]) -> dict[str, Any]:
+    """``data`` with the loose spellings of a TOML table or a chapter written out as :class:`TrainConfig` stores
+    them: ``betas`` a tuple, a model preset written out (:func:`icl_lib.models.model_spec`), ``task`` a copy and
+    ``curriculum`` a :class:`Curriculum` (:func:`parse_curriculum`). Values are checked by the config itself."""
+    data = dict(data)
+    if isinstance(data.get("betas"), list):
+        data["betas"] = tuple(data["betas"])
+    if isinstance(data.get("model"), Mapping):
+        data["model"] = models.model_spec(data["model"])
+    if isinstance(data.get("task"), Mapping):
+        data["task"] = dict(data["task"])
+    if "curriculum" in data:
+        data["curriculum"] = parse_curriculum(data["curriculum"])
+    return data
 
 
 def parse_curriculum(value: Curriculum | str | Mapping | None) -> Curriculum | None:

@@ -43,14 +43,20 @@ def zfb_init(
     (any m; default :func:`default_theta`) must satisfy ||Theta Theta^T||_F = 1. Then u(0) = sigma and
     U(0) = sigma Theta Theta^T in the reduced parameterisation (:class:`ReducedLSA`).
     """
-    d = checks.positive_int("d", d)
-    sigma = checks.positive_float("sigma", sigma)
-    gram = _theta_gram(d, theta)
+    d, sigma, gram = check_lsa_options(d, sigma, theta)
     w_kq = torch.zeros(d + 1, d + 1, dtype=torch.float64)
     w_kq[:d, :d] = sigma * gram
     w_pv = torch.zeros(d + 1, d + 1, dtype=torch.float64)
     w_pv[d, d] = sigma
     return w_kq.to(dtype), w_pv.to(dtype)
+
+
+def check_lsa_options(d: int, sigma: float = 0.1, theta: torch.Tensor | None = None) -> tuple[int, float, torch.Tensor]:
+    """Check the options of :class:`LinearSelfAttention` and :class:`ReducedLSA` (their constructors call this, and
+    so does a config, without building a model); return ``(d, sigma, Theta Theta^T)``."""
+    d = checks.positive_int("d", d)
+    sigma = checks.positive_float("sigma", sigma)
+    return d, sigma, _theta_gram(d, theta)
 
 
 def _theta_gram(d: int, theta: torch.Tensor | None) -> torch.Tensor:
@@ -157,11 +163,10 @@ class ReducedLSA(nn.Module):
 
     def __init__(self, d: int, *, sigma: float = 0.1, theta: torch.Tensor | None = None) -> None:
         super().__init__()
-        d = checks.positive_int("d", d)
-        sigma = checks.positive_float("sigma", sigma)
+        d, sigma, gram = check_lsa_options(d, sigma, theta)
         self.d = d
         self.u = nn.Parameter(torch.tensor(sigma, dtype=torch.float32))
-        self.U = nn.Parameter((sigma * _theta_gram(d, theta)).to(torch.float32))
+        self.U = nn.Parameter((sigma * gram).to(torch.float32))
 
     @property
     def product(self) -> torch.Tensor:
@@ -210,6 +215,15 @@ class LinearAttentionLayer(nn.Module):
         return tokens + tokens @ self.Q.T @ moment @ self.P.T
 
 
+def check_linear_transformer_options(d: int, n_layers: int = 1, *, init_std: float = 0.02) -> int:
+    """Check the options of :class:`LinearTransformer` (its constructor calls this, and so does a config, without
+    building a model); return ``d``."""
+    d = checks.positive_int("d", d)
+    checks.positive_int("n_layers", n_layers)
+    checks.nonnegative_float("init_std", init_std)
+    return d
+
+
 class LinearTransformer(nn.Module):
     """von Oswald et al.'s stack of ``n_layers`` :class:`LinearAttentionLayer`s over (x_i, y_i) and (x_q, 0).
 
@@ -224,9 +238,7 @@ class LinearTransformer(nn.Module):
 
     def __init__(self, d: int, n_layers: int = 1, *, init_std: float = 0.02) -> None:
         super().__init__()
-        self.d = checks.positive_int("d", d)
-        checks.positive_int("n_layers", n_layers)
-        checks.nonnegative_float("init_std", init_std)
+        self.d = check_linear_transformer_options(d, n_layers, init_std=init_std)
         self.layers = nn.ModuleList(LinearAttentionLayer(d, init_std) for _ in range(n_layers))
 
     def transform(self, tokens: torch.Tensor, n_context: int) -> torch.Tensor:
@@ -485,30 +497,31 @@ def predicts_every_position(name: str) -> bool:
 
 
 def _check_values(name: str, options: Mapping, n_dims: int, n_points: int) -> None:
-    """Check a spec's option values as its constructor does: a GPT's by its config (no weights are allocated), a
-    query-reading model's by building it (a few (d + 1, d + 1) matrices)."""
+    """Check a spec's option values with the checks its constructor runs, without building it (no weights)."""
     if name == "gpt":
         GPTConfig(n_dims=n_dims, n_points=n_points, **options)
         return
     if n_points < 2:
         raise ValueError(f"n_points must be >= 2 for {name!r} (N >= 1 examples and a query), got {n_points}")
-    MODELS[name](n_dims, **options)
+    if name == "linear_transformer":
+        check_linear_transformer_options(n_dims, **options)
+    else:
+        check_lsa_options(n_dims, **options)
 
 
 def check_model_spec(spec: Mapping, n_dims: int, n_points: int) -> tuple[str, dict]:
     """Validate a model table ``{"name": ..., **options}`` or ``{"preset": ..., **changes}`` for prompts of
     ``n_points`` points in ``n_dims`` dimensions; return ``(name, options)`` with the preset written out.
 
-    The option names are checked by :func:`icl_lib.checks.spec_options`, the values by the kind itself; value errors
-    name the field as ``model.<field>``. Global random state is left as it was.
+    The option names are checked by :func:`icl_lib.checks.spec_options`, the values by the kind's own checks
+    (nothing is built); value errors name the field as ``model.<field>``.
     """
     name, options = checks.spec_options(MODELS, model_spec(spec), "model", _PROMPT_SHAPE)
     checks.positive_int("n_dims", n_dims)
     checks.positive_int("n_points", n_points)
     _check_size(options, n_dims)
     try:
-        with torch.random.fork_rng(devices=[]):  # the linear transformer draws its initial weights
-            _check_values(name, options, n_dims, n_points)
+        _check_values(name, options, n_dims, n_points)
     except ValueError as error:
         raise ValueError(f"model.{error}") from None
     return name, options

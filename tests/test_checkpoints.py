@@ -30,7 +30,7 @@ def tiny_config(**changes) -> TrainConfig:
     base = dict(model={"name": "gpt", "n_layers": 1, "width": 16, "n_heads": 2, "token_format": "interleaved"},
                 n_dims=3, n_points=5, batch_size=16, steps=4, warmup_steps=1, log_every=2, eval_every=2,
                 eval_batch=32, checkpoint_every=2, device="cpu", threads=1)
-    return TrainConfig(**{**base, **changes})
+    return TrainConfig.from_dict({**base, **changes})
 
 
 def prompts(seed: int = 0):

@@ -42,7 +42,7 @@ def tiny_config(**changes) -> TrainConfig:
         device="cpu",
         threads=1,
     )
-    return TrainConfig(**{**base, **changes})
+    return TrainConfig.from_dict({**base, **changes})
 
 
 def without_timing(history: list[dict]) -> list[dict]:
@@ -100,8 +100,8 @@ def test_garg_curriculum_preset():
     assert garg.at(2000) == (6, 13)
     assert garg.at(2000 * 15) == (20, 41)
     assert garg.at(10**7) == (20, 41)
-    config = TrainConfig(model={"name": "gpt", "n_layers": 1, "width": 8, "n_heads": 2}, n_dims=20, n_points=41,
-                         curriculum="garg")
+    config = TrainConfig.from_dict(dict(model={"name": "gpt", "n_layers": 1, "width": 8, "n_heads": 2}, n_dims=20,
+                                        n_points=41, curriculum="garg"))
     assert config.curriculum == garg
 
 
@@ -524,3 +524,35 @@ def test_a_mixture_run_logs_each_class_error_on_prompts_that_draw_the_class_per_
     overall = record["eval_error_by_position"]
     assert all(min(by_class[0][k], by_class[1][k]) <= overall[k] <= max(by_class[0][k], by_class[1][k])
                for k in range(5))
+
+
+def test_a_config_is_checked_without_building_its_model(monkeypatch):
+    """__post_init__ checks each model kind's options with the checker its constructor shares: no weights are built
+    (and no random numbers drawn), yet a bad option value is still refused, naming the field."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("a config built a model")
+
+    monkeypatch.setattr(torch.nn.Module, "__init__", refuse)  # every model's constructor calls it first
+    state = torch.random.get_rng_state()
+    for spec in ({"name": "gpt", "n_layers": 1, "width": 8, "n_heads": 2}, {"name": "lsa", "sigma": 0.2},
+                 {"name": "reduced_lsa"}, {"name": "linear_transformer", "n_layers": 2}):
+        tiny_config(model=spec)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    for spec, field in (({"name": "lsa", "sigma": 0.0}, "model.sigma"),
+                        ({"name": "linear_transformer", "n_layers": 0}, "model.n_layers"),
+                        ({"name": "gpt", "width": 9, "n_heads": 2}, "model.width")):
+        with pytest.raises(ValueError, match=field.replace(".", r"\.")):
+            tiny_config(model=spec)
+
+
+def test_loose_spellings_are_written_out_by_from_dict_and_replace_only():
+    """A TOML table's loose forms (a preset, a curriculum's name, betas as a list) are parsed by from_dict and replace;
+    the constructor takes typed fields, so a config is never rewritten after it is built."""
+    from icl_lib import models
+
+    loose = tiny_config(model={"preset": "laptop"}, betas=[0.9, 0.95])
+    assert loose.model == models.MODEL_PRESETS["laptop"] and loose.betas == (0.9, 0.95)
+    assert TrainConfig.from_dict(loose.to_dict()) == loose
+    assert loose.replace(betas=[0.8, 0.9]).betas == (0.8, 0.9)
+    with pytest.raises(ValueError, match="no 'preset'"):
+        TrainConfig(model={"preset": "laptop"})
