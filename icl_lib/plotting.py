@@ -40,8 +40,10 @@ HOUSE_STYLE = {
     "axes.grid": True,
     "grid.alpha": 0.3,
     "axes.titlesize": 12,
-    "axes.labelsize": 11,
-    "legend.fontsize": 9,
+    "axes.labelsize": 12,
+    "xtick.labelsize": 11,
+    "ytick.labelsize": 11,
+    "legend.fontsize": 10,
     "legend.frameon": False,
     "lines.linewidth": 2.0,
 }
@@ -169,10 +171,15 @@ def figure_description(fig: Figure) -> str:
     return text + "."
 
 
+PNG_SCALE = 2  # pixels per figure pixel in the book's PNGs: sharp on high-density screens and when zoomed
+
+
 def figure_png(fig: Figure, **savefig_kwargs) -> bytes:
-    """``fig`` as PNG bytes, as the inline backend draws it (``bbox_inches="tight"``, the figure's dpi), with its
-    alt text (:func:`figure_description`) in the PNG's ``Description`` text chunk."""
-    kwargs = {"format": "png", "dpi": fig.dpi, "bbox_inches": "tight", "facecolor": fig.get_facecolor(),
+    """``fig`` as PNG bytes, as the inline backend draws it (``bbox_inches="tight"``) at :data:`PNG_SCALE` times
+    the figure's dpi, with its alt text (:func:`figure_description`) in the PNG's ``Description`` text chunk. The
+    page scales the image to the text column, so a figure keeps its proportions and its text its size relative to
+    the figure, at twice the resolution."""
+    kwargs = {"format": "png", "dpi": PNG_SCALE * fig.dpi, "bbox_inches": "tight", "facecolor": fig.get_facecolor(),
               "edgecolor": fig.get_edgecolor()} | savefig_kwargs
     metadata = dict(kwargs.pop("metadata", None) or {}) | {ALT_TEXT_KEY: figure_description(fig)}
     buffer = io.BytesIO()

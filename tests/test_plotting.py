@@ -293,6 +293,21 @@ def test_the_png_carries_the_description_or_the_authors_alt_text():
     assert _png_text(figure_png(fig))[ALT_TEXT_KEY] == "The identity on [0, 1]. σ"
 
 
+def test_the_png_has_twice_the_figures_pixels_and_records_its_dpi():
+    """A sharp PNG for high-density screens; its recorded dpi keeps the figure's size in inches (the PDF's size)."""
+    import io
+
+    from PIL import Image
+
+    from icl_lib.plotting import PNG_SCALE, figure_png
+
+    fig, ax = plt.subplots(figsize=(4, 3), dpi=100)
+    ax.plot([0, 1], [0, 1])
+    image = Image.open(io.BytesIO(figure_png(fig, bbox_inches=None)))
+    assert PNG_SCALE == 2 and image.size == (800, 600)
+    assert [round(d) for d in image.info["dpi"]] == [200, 200]
+
+
 def test_the_book_extension_reads_what_pillow_reads():
     import importlib.util
     from pathlib import Path
