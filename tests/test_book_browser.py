@@ -208,6 +208,10 @@ _READ = {
                  ".map(a => a.href)",
     "wide_code": "return Array.from(document.querySelectorAll('div.cell_input pre'))"
                  ".filter(p => p.scrollWidth > p.clientWidth + 1).length",
+    # the autograder's scaffolding, which the reader's edition leaves out (book/_ext/reader_edition.py)
+    "grading": "const text = document.querySelector('main').textContent;"
+               "return ['BEGIN HIDDEN TESTS', 'Autograded', 'answers.close(', 'from coursework import answers']"
+               ".filter(s => text.includes(s))",
     # figures outside an exercise's solution (a box in the PDF, where a numbered figure cannot go)
     "bare_figures": "return Array.from(document.querySelectorAll('.cell_output img'))"
                     ".filter(i => !i.closest('.solution'))"
@@ -246,6 +250,16 @@ def test_no_raw_markup_in_the_page_text(read_pages):
         text = found["prose"]
         places = [text[max(0, m.start() - 60):m.end() + 60] for m in raw.finditer(text)]
         assert not places, f"{page}: raw markup in the page text, {len(places)} places: {places[:3]}"
+
+
+def test_the_readers_edition_has_no_grading_scaffolding(read_pages):
+    """The autograder's check cells (hidden tests, `answers.close(...)`) and the exercises' "Autograded: store ..."
+    notes are for students (the student edition keeps them); a reader of a chapter sees neither (the instructor's
+    guide describes them)."""
+    chapters = {page: found for page, found in read_pages.items() if page.startswith("notebooks/")}
+    assert len(chapters) == 6, sorted(read_pages)
+    for page, found in chapters.items():
+        assert not found["grading"], f"{page}: grading scaffolding in the reader's edition: {found['grading']}"
 
 
 def test_headings_are_numbered_once(read_pages):
