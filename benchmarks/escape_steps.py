@@ -48,17 +48,9 @@ DEFAULT_RUNS = ("yadlowsky_selection_sparse_laptop", "yadlowsky_selection_sparse
                 "yadlowsky_selection_mixture_balanced_laptop", "yadlowsky_selection_mixture_laptop")
 
 
-def run_directory(name: str) -> Path:
-    """A committed run, or one paused in ``checkpoints/in_progress/``."""
-    for directory in (checkpoints.checkpoints_root() / name, checkpoints.checkpoints_root() / checkpoints.IN_PROGRESS / name):
-        if (directory / checkpoints.META_FILE).exists():
-            return directory
-    raise ValueError(f"no run {name!r} in checkpoints/ or checkpoints/in_progress/")
-
-
 def _exists(name: str) -> bool:
     try:
-        return bool(run_directory(name))
+        return bool(checkpoints.run_directory(name))
     except ValueError:
         return False
 
@@ -126,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     names = args.runs or [name for name in DEFAULT_RUNS if _exists(name)]
     for name in names:
         try:
-            directory = run_directory(name)
+            directory = checkpoints.run_directory(name)
         except ValueError as error:
             parser.error(str(error))
         meta = checkpoints.load_meta(directory)

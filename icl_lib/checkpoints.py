@@ -361,6 +361,17 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
     )
 
 
+def run_directory(name: str) -> Path:
+    """The directory of the run ``name``: finished in ``checkpoints/<name>``, or paused for a later session in
+    ``checkpoints/in_progress/<name>`` (the chapters read a paused run's log and resume checkpoint)."""
+    if not isinstance(name, str) or not name or Path(name).name != name:
+        raise ValueError(f"name must be a run's name (a directory name under checkpoints/), got {name!r}")
+    for directory in (checkpoints_root() / name, checkpoints_root() / IN_PROGRESS / name):
+        if (directory / META_FILE).is_file():
+            return directory
+    raise ValueError(f"no run {name!r} in checkpoints/ or checkpoints/{IN_PROGRESS}/")
+
+
 def load_meta(name_or_path: str | os.PathLike) -> dict:
     """The ``meta.json`` of a run, by name or path."""
     path = resolve(name_or_path) / META_FILE
