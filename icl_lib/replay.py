@@ -34,7 +34,10 @@ def kernels_here() -> dict[str, str]:
 
 
 def kernels_match(meta: Mapping[str, Any]) -> tuple[bool, str]:
-    """Whether this machine has the kernels ``meta``'s run was recorded (or bit-exactly replayed) with; if not, why."""
+    """Whether this machine has the kernels ``meta``'s run was recorded (or bit-exactly replayed) with; if not, why.
+    A run recorded over several processes (torchrun) is replayed in one: its sums ran in another order."""
+    if meta.get("world_size", 1) > 1:
+        return False, f"recorded over {meta['world_size']} processes (torchrun), replayed in one"
     recorded = meta.get(REPLAYED_ON, meta)
     here = kernels_here()
     missing = sorted(key for key in here if key not in recorded)
@@ -56,11 +59,15 @@ def replay_rtol(steps: int) -> float:
 
 
 def rerun_argv(command: str, out_dir: str | Path, steps: int) -> list[str]:
-    """The recorded training command's arguments with ``--out`` replaced and ``--stop-at steps`` added."""
+    """The recorded training command's arguments (``python -m icl_lib.train ...``, or ``torchrun ... -m
+    icl_lib.train ...`` replayed in one process) with ``--out`` replaced and ``--stop-at steps`` added."""
     words = shlex.split(command)
-    if words[:3] != ["python", "-m", "icl_lib.train"] or "--out" not in words:
+    start = 3 if words[:3] == ["python", "-m", "icl_lib.train"] else None
+    if words[:1] == ["torchrun"] and "icl_lib.train" in words and words[words.index("icl_lib.train") - 1] == "-m":
+        start = words.index("icl_lib.train") + 1
+    if start is None or "--out" not in words:
         raise ValueError(f"not a training command with --out: {command!r}")
-    argv = words[3:]
+    argv = words[start:]
     argv[argv.index("--out") + 1] = str(out_dir)
     return [*argv, "--stop-at", str(steps), "--no-progress", "--device", "cpu"]
 

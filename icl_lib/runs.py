@@ -27,6 +27,7 @@ from icl_lib.config import RESUMABLE_CHANGES, SCHEDULE_FIELDS, TrainConfig, deri
 
 if TYPE_CHECKING:
     from icl_lib.cuda_graph import CudaGraphStep
+    from icl_lib.distributed import World
     from icl_lib.train import Step
 
 
@@ -246,14 +247,15 @@ class RunWriter:
 
     In ``out_dir`` (None: nothing is written) it appends each record to ``metrics.jsonl``, writes ``checkpoint.pt``,
     ``model.pt`` at the end, and ``meta.json`` (provenance, status, final metrics, and under ``"sha256"`` the SHA-256
-    of the ``checkpoint.pt`` and ``model.pt`` this writer wrote, which loading checks) after each checkpoint. Opening a
+    of the ``checkpoint.pt`` and ``model.pt`` this writer wrote, which loading checks) after each checkpoint; a run
+    over several processes (torchrun) records its ``world_size`` and ``backend`` there. Opening a
     run directory removes what an interrupted write left, and either the files of an earlier run (a fresh start) or
     the records logged after the checkpoint a run resumes from.
     """
 
     def __init__(self, out_dir: Path | None, config: TrainConfig, history: list[dict[str, Any]], *,
                  resumed_from: int | None, command: str | None, model: nn.Module, device: torch.device,
-                 warm_start: dict | None, graph: CudaGraphStep | None,
+                 warm_start: dict | None, graph: CudaGraphStep | None, world: World | None = None,
                  schedule_changes: list[dict[str, Any]]) -> None:
         self.out_dir, self.config, self.history, self.graph = out_dir, config, history, graph
         self.checkpoint_step = resumed_from  # the step of the last checkpoint written, None before the first
@@ -274,6 +276,7 @@ class RunWriter:
             "seed": config.seed,
             **checkpoints.provenance(device),
             "threads": config.threads,
+            **({"world_size": world.size, "backend": world.backend} if world is not None and world.size > 1 else {}),
             "n_parameters": models.count_parameters(model),
             "steps": config.steps,
             **({"init_from": warm_start} if warm_start is not None else {}),

@@ -3,12 +3,14 @@
 Run by :func:`train` on a :class:`~icl_lib.config.TrainConfig`, or from the command line::
 
     python -m icl_lib.train configs/garg_dense_linear_laptop.toml [--device cuda] [--steps 500] [--out DIR]
+    torchrun --nproc_per_node=N -m icl_lib.train CONFIG --out DIR   # one run over N processes (GPUs)
 
 Here: the step (:class:`Step`: sample, forward, loss, backward, clip, AdamW) and the loop (:func:`_loop`: the
 learning rate and curriculum of each step, logs, evaluations, checkpoints), then the command line. Elsewhere: the
 config, curriculum and schedules (:mod:`icl_lib.config`), the prompts, loss and held-out metrics
-(:mod:`icl_lib.batches`), the run directory: resume, files, the finished-run test (:mod:`icl_lib.runs`), and the
-opt-in CUDA graph (:mod:`icl_lib.cuda_graph`).
+(:mod:`icl_lib.batches`), the run directory: resume, files, the finished-run test (:mod:`icl_lib.runs`), the
+processes of a run launched by torchrun (:mod:`icl_lib.distributed`), and the opt-in CUDA graph
+(:mod:`icl_lib.cuda_graph`).
 
 The loop is "Triton-free" (eager PyTorch, no graph compiler) and the same code runs on the CPU and on CUDA:
 
@@ -45,7 +47,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from icl_lib import checkpoints, checks, interrupts, runs
+from icl_lib import checkpoints, checks, distributed, interrupts, runs
 from icl_lib.batches import Hook, bf16_autocast, held_out_metrics, hook_metrics, masked_mse, sample_batch
 from icl_lib.config import TrainConfig, check_points_curriculum, derive_seed, learning_rate, load_config
 from icl_lib.cuda_graph import CudaGraphStep
@@ -73,8 +75,9 @@ class Step:
     checkpoint saves (:func:`icl_lib.runs.training_state`) and a resumed run restores (:func:`icl_lib.runs.resume`).
     """
 
-    def __init__(self, model: nn.Module, task: Any, config: TrainConfig, device: torch.device) -> None:
-        self.model, self.task, self.config, self.device = model, task, config, device
+    def __init__(self, model: nn.Module, task: Any, config: TrainConfig, device: torch.device,
+                 world: distributed.World = distributed.ONE) -> None:
+        self.model, self.task, self.config, self.device, self.world = model, task, config, device, world
         use_graph = config.cuda_graph and device.type == "cuda"
         self.optimizer = _make_optimizer(model, config, device, capturable=use_graph)
         # On CUDA the learning rate is a device tensor, kept here: loading an optimizer state replaces the group's.
@@ -112,16 +115,16 @@ class Step:
     def _eager(self) -> None:
         config = self.config
         self.optimizer.zero_grad(set_to_none=True)
-        xs, ys = sample_batch(self.task, config.batch_size, config.n_points, config.n_dims, self.generator,
-                              self.dims if config.curriculum is not None else None)
+        xs, ys = self.world.keep(*sample_batch(self.task, config.batch_size, config.n_points, config.n_dims,
+                                               self.generator, self.dims if config.curriculum is not None else None))
         with bf16_autocast(self.device, config.autocast):
             preds = self.model(xs, ys)
         loss = masked_mse(preds, ys, self.points if self.every_position else None)
         loss.backward()
+        loss = self.world.average_gradients(self.parameters, loss.detach())  # the global batch's, over torchrun's ranks
         if config.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.parameters, config.grad_clip)
         self.optimizer.step()
-        loss = loss.detach()
         self.totals.add_(torch.stack((loss, loss / self.zero_error)))
 
     def take_means(self) -> dict[str, float]:
@@ -152,31 +155,38 @@ def _make_optimizer(model: nn.Module, config: TrainConfig, device: torch.device,
 
 
 def _loop(config: TrainConfig, out_dir: Path | None, *, resume: bool, progress: bool, hooks: tuple[Hook, ...],
-          stop_at: int | None, command: str | None, model: nn.Module | None = None, task: Any = None) -> TrainResult:
+          stop_at: int | None, command: str | None, model: nn.Module | None = None, task: Any = None,
+          backend: str = "auto") -> TrainResult:
     """The loop, on arguments already checked: set up (or resume) the run, then step, log, evaluate and checkpoint
-    until ``config.steps``."""
-    device = resolve_device(config.device)
-    with _session(config, device, out_dir):
+    until ``config.steps``. Under torchrun, on each of its processes; only rank 0 writes ``out_dir``."""
+    world = distributed.world(config, backend)  # one process (distributed.ONE) unless torchrun started several
+    device = resolve_device(config.device) if world.size == 1 else world.device
+    with _session(config, device, out_dir if world.writes else None), distributed.process_group(world):
         task = make_task(**config.task) if task is None else task
         stored = runs.resumable_state(out_dir, config) if (out_dir is not None and resume) else None
         if out_dir is not None and resume and (finished := runs.finished_run(out_dir, config, stored)) is not None:
             step, history = finished
             return TrainResult(checkpoints.load_model(out_dir, device=device), config, step,
-                               runs.final_metrics(history), history, out_dir, already_finished=True)
+                               runs.final_metrics(history), history, out_dir, already_finished=True,
+                               reports=world.writes)
         torch.default_generator.manual_seed(derive_seed(config.seed, "global"))  # dropout, inside fork_rng
         if device.type == "cuda":
             torch.cuda.manual_seed(derive_seed(config.seed, "global"))
         model, warm_start = runs.initial_model(config, model, stored, out_dir)
-        step_fn = Step(model.to(device).train(), task, config, device)
+        step_fn = Step(model.to(device).train(), task, config, device, world)
         step, wall_before, history = runs.resume(stored, out_dir, step_fn) if stored is not None else (0, 0.0, [])
         if stored is not None and (change := runs.schedule_change(stored["config"], config, step)):
             step_fn.schedule_changes.append(change)
         step_fn.set_lr(learning_rate(config, step))  # re-attach the device lr after loading a state
-        writer = runs.RunWriter(out_dir, config, history, resumed_from=step if stored is not None else None,
-                                command=command, model=model, device=device, warm_start=warm_start,
-                                graph=step_fn.graph, schedule_changes=step_fn.schedule_changes)
+        if world.size > 1:
+            torch.distributed.barrier()  # every rank has read the run directory before rank 0 writes it
+        writer = runs.RunWriter(out_dir if world.writes else None, config, history, world=world,
+                                resumed_from=step if stored is not None else None, command=command, model=model,
+                                device=device, warm_start=warm_start, graph=step_fn.graph,
+                                schedule_changes=step_fn.schedule_changes)
         clock = runs.Clock(wall_before, step)
-        bar = tqdm(total=config.steps, initial=step, disable=not progress, desc=out_dir.name if out_dir else "train",
+        bar = tqdm(total=config.steps, initial=step, disable=not (progress and world.writes),
+                   desc=out_dir.name if out_dir else "train",
                    dynamic_ncols=True, file=sys.stderr)
         try:
             if step >= config.steps:  # killed after the last checkpoint, before model.pt or meta.json
@@ -203,7 +213,7 @@ def _loop(config: TrainConfig, out_dir: Path | None, *, resume: bool, progress: 
                 _check_finite(record, step, config, writer)
                 if record:
                     writer.log({"step": step, **record})
-                if out_dir is not None and (
+                if writer.out_dir is not None and (
                     (config.checkpoint_every and step % config.checkpoint_every == 0) or last or step == stop_at
                 ):
                     writer.checkpoint(runs.training_state(step_fn, step, clock.wall()), step)
@@ -218,7 +228,8 @@ def _loop(config: TrainConfig, out_dir: Path | None, *, resume: bool, progress: 
         finally:
             bar.close()
             writer.close()
-        return TrainResult(model.eval(), config, step, runs.final_metrics(writer.history), writer.history, out_dir)
+        return TrainResult(model.eval(), config, step, runs.final_metrics(writer.history), writer.history, out_dir,
+                           reports=world.writes)
 
 
 @contextlib.contextmanager
@@ -267,6 +278,7 @@ class TrainResult:
     history: list[dict[str, Any]]
     out_dir: Path | None
     already_finished: bool = False  # out_dir held this run, finished: nothing was trained or written
+    reports: bool = True  # this process wrote out_dir and reports (False: a rank of torchrun other than 0)
 
 
 def train(
@@ -280,6 +292,7 @@ def train(
     hooks: Sequence[Hook] = (),
     stop_at: int | None = None,
     command: str | None = None,
+    backend: str = "auto",
 ) -> TrainResult:
     """Train the model ``config`` describes; with ``out_dir``, write checkpoints, ``meta.json`` and ``metrics.jsonl``.
 
@@ -296,6 +309,9 @@ def train(
       what it returns is added to the metrics record.
     * ``stop_at``: stop after this step with a checkpoint, as an interruption would; a later call resumes.
     * ``command``: recorded in ``meta.json`` (the CLI passes its own command line).
+    * ``backend``: under torchrun (``WORLD_SIZE`` > 1), the process group's: ``"auto"`` (NCCL on CUDA, gloo on the
+      CPU), ``"nccl"`` or ``"gloo"``; each process trains its slice of every batch (:mod:`icl_lib.distributed`) and
+      only rank 0 writes ``out_dir``. Ignored in one process.
 
     A metric that is not finite when it is read (at a log or an evaluation: the step itself never syncs) stops the
     run with ``FloatingPointError``; the last checkpoint stays and ``meta.json`` says "diverged".
@@ -311,7 +327,7 @@ def train(
     if out_dir is not None:
         out_dir = runs.check_out_dir("out_dir", out_dir)
     return _loop(config, out_dir, resume=resume, progress=progress, hooks=tuple(hooks), stop_at=stop_at,
-                 command=command, model=model, task=task)
+                 command=command, model=model, task=task, backend=backend)
 
 
 def _check_objects(config: TrainConfig, out_dir: str | Path | None, model: Any, task: Any) -> None:
@@ -337,7 +353,8 @@ def _check_objects(config: TrainConfig, out_dir: str | Path | None, model: Any, 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m icl_lib.train CONFIG [--device D] [--steps S] [--out DIR] ...``."""
+    """``python -m icl_lib.train CONFIG [--device D] [--steps S] [--out DIR] ...``; under ``torchrun
+    --nproc_per_node=N -m icl_lib.train ...``, one run over N processes (only rank 0 writes and prints)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(
         prog="python -m icl_lib.train",
@@ -352,6 +369,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--stop-at", type=int, help="stop after this step with a checkpoint; rerun to resume")
     parser.add_argument("--fresh", action="store_true", help="start afresh even if the run directory has a checkpoint")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--backend", default="auto",
+                        help="under torchrun: 'auto' (NCCL on CUDA, gloo on the CPU), 'nccl' or 'gloo'")
     args = parser.parse_args(argv)
     out_dir = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     try:
@@ -362,14 +381,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             config = config.replace(**overrides)
         if args.stop_at is not None:
             checks.positive_int("--stop-at", args.stop_at)
-        command = "python -m icl_lib.train " + shlex.join(argv)
+        command = distributed.launcher() + " " + shlex.join(argv)
         result = _loop(config, runs.check_out_dir("--out", out_dir), resume=not args.fresh,
-                       progress=not args.no_progress, hooks=(), stop_at=args.stop_at, command=command)
+                       progress=not args.no_progress, hooks=(), stop_at=args.stop_at, command=command,
+                       backend=args.backend)
     except (ValueError, OSError, FloatingPointError) as error:
         parser.exit(2, f"error: {' '.join(str(error).split())}\n")
     except KeyboardInterrupt:
         with interrupts.ignored():  # a second Ctrl-C: the same line, not a traceback
             parser.exit(130, f"error: interrupted; {runs.resume_hint(out_dir, args.fresh)}\n")
+    if not result.reports:  # a rank of torchrun other than 0: rank 0 reports
+        return 0
     if result.already_finished:
         print(f"{out_dir} already holds this finished run ({result.step} steps): nothing to do "
               f"(--fresh trains it again, discarding it)", file=sys.stderr)

@@ -3,7 +3,8 @@
 * :data:`CLI_ERRORS`: a command line of ``python -m icl_lib.train``, ``python -m icl_lib.evaluate``,
   ``python -m tools.setup_cell`` or ``python -m coursework.student_edition``, run in-process through ``main(argv)``,
   that must end with exit code 2 and one line on stderr, ``error: ...``, naming the argument, the value and what is
-  accepted (never a traceback), and leave the run directory as it was;
+  accepted (never a traceback), and leave the run directory as it was (a row's setup may carry the ``env`` a
+  process of torchrun sees: :func:`torchrun`);
 * :data:`LIBRARY_ERRORS`: a call of a public function that must raise ``ValueError`` with a given message;
 * then the behaviours that are not errors: a finished run is never overwritten and a rerun after a kill at any
   point finishes the run; SIGINT runs in a subprocess.
@@ -175,6 +176,16 @@ def no_setup(run: Path, tmp: Path) -> None:
     pass
 
 
+def torchrun(world_size: str, then: Callable[[Path, Path], None] = no_setup, **variables: str
+             ) -> Callable[[Path, Path], None]:
+    """``then``, run as one of torchrun's processes: its variables (``WORLD_SIZE``, rank 0 unless ``variables`` say
+    otherwise) are set for the command, through the setup's ``env``, and unset after."""
+    def setup(run: Path, tmp: Path) -> None:
+        then(run, tmp)
+    setup.env = {"WORLD_SIZE": world_size, "RANK": "0", "LOCAL_RANK": "0", **variables}  # type: ignore[attr-defined]
+    return setup
+
+
 def a_result(run: Path, tmp: Path) -> None:
     """``tmp/r.json``: a result file, as an earlier ``icl_lib.evaluate`` left it."""
     (tmp / "r.json").write_text(json.dumps({"format": evaluate.RESULT_FORMAT, "curves": {}}))
@@ -302,6 +313,29 @@ CLI_ERRORS = [
     ("train with init_from an unfinished run", "train", WARM,
      warm_start_toml('"{run}"', then=lambda run, tmp: (run / MODEL_FILE).unlink()),
      r"init_from: '.*run' has no model.pt \(only a finished run can start another\)"),
+    ("train under torchrun, 3 processes for batch_size = 16", "train", TRAIN, torchrun("3"),
+     r"batch_size = 16 must be divisible by the world size 3 \(each process trains on an equal slice\); choose "
+     r"--nproc_per_node among the divisors of 16"),
+    ("train under torchrun --device cuda without CUDA", "train", TRAIN + ["--device", "cuda"], torchrun("2"),
+     r"device = 'cuda' but CUDA is not available here; use 'cpu' or 'auto'"),
+    ("train under torchrun --device cuda:1", "train", TRAIN + ["--device", "cuda:1"], torchrun("2"),
+     r"device = 'cuda:1' names one GPU, but torchrun started 2 processes; use 'cuda' \(each process trains on the "
+     r"GPU of its LOCAL_RANK\)"),
+    ("train under torchrun --backend mpi", "train", TRAIN + ["--backend", "mpi"], torchrun("2"),
+     r"backend must be one of 'auto', 'nccl', 'gloo'; got 'mpi'"),
+    ("train under torchrun --backend nccl", "train", TRAIN + ["--backend", "nccl"], torchrun("2"),
+     r"backend 'nccl' (is not available in this torch build; use --backend gloo|needs CUDA devices, got device = "
+     r"'cpu'; use --backend gloo)"),
+    ("train under torchrun with cuda_graph = true", "train", ["{tmp}/bad.toml", "--out", "{run}"],
+     torchrun("2", bad_toml({"threads = 1": "threads = 1\ncuda_graph = true"})),
+     r"cuda_graph = true trains one process only, got a world of 2 \(torchrun\); set cuda_graph = false"),
+    ("train under torchrun with dropout", "train", ["{tmp}/bad.toml", "--out", "{run}"],
+     torchrun("2", bad_toml({'token_format = "paired"': 'token_format = "paired"\ndropout = 0.1'})),
+     r"model.dropout = 0.1 draws its masks per process, so a run over 2 processes would differ from one process's; "
+     r"set dropout = 0 to train with torchrun"),
+    ("train with WORLD_SIZE = 2 but no RANK", "train", TRAIN, torchrun("2", RANK="none"),
+     r"RANK must be a non-negative integer, got 'none'; launch with torchrun --nproc_per_node=N -m icl_lib.train "
+     r"CONFIG --out DIR"),
     ("evaluate --prompts 0", "evaluate", EVALUATE + ["--prompts", "0"], no_setup,
      r"--prompts must be a positive integer \(>= 1\), got 0"),
     ("evaluate --prompts -4", "evaluate", EVALUATE + ["--prompts", "-4"], no_setup,
@@ -416,8 +450,11 @@ CLI_ERRORS = [
 @pytest.mark.parametrize("command, argv, setup, message", [pytest.param(
     *row[1:], id=row[0], marks=[pytest.mark.skipif(CUDA, reason="CUDA is available")] if "without CUDA" in row[0] else []
 ) for row in CLI_ERRORS])
-def test_a_bad_command_line_fails_with_one_line(command, argv, setup, message, run, tmp_path, capsys):
+def test_a_bad_command_line_fails_with_one_line(command, argv, setup, message, run, tmp_path, capsys,
+                                               monkeypatch):
     (tmp_path / "a_file").write_text("")
+    for name, value in getattr(setup, "env", {}).items():  # torchrun's variables
+        monkeypatch.setenv(name, value)
     setup(run, tmp_path)
     before = digest(run)
     argv = [a.format(tiny=TINY, run=run, tmp=tmp_path, file=tmp_path / "a_file") for a in argv]

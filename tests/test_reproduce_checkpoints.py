@@ -55,3 +55,4 @@ def test_kernels_match_only_where_every_recorded_kernel_is_this_machines():
     other = {**here, "cpu_capability": "AVX512" if here["cpu_capability"] != "AVX512" else "DEFAULT"}
     assert kernels_match(other)[0] is False and "cpu_capability" in kernels_match(other)[1]
     assert kernels_match({"device": "cpu"}) == (False, f"the run does not record {', '.join(sorted(here))}")
+    assert kernels_match({**here, "world_size": 2}) == (False, "recorded over 2 processes (torchrun), replayed in one")
