@@ -1,10 +1,10 @@
 """Bad input, table-driven: each probe is one row, so that the next failure found is one line to add.
 
 * :data:`CLI_ERRORS`: a command line of ``python -m icl_lib.train``, ``python -m icl_lib.evaluate``,
-  ``python -m tools.setup_cell`` or ``python -m coursework.student_edition``, run in-process through ``main(argv)``,
-  that must end with exit code 2 and one line on stderr, ``error: ...``, naming the argument, the value and what is
-  accepted (never a traceback), and leave the run directory as it was (a row's setup may carry the ``env`` a
-  process of torchrun sees: :func:`torchrun`);
+  ``python -m icl_lib.sweep``, ``python -m tools.setup_cell`` or ``python -m coursework.student_edition``, run
+  in-process through ``main(argv)``, that must end with exit code 2 and one line on stderr, ``error: ...``, naming
+  the argument, the value and what is accepted (never a traceback), and leave the run directory as it was (a row's
+  setup may carry the ``env`` a process of torchrun sees: :func:`torchrun`);
 * :data:`LIBRARY_ERRORS`: a call of a public function that must raise ``ValueError`` with a given message;
 * then the behaviours that are not errors: a finished run is never overwritten and a rerun after a kill at any
   point finishes the run; SIGINT runs in a subprocess.
@@ -34,7 +34,7 @@ import pytest
 import torch
 
 from icl_lib import (baselines, checkpoints, dual_form, evaluate, evaluation, finetuning, fits, models, plotting,
-                     samplers, shifts, tasks, theory)
+                     samplers, shifts, sweep, tasks, theory)
 from icl_lib import train as train_module
 from icl_lib.checkpoints import CHECKPOINT_FILE, META_FILE, METRICS_FILE, MODEL_FILE, repository_root
 from icl_lib.devices import make_generator
@@ -221,7 +221,19 @@ def warm_start_toml(init_from: str, changes: dict[str, str] | None = None,
     return setup
 
 
+def sweep_file(text: str, other_run: bool = False) -> Callable[[Path, Path], None]:
+    """``tmp/sweep.toml`` holding ``text`` ({tiny}: tiny_test.toml, {tmp}: the folder); with ``other_run``,
+    ``tmp/run.toml``: tiny_test.toml at another lr, whose run would train into the finished run's directory."""
+    def setup(run: Path, tmp: Path) -> None:
+        (tmp / "sweep.toml").write_text(text.format(tiny=TINY, tmp=tmp))
+        if other_run:
+            (tmp / "run.toml").write_text(TINY.read_text().replace("\nlr = 1e-3\n", "\nlr = 2e-3\n"))
+    return setup
+
+
 TRAIN = ["{tiny}", "--out", "{run}", "--no-progress"]
+SWEEP = ["{tmp}/sweep.toml", "--status"]
+A_SWEEP = sweep_file('root = "{tmp}"\n[[runs]]\nconfig = "{tiny}"\n')
 WARM = ["{tmp}/bad.toml", "--out", "{tmp}/warm", "--no-progress"]
 EVALUATE = ["{run}", "--task", "linear", "--prompts", "16", "--estimators", "least_squares", "--out", "{tmp}/r.json"]
 EVALUATE_INTO = EVALUATE[:-1]  # + the --out file
@@ -336,6 +348,32 @@ CLI_ERRORS = [
     ("train with WORLD_SIZE = 2 but no RANK", "train", TRAIN, torchrun("2", RANK="none"),
      r"RANK must be a non-negative integer, got 'none'; launch with torchrun --nproc_per_node=N -m icl_lib.train "
      r"CONFIG --out DIR"),
+    ("sweep with an unknown field", "sweep", SWEEP, sweep_file('seed = 1\n[[runs]]\nconfig = "{tiny}"\n'),
+     r"sweep.toml: unknown field\(s\) \['seed'\]; accepted: \['root', 'vary', 'runs'\]"),
+    ("sweep with an unknown field of a run", "sweep", SWEEP, sweep_file('[[runs]]\nconfig = "{tiny}"\nseed = [1]\n'),
+     r"sweep.toml: runs\[0\]: unknown field\(s\) \['seed'\]; accepted: \['config', 'seeds'\]"),
+    ("sweep with a seed the config refuses", "sweep", SWEEP, sweep_file('[[runs]]\nconfig = "{tiny}"\nseeds = [-1]\n'),
+     r"sweep.toml: runs\[0\].seeds: seed must be a non-negative integer \(>= 0\), got -1"),
+    ("sweep with a missing config", "sweep", SWEEP, sweep_file('[[runs]]\nconfig = "{tmp}/nope.toml"\n'),
+     r"sweep.toml: runs\[0\] \(.*nope.toml\): config file '.*nope.toml' does not exist"),
+    ("sweep with no runs", "sweep", SWEEP, sweep_file('root = "{tmp}"\n'),
+     r"sweep.toml: runs must be a non-empty list of \[\[runs\]\] tables, got None"),
+    ("sweep whose configs differ beyond vary", "sweep", SWEEP,
+     sweep_file('vary = ["task.pool_size"]\n[[runs]]\nconfig = "{tiny}"\n[[runs]]\nconfig = "{tmp}/run.toml"\n',
+                other_run=True),
+     r"vary must list every field in which the runs' configs differ; run differs from tiny_test in \['lr'\], got "
+     r"vary = \['task.pool_size'\]"),
+    ("sweep --executor pbs", "sweep", SWEEP + ["--executor", "pbs"], A_SWEEP,
+     r"--executor must be one of 'local', 'slurm'; got 'pbs'"),
+    ("sweep --partition on the local executor", "sweep", SWEEP + ["--partition", "gpu"], A_SWEEP,
+     r"--partition applies to --executor slurm only, got --executor local"),
+    ("sweep --jobs 2 on slurm", "sweep", SWEEP + ["--executor", "slurm", "--jobs", "2"], A_SWEEP,
+     r"--jobs applies to --executor local only, got --executor slurm \(Slurm's is --array-parallelism\)"),
+    ("sweep --time 0", "sweep", SWEEP + ["--time", "0"], A_SWEEP, r"--time must be a positive integer \(>= 1\), got 0"),
+    ("sweep into a directory holding another run", "sweep", ["{tmp}/sweep.toml"],
+     sweep_file('root = "{tmp}"\n[[runs]]\nconfig = "{tmp}/run.toml"\n', other_run=True),
+     r"run run: cannot resume the run in .*run \(finished, 6 of 6 steps\): its config differs in lr: 0.001 -> 0.002; "
+     r"the sweep never overwrites a run: move it away, or give the sweep another --root"),
     ("evaluate --prompts 0", "evaluate", EVALUATE + ["--prompts", "0"], no_setup,
      r"--prompts must be a positive integer \(>= 1\), got 0"),
     ("evaluate --prompts -4", "evaluate", EVALUATE + ["--prompts", "-4"], no_setup,
@@ -459,7 +497,7 @@ def test_a_bad_command_line_fails_with_one_line(command, argv, setup, message, r
     before = digest(run)
     argv = [a.format(tiny=TINY, run=run, tmp=tmp_path, file=tmp_path / "a_file") for a in argv]
     main = {"train": train_module.main, "evaluate": evaluate.main, "setup_cell": setup_cell.main,
-            "student_edition": student_edition.main, "markup": coursework_markup.main}[command]
+            "student_edition": student_edition.main, "markup": coursework_markup.main, "sweep": sweep.main}[command]
     code, out, err = call_cli(main, argv, capsys)
     assert code == 2, err
     assert "Traceback" not in err
