@@ -9,6 +9,7 @@ A sweep file (TOML) lists committed configs, so that every run has the name and 
 config's header gives, and a reader reruns one run alone with that command::
 
     root = "checkpoints"          # each run trains into ROOT/NAME (optional; --root overrides it)
+    device = "cuda"               # optional: every run's --device (the paper configs' commands give it)
     vary = ["task.pool_size"]     # the fields in which the listed configs differ (checked; seeds always may)
 
     [[runs]]
@@ -43,7 +44,7 @@ from icl_lib import checkpoints, checks, runs
 from icl_lib.config import TrainConfig, load_config
 
 EXECUTORS = ("local", "slurm")
-SPEC_FIELDS = ("root", "vary", "runs")
+SPEC_FIELDS = ("root", "device", "vary", "runs")
 RUN_FIELDS = ("config", "seeds")
 # Options of the command line that only Slurm takes (argparse's dest -> the option as the user writes it).
 SLURM_ONLY = {"partition": "--partition", "gpus_per_job": "--gpus-per-job", "cpus_per_task": "--cpus-per-task",
@@ -61,12 +62,14 @@ class Run:
     seed: int | None
     config: TrainConfig
     out_dir: Path
+    device: str | None = None  # the --device override, None: the config's own
 
     @property
     def argv(self) -> list[str]:
         """The arguments of ``python -m icl_lib.train`` that train this run."""
+        device = ["--device", self.device] if self.device is not None else []
         seed = ["--seed", str(self.seed)] if self.seed is not None else []
-        return [self.config_path, *seed, "--out", str(self.out_dir), "--no-progress"]
+        return [self.config_path, *device, *seed, "--out", str(self.out_dir), "--no-progress"]
 
     @property
     def command(self) -> str:
@@ -95,6 +98,12 @@ def load_sweep(path: str | os.PathLike, root: str | os.PathLike | None = None) -
     root = Path(root if root is not None else spec.get("root", "checkpoints"))
     if not isinstance(spec.get("root", ""), str) or not str(root):
         raise ValueError(f"{path}: root must be a directory (a string), got {spec.get('root')!r}")
+    device = spec.get("device")
+    if device is not None:
+        try:
+            TrainConfig(device=device)
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from None
     vary = spec.get("vary", [])
     fields = [f.name for f in dataclasses.fields(TrainConfig)]
     if not isinstance(vary, list) or not all(isinstance(v, str) and v.split(".")[0] in fields for v in vary):
@@ -103,7 +112,7 @@ def load_sweep(path: str | os.PathLike, root: str | os.PathLike | None = None) -
     tables = spec.get("runs")
     if not isinstance(tables, list) or not tables or not all(isinstance(t, dict) for t in tables):
         raise ValueError(f"{path}: runs must be a non-empty list of [[runs]] tables, got {tables!r}")
-    found = [run for i, table in enumerate(tables) for run in _runs_of(table, f"{path}: runs[{i}]", root)]
+    found = [run for i, table in enumerate(tables) for run in _runs_of(table, f"{path}: runs[{i}]", root, device)]
     names = [run.name for run in found]
     if len(set(names)) < len(names):
         twice = sorted({n for n in names if names.count(n) > 1})
@@ -113,8 +122,8 @@ def load_sweep(path: str | os.PathLike, root: str | os.PathLike | None = None) -
     return found
 
 
-def _runs_of(table: dict[str, Any], where: str, root: Path) -> list[Run]:
-    """The runs of one ``[[runs]]`` table: its config, once per seed."""
+def _runs_of(table: dict[str, Any], where: str, root: Path, device: str | None) -> list[Run]:
+    """The runs of one ``[[runs]]`` table: its config, once per seed (on ``device``, if given)."""
     unknown = sorted(set(table) - set(RUN_FIELDS))
     if unknown:
         raise ValueError(f"{where}: unknown field(s) {unknown}; accepted: {list(RUN_FIELDS)}")
@@ -123,6 +132,7 @@ def _runs_of(table: dict[str, Any], where: str, root: Path) -> list[Run]:
         raise ValueError(f"{where}: config must be the path of a TOML config, got {config_path!r}")
     try:
         config = load_config(config_path)
+        config = config if device is None else config.replace(device=device)
     except ValueError as error:
         raise ValueError(f"{where} ({config_path}): {error}") from None
     seeds = table.get("seeds", [config.seed])
@@ -137,7 +147,7 @@ def _runs_of(table: dict[str, Any], where: str, root: Path) -> list[Run]:
             raise ValueError(f"{where}.seeds: {error}") from None
         own = seed == config.seed
         name = stem if own else f"{stem}_seed{seed}"
-        found.append(Run(name, config_path, None if own else seed, seeded, root / name))
+        found.append(Run(name, config_path, None if own else seed, seeded, root / name, device))
     return found
 
 

@@ -349,7 +349,7 @@ CLI_ERRORS = [
      r"RANK must be a non-negative integer, got 'none'; launch with torchrun --nproc_per_node=N -m icl_lib.train "
      r"CONFIG --out DIR"),
     ("sweep with an unknown field", "sweep", SWEEP, sweep_file('seed = 1\n[[runs]]\nconfig = "{tiny}"\n'),
-     r"sweep.toml: unknown field\(s\) \['seed'\]; accepted: \['root', 'vary', 'runs'\]"),
+     r"sweep.toml: unknown field\(s\) \['seed'\]; accepted: \['root', 'device', 'vary', 'runs'\]"),
     ("sweep with an unknown field of a run", "sweep", SWEEP, sweep_file('[[runs]]\nconfig = "{tiny}"\nseed = [1]\n'),
      r"sweep.toml: runs\[0\]: unknown field\(s\) \['seed'\]; accepted: \['config', 'seeds'\]"),
     ("sweep with a seed the config refuses", "sweep", SWEEP, sweep_file('[[runs]]\nconfig = "{tiny}"\nseeds = [-1]\n'),
@@ -363,6 +363,8 @@ CLI_ERRORS = [
                 other_run=True),
      r"vary must list every field in which the runs' configs differ; run differs from tiny_test in \['lr'\], got "
      r"vary = \['task.pool_size'\]"),
+    ("sweep with device = \"gpu\"", "sweep", SWEEP, sweep_file('device = "gpu"\n[[runs]]\nconfig = "{tiny}"\n'),
+     r"sweep.toml: device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got 'gpu'"),
     ("sweep --executor pbs", "sweep", SWEEP + ["--executor", "pbs"], A_SWEEP,
      r"--executor must be one of 'local', 'slurm'; got 'pbs'"),
     ("sweep --partition on the local executor", "sweep", SWEEP + ["--partition", "gpu"], A_SWEEP,

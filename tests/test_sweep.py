@@ -66,9 +66,10 @@ def test_a_sweep_file_expands_to_the_runs_of_the_committed_configs(path, monkeyp
     assert len(found) >= 3
     for run in found:
         config_file = REPO / run.config_path
-        assert run.config.to_dict() == load_config(config_file).replace(seed=run.config.seed).to_dict()
+        own = load_config(config_file).replace(seed=run.config.seed, device=run.device or "auto")
+        assert run.config.to_dict() == own.to_dict()
         assert run.name == config_file.stem + ("" if run.seed is None else f"_seed{run.seed}")
-        assert run.out_dir == Path("checkpoints") / run.name
+        assert run.out_dir == Path("runs" if "paper" in path.stem else "checkpoints") / run.name
         assert run.command in header_commands(config_file), run.command  # the config's own command, rerun alone
         try:
             directory = checkpoints.run_directory(run.name)
@@ -84,6 +85,9 @@ def test_the_sweep_files_are_chapter_6s_twins_and_chapter_5s_shares(monkeypatch)
     assert {r.config.batch_size for r in twins} == {256}
     shares = sweep.load_sweep(REPO / "configs" / "sweeps" / "yadlowsky_per_batch_shares.toml")
     assert [(r.config.task["weights"][1], r.config.seed) for r in shares] == [(0.25, 0), (0.5, 0), (0.5, 1), (0.75, 0)]
+    paper = sweep.load_sweep(REPO / "configs" / "sweeps" / "raventos_pool_paper.toml")
+    assert [r.config.task["pool_size"] for r in paper] == [4**i * 2 for i in range(8)]
+    assert {r.config.device for r in paper} == {"cuda"} and {r.config.model["n_layers"] for r in paper} == {8}
 
 
 def test_a_local_sweep_finishes_resumes_and_then_does_nothing(tmp_path, monkeypatch, capsys):
