@@ -326,22 +326,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.exit(2, f"error: {' '.join(str(error).split())}\n")
     cwd = Path.cwd()
     if args.executor == "slurm":
-        with executor.batch():
-            jobs = [executor.submit(job(run, cwd)) for run in todo]
+        try:
+            with executor.batch():
+                jobs = [executor.submit(job(run, cwd)) for run in todo]
+        except Exception as error:  # noqa: BLE001 - sbatch's refusal, as submitit raises it
+            reason = " ".join(str(error).split())[:300] or type(error).__name__
+            parser.exit(2, f"error: sbatch refused the sweep's job array ({reason}); nothing was submitted\n")
         actions = {run.name: f"submitted: job {j.job_id}" for run, j in zip(todo, jobs)}
         print(table(found, states, {run.name: actions.get(run.name) or _idle(run, states[run.name][0], False)
                                     for run in found}))
         print(f"logs in {logs}; rerun this command to see the states (it skips finished and running runs)")
         return 0
-    failed = {}
-    for start in range(0, len(todo), args.jobs):  # waves of --jobs runs, each waited for
-        wave = [(run, executor.submit(job(run, cwd))) for run in todo[start:start + args.jobs]]
-        for run, submitted in wave:
-            try:
-                submitted.result()
-            except Exception as error:  # noqa: BLE001 - submitit's FailedJobError carries the run's stderr
-                lines = str(error).strip().splitlines()
-                failed[run.name] = f"failed: {lines[-1] if lines else type(error).__name__} (log: {logs})"
+    failed: dict[str, str] = {}
+    wave: list[tuple[Run, Any]] = []
+    try:
+        for start in range(0, len(todo), args.jobs):  # waves of --jobs runs, each waited for
+            wave = [(run, executor.submit(job(run, cwd))) for run in todo[start:start + args.jobs]]
+            for run, submitted in wave:
+                try:
+                    submitted.result()
+                except Exception as error:  # noqa: BLE001 - submitit's FailedJobError carries the run's stderr
+                    lines = str(error).strip().splitlines()
+                    failed[run.name] = f"failed: {lines[-1] if lines else type(error).__name__} (log: {logs})"
+    except KeyboardInterrupt:
+        for _, submitted in wave:
+            submitted.cancel(check=False)
+        parser.exit(130, "error: interrupted; each run keeps its last checkpoint: run the same command to resume\n")
     after = {run.name: run_state(run) for run in found}
     actions = {run.name: failed.get(run.name) or ("trained" if run in todo else _idle(run, states[run.name][0], False))
                for run in found}

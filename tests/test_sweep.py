@@ -120,15 +120,20 @@ def test_a_local_sweep_finishes_resumes_and_then_does_nothing(tmp_path, monkeypa
     assert {p: p.read_bytes() for p in (tmp_path / "runs").rglob("*") if p.is_file()} == files
 
 
-def test_the_slurm_path_submits_one_job_array_of_the_runs_left(tmp_path, monkeypatch, capsys):
-    """sbatch and srun are stand-ins: sbatch keeps the script submitit wrote and answers as Slurm does."""
+def fake_slurm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sbatch: str) -> None:
+    """Stand-ins for srun and sbatch (whose script is ``sbatch``) first on PATH."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
-    (bin_dir / "sbatch").write_text(f'#!/bin/sh\ncp "$1" {tmp_path}/script.sh\necho "Submitted batch job 4242"\n')
+    (bin_dir / "sbatch").write_text(f"#!/bin/sh\n{sbatch}\n")
     for name in ("srun", "sbatch"):
         (bin_dir / name).chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+
+
+def test_the_slurm_path_submits_one_job_array_of_the_runs_left(tmp_path, monkeypatch, capsys):
+    """sbatch and srun are stand-ins: sbatch keeps the script submitit wrote and answers as Slurm does."""
+    fake_slurm(tmp_path, monkeypatch, f'cp "$1" {tmp_path}/script.sh\necho "Submitted batch job 4242"')
     monkeypatch.chdir(tmp_path)
     (tmp_path / "tiny.toml").write_text(TINY)
     (tmp_path / "sweep.toml").write_text('[[runs]]\nconfig = "tiny.toml"\nseeds = [0, 1, 2]\n')
@@ -148,6 +153,19 @@ def test_the_slurm_path_submits_one_job_array_of_the_runs_left(tmp_path, monkeyp
     assert job.command == [sys.executable, "-m", "icl_lib.train", "tiny.toml", "--seed", "1", "--out",
                            "runs/tiny_seed1", "--no-progress"]
     assert job.cwd == str(tmp_path)
+
+
+def test_a_refused_submission_is_one_line(tmp_path, monkeypatch, capsys):
+    fake_slurm(tmp_path, monkeypatch, 'echo "sbatch: error: invalid partition specified: nope" >&2\nexit 1')
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny.toml").write_text(TINY)
+    (tmp_path / "sweep.toml").write_text('root = "runs"\n[[runs]]\nconfig = "tiny.toml"\n')
+    code, out, err = run_main(["sweep.toml", "--executor", "slurm", "--partition", "nope", "--logs", "logs"], capsys)
+    last = err.strip().splitlines()[-1]  # after sbatch's own message, which submitit passes through
+    assert code == 2 and "Traceback" not in err, err
+    assert last.startswith("error: sbatch refused the sweep's job array (") and "invalid partition" in last, err
+    assert last.endswith("nothing was submitted"), err
+    assert not (tmp_path / "runs").exists()
 
 
 def test_executor_parameters_are_submitits():
