@@ -277,11 +277,13 @@ def make_executor(kind: str, folder: str | os.PathLike, parameters: dict[str, An
     return executor
 
 
-def job(run: Run, cwd: Path) -> Any:
-    """The job of ``run``: its training command in ``cwd`` (submitit's CommandFunction; the log goes to the job's)."""
+def job(run: Run, cwd: Path, env: dict[str, str] | None = None) -> Any:
+    """The job of ``run``: its training command in ``cwd`` (submitit's CommandFunction; the log goes to the job's),
+    in the environment ``env`` (None: the job's own, as Slurm sets it on the node)."""
     import submitit
 
-    return submitit.helpers.CommandFunction([sys.executable, "-m", "icl_lib.train", *run.argv], verbose=True, cwd=cwd)
+    return submitit.helpers.CommandFunction([sys.executable, "-m", "icl_lib.train", *run.argv], verbose=True, cwd=cwd,
+                                            env=env)
 
 
 # ---------------------------------------------------------------- command line
@@ -341,7 +343,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     wave: list[tuple[Run, Any]] = []
     try:
         for start in range(0, len(todo), args.jobs):  # waves of --jobs runs, each waited for
-            wave = [(run, executor.submit(job(run, cwd))) for run in todo[start:start + args.jobs]]
+            # submitit's local executor hides every GPU from a job (CUDA_VISIBLE_DEVICES=""): the run gets this
+            # process's environment, so that it trains where `python -m icl_lib.train` would
+            wave = [(run, executor.submit(job(run, cwd, dict(os.environ)))) for run in todo[start:start + args.jobs]]
             for run, submitted in wave:
                 try:
                     submitted.result()

@@ -106,6 +106,8 @@ def test_a_local_sweep_finishes_resumes_and_then_does_nothing(tmp_path, monkeypa
 
     code, out, err = run_main(["sweep.toml", "--jobs", "3", "--logs", "logs"], capsys)
     assert code == 0, out + err
+    logs = "".join(p.read_text() for p in (tmp_path / "logs").rglob("*.out"))  # submitit's job logs
+    assert logs.count("The following command is sent") == 3, logs
     assert [sweep.run_state(r) for r in found] == [("finished", 6)] * 3
     assert out.count("trained") == 3, out
     for run in found:
