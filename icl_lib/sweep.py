@@ -1,5 +1,6 @@
-"""Sweeps: the named runs of a sweep file, each ``python -m icl_lib.train CONFIG [--seed N] --out ROOT/NAME``,
-submitted through submitit to Slurm or run on this machine; finished runs are skipped, interrupted ones resumed.
+"""Sweeps: the named runs of a sweep file, each ``python -m icl_lib.train CONFIG [--device D] [--seed N] --out
+ROOT/NAME --no-progress``, submitted through submitit to Slurm or run on this machine; finished runs are skipped,
+interrupted ones resumed.
 
     python -m icl_lib.sweep configs/sweeps/raventos_pool_batch256.toml --status           # the table only
     python -m icl_lib.sweep configs/sweeps/raventos_pool_batch256.toml --jobs 2           # here, two at a time
@@ -10,10 +11,10 @@ config's header gives, and a reader reruns one run alone with that command::
 
     root = "checkpoints"          # each run trains into ROOT/NAME (optional; --root overrides it)
     device = "cuda"               # optional: every run's --device (the paper configs' commands give it)
-    vary = ["task.pool_size"]     # the fields in which the listed configs differ (checked; seeds always may)
+    vary = ["task.weights"]       # the fields in which the listed configs differ (checked; seeds always may)
 
     [[runs]]
-    config = "configs/raventos_pool_M32_batch256_laptop.toml"   # run name: the config's stem
+    config = "configs/yadlowsky_selection_mixture_per_batch_share025_laptop.toml"   # run name: the config's stem
     [[runs]]
     config = "configs/yadlowsky_selection_mixture_per_batch_laptop.toml"
     seeds = [0, 1]                # one run per seed: the config's own seed keeps the stem, seed N adds "_seedN" and
