@@ -194,13 +194,13 @@ def run_state(run: Run) -> tuple[str, int]:
                          f"sweep another --root") from None
     if done is not None:
         return "finished", done[0]
+    if _locked(out_dir):  # before its first checkpoint too
+        return "running", stored["step"] if stored is not None else 0
     if stored is None:
         paused = out_dir.parent / checkpoints.IN_PROGRESS / run.name
         return ("paused", checkpoints.load_meta(paused).get("steps_done", 0)) if (
             paused / checkpoints.META_FILE).is_file() else ("not started", 0)
     status = checkpoints.load_meta(out_dir).get("status") if (out_dir / checkpoints.META_FILE).is_file() else None
-    if _locked(out_dir):
-        return "running", stored["step"]
     return ("diverged" if status == "diverged" else "interrupted"), stored["step"]
 
 

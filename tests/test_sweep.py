@@ -103,6 +103,8 @@ def test_a_local_sweep_finishes_resumes_and_then_does_nothing(tmp_path, monkeypa
     (killed.out_dir / META_FILE).write_text(json.dumps({**meta, "status": "running"}))
     before = (stopped.out_dir / METRICS_FILE).read_text()
     assert [sweep.run_state(r) for r in found] == [("not started", 0), ("interrupted", 3), ("interrupted", 3)]
+    with checkpoints.run_lock(killed.out_dir):  # as a training process holds it
+        assert sweep.run_state(killed) == ("running", 3)
 
     code, out, err = run_main(["sweep.toml", "--jobs", "3", "--logs", "logs"], capsys)
     assert code == 0, out + err
