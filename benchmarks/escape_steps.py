@@ -32,7 +32,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from icl_lib import checkpoints, tasks
 from icl_lib.train import TrainConfig, derive_seed, sample_prompts
