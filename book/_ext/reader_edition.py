@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from docutils import nodes
 
-AUTOGRADED = "Autograded:"
+AUTOGRADED = "Autograded"  # "*Autograded:*", or "*Autograded (the check; the proof is graded by hand):*"
 
 
 def is_check_cell(node: nodes.Node) -> bool:
@@ -25,11 +25,11 @@ def is_check_cell(node: nodes.Node) -> bool:
 
 
 def is_autograded_paragraph(node: nodes.Node) -> bool:
-    """A paragraph that opens with an emphasised "Autograded:" (what a student stores for the grader)."""
+    """A paragraph that opens with an emphasised "Autograded..." note (what a student stores for the grader)."""
     if not isinstance(node, nodes.paragraph) or not node.children:
         return False
     first = node.children[0]
-    return isinstance(first, nodes.emphasis) and first.astext().strip() == AUTOGRADED
+    return isinstance(first, nodes.emphasis) and first.astext().strip().startswith(AUTOGRADED)
 
 
 def remove_grading(app, doctree: nodes.document) -> None:
