@@ -10,6 +10,8 @@ and baselines on the same prompts; :func:`icl_lib.evaluate.evaluate_model` draws
 
 from __future__ import annotations
 
+import math
+import statistics
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -144,6 +146,164 @@ def _resampled_means(values: torch.Tensor, n_bootstrap: int, seed: int) -> torch
     # How often each prompt is drawn in each resample: (n_bootstrap, batch), so memory does not grow with n.
     counts = torch.zeros(n_bootstrap, batch, dtype=torch.float64).scatter_add_(1, rows, torch.ones_like(rows, dtype=torch.float64))
     return counts @ values / batch
+
+
+INTERVAL_METHODS = ("normal", "t")
+
+
+def _sample(name: str, values: torch.Tensor | np.ndarray, ddof: int = 0) -> torch.Tensor | np.ndarray:
+    """``values`` as a float64 sample of shape ``(n,)``, n > ``ddof``, in its own library (a CPU tensor or an
+    array), so that the chapters' numbers stay those of their own torch or numpy code; else a ``ValueError``."""
+    if isinstance(values, torch.Tensor):
+        sample = values.detach().to("cpu", torch.float64)
+    elif isinstance(values, np.ndarray) and values.dtype.kind in "biuf":
+        sample = values.astype(np.float64, copy=False)
+    else:
+        raise ValueError(f"{name} must be a 1-d torch tensor or numpy array of numbers, got {type(values).__name__}"
+                         + (f" of dtype {values.dtype}" if isinstance(values, np.ndarray) else ""))
+    if sample.ndim != 1 or len(sample) <= ddof:
+        raise ValueError(f"{name} must have shape (n,) with n >= {ddof + 1} (ddof = {ddof}), got "
+                         f"{tuple(sample.shape)}")
+    bad = int((~torch.isfinite(sample)).sum() if isinstance(sample, torch.Tensor) else (~np.isfinite(sample)).sum())
+    if bad:
+        raise ValueError(f"{name} must hold finite numbers, got {bad} nan or inf entries")
+    return sample
+
+
+def standard_error(values: torch.Tensor | np.ndarray, ddof: int = 1) -> float:
+    """The standard error of the mean of ``values: (n,)``, ``std(values, ddof) / sqrt(n)`` (a float).
+
+    ``ddof=1`` (the default, torch's ``.std()`` and ``scipy.stats.sem``) divides the squared deviations by n - 1;
+    ``ddof=0`` (numpy's ``.std()``) by n. Computed in float64 by the input's own library (torch or numpy).
+    """
+    ddof = checks.nonnegative_int("ddof", ddof)
+    sample = _sample("values", values, ddof)
+    return float(_std(sample, ddof) / math.sqrt(len(sample)))
+
+
+def mean_interval(
+    values: torch.Tensor | np.ndarray, level: float = 0.95, method: str = "normal", ddof: int = 1
+) -> tuple[float, float, float]:
+    """The mean of ``values: (n,)`` and its confidence interval ``(mean, low, high)``, floats:
+    ``mean -+ q * std(values, ddof) / sqrt(n)``.
+
+    ``method="normal"``: q is the normal quantile of ``(1 + level) / 2`` (1.96 at 0.95); ``"t"``: Student's t
+    quantile with n - 1 degrees of freedom (for few values, as over seeds; needs n >= 2). ``level`` in (0, 1).
+    """
+    method = checks.choice("method", method, INTERVAL_METHODS)
+    level = _open_unit_interval("level", level)
+    ddof = checks.nonnegative_int("ddof", ddof)
+    sample = _sample("values", values, max(ddof, 1 if method == "t" else 0))
+    n = len(sample)
+    quantile = normal_quantile((1 + level) / 2) if method == "normal" else t_quantile((1 + level) / 2, n - 1)
+    mean = float(sample.mean())
+    half = quantile * float(_std(sample, ddof)) / math.sqrt(n)
+    return mean, mean - half, mean + half
+
+
+def paired_interval(
+    a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray, level: float = 0.95, method: str = "normal",
+    ddof: int = 1,
+) -> tuple[float, float, float]:
+    """The mean difference ``a - b`` of paired values (per prompt, task or seed; ``a, b: (n,)``, both tensors or
+    both arrays) and its interval ``(mean, low, high)``: :func:`mean_interval` of the differences, so that what
+    the pairs share cancels."""
+    if type(a) is not type(b) or not isinstance(a, (torch.Tensor, np.ndarray)) or a.shape != b.shape:
+        shapes = [tuple(v.shape) if isinstance(v, (torch.Tensor, np.ndarray)) else type(v).__name__ for v in (a, b)]
+        raise ValueError(f"a and b must be two torch tensors or two numpy arrays of one shape (n,), got "
+                         f"{type(a).__name__} {shapes[0]} and {type(b).__name__} {shapes[1]}")
+    return mean_interval(a - b, level=level, method=method, ddof=ddof)
+
+
+def _std(sample: torch.Tensor | np.ndarray, ddof: int) -> float:
+    if isinstance(sample, torch.Tensor):
+        return sample.std(correction=ddof).item()
+    return sample.std(ddof=ddof)
+
+
+def _open_unit_interval(name: str, value: object) -> float:
+    number = checks.unit_interval(name, value)
+    if number in (0, 1):
+        raise ValueError(f"{name} must lie in (0, 1), got {value!r}")
+    return number
+
+
+def normal_quantile(p: float) -> float:
+    """The standard normal quantile at probability ``p`` in (0, 1) (``scipy.stats.norm.ppf``)."""
+    return statistics.NormalDist().inv_cdf(_open_unit_interval("p", p))
+
+
+def t_quantile(p: float, df: int) -> float:
+    """Student's t quantile at probability ``p`` in (0, 1) with ``df >= 1`` degrees of freedom
+    (``scipy.stats.t.ppf``, to about 1e-12 relative): bisection on the distribution function, written with the
+    regularised incomplete beta function; beyond 1000 degrees of freedom, the Cornish-Fisher series."""
+    p = _open_unit_interval("p", p)
+    df = checks.positive_int("df", df)
+    if p < 0.5:  # by symmetry, minus the quantile of the upper tail p (1 - p would round)
+        return -_t_upper_quantile(p, df)
+    return _t_upper_quantile(1 - p, df)  # 1 - p is exact for p >= 1/2
+
+
+def _t_upper_quantile(tail: float, df: int) -> float:
+    """The t >= 0 with P(T > t) = ``tail`` in (0, 1/2]."""
+    if df > 1000:  # the Cornish-Fisher series in 1 / df about the normal quantile (1e-12 here)
+        z = -normal_quantile(tail)
+        terms = ((z**3 + z) / 4, (5 * z**5 + 16 * z**3 + 3 * z) / 96,
+                 (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / 384,
+                 (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / 92160)
+        return z + sum(term / df ** (power + 1) for power, term in enumerate(terms))
+    low, high = 0.0, 1.0
+    while _t_tail(high, df) > tail:
+        low, high = high, 2 * high
+    while True:
+        middle = (low + high) / 2
+        if middle in (low, high):
+            return middle
+        if _t_tail(middle, df) > tail:
+            low = middle
+        else:
+            high = middle
+
+
+def _t_tail(t: float, df: int) -> float:
+    """P(T > t) for t >= 0: I_x(df / 2, 1 / 2) / 2 with x = df / (df + t^2)."""
+    log_x, log_y = -math.log1p(t * t / df), (2 * math.log(t) - math.log(df + t * t) if t > 0 else -math.inf)
+    return _incomplete_beta(log_x, log_y, df / 2, 0.5) / 2
+
+
+def _incomplete_beta(log_x: float, log_y: float, a: float, b: float) -> float:
+    """The regularised incomplete beta function I_x(a, b), by its continued fraction (modified Lentz), from
+    ``log(x)`` and ``log(1 - x)``, each given on its own so that no digits are lost for x near 0 or 1."""
+    if log_y == -math.inf or log_x == -math.inf:
+        return float(log_y == -math.inf)
+    x = math.exp(log_x)
+    if x > (a + 1) / (a + b + 2):  # the fraction converges fast below the mean of the beta law
+        return 1 - _incomplete_beta(log_y, log_x, b, a)
+    front = math.exp(a * log_x + b * log_y - _log_beta(a, b)) / a
+    tiny = 1e-300
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1)
+    d = 1 / (d if abs(d) > tiny else tiny)
+    fraction = d
+    for m in range(1, 100_000):
+        for numerator in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                          -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1 + numerator * d
+            d = 1 / (d if abs(d) > tiny else tiny)
+            c = 1 + numerator / c
+            c = c if abs(c) > tiny else tiny
+            fraction *= c * d
+        if abs(c * d - 1) < 1e-16:
+            break
+    return front * fraction
+
+
+def _log_beta(a: float, b: float) -> float:
+    """log B(a, b); for b = 1/2 and a large (the t law's many degrees of freedom), log Gamma(a + 1/2) - log Gamma(a)
+    by its asymptotic series, where the difference of two large lgammas would lose digits."""
+    if b == 0.5 and a > 20:
+        ratio = 0.5 * math.log(a) - 1 / (8 * a) + 1 / (192 * a**3) - 1 / (640 * a**5) + 17 / (14336 * a**7)
+        return math.lgamma(0.5) - ratio
+    return math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b)
 
 
 def error_curve(
