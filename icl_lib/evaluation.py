@@ -208,7 +208,8 @@ def paired_interval(
     """The mean difference ``a - b`` of paired values (per prompt, task or seed; ``a, b: (n,)``, both tensors or
     both arrays) and its interval ``(mean, low, high)``: :func:`mean_interval` of the differences, so that what
     the pairs share cancels."""
-    if type(a) is not type(b) or not isinstance(a, (torch.Tensor, np.ndarray)) or a.shape != b.shape:
+    same_kind = any(isinstance(a, kind) and isinstance(b, kind) for kind in (torch.Tensor, np.ndarray))
+    if not same_kind or a.shape != b.shape:
         shapes = [tuple(v.shape) if isinstance(v, (torch.Tensor, np.ndarray)) else type(v).__name__ for v in (a, b)]
         raise ValueError(f"a and b must be two torch tensors or two numpy arrays of one shape (n,), got "
                          f"{type(a).__name__} {shapes[0]} and {type(b).__name__} {shapes[1]}")
@@ -222,9 +223,13 @@ def _std(sample: torch.Tensor | np.ndarray, ddof: int) -> float:
 
 
 def _open_unit_interval(name: str, value: object) -> float:
-    number = checks.unit_interval(name, value)
+    """Return ``float(value)`` if it lies in (0, 1), else raise ``ValueError`` naming ``name``."""
+    try:
+        number = checks.unit_interval(name, value)
+    except ValueError:
+        number = 0.0
     if number in (0, 1):
-        raise ValueError(f"{name} must lie in (0, 1), got {value!r}")
+        raise ValueError(f"{name} must be a number in (0, 1), got {value!r}")
     return number
 
 

@@ -307,6 +307,9 @@ def test_paired_interval_is_the_interval_of_the_differences_and_narrower_than_un
         assert paired_interval(torch.from_numpy(a), torch.from_numpy(b), level=0.9, method=method) == pytest.approx(
             got, rel=1e-12)
     mean, low, high = paired_interval(a, b)
+    # a parameter is a tensor too
+    weights = torch.nn.Parameter(torch.from_numpy(a))
+    assert paired_interval(weights, torch.from_numpy(b)) == pytest.approx((mean, low, high), rel=1e-12)
     np.testing.assert_allclose((low, high), stats.norm.interval(0.95, loc=mean, scale=stats.sem(a - b)), rtol=1e-12)
     # b follows a: the pairs' shared part cancels, so the paired interval is narrower than the two means' widths
     _, low_a, high_a = mean_interval(a)
@@ -357,10 +360,12 @@ def test_interval_helpers_bad_input():
         standard_error([1.0, 2.0])
     with pytest.raises(ValueError, match=r"^values must hold finite numbers, got 2 nan or inf entries$"):
         mean_interval(np.array([1.0, np.nan, np.inf]))
-    with pytest.raises(ValueError, match=r"^level must lie in \(0, 1\), got 1.0$"):
+    with pytest.raises(ValueError, match=r"^level must be a number in \(0, 1\), got 1.0$"):
         mean_interval(values, level=1.0)
-    with pytest.raises(ValueError, match=r"^level must lie in \[0, 1\], got 95$"):
+    with pytest.raises(ValueError, match=r"^level must be a number in \(0, 1\), got 95$"):
         mean_interval(values, level=95)
+    with pytest.raises(ValueError, match=r"^level must be a number in \(0, 1\), got '0.95'$"):
+        paired_interval(values, values, level="0.95")
     with pytest.raises(ValueError, match=r"^method must be one of 'normal', 't'; got 'bootstrap'$"):
         mean_interval(values, method="bootstrap")
     with pytest.raises(ValueError, match=r"^ddof must be a non-negative integer \(>= 0\), got -1$"):
