@@ -1,4 +1,5 @@
-"""Error curves and bootstrap bands: means against numpy, band statistics, band_contains, argument checks."""
+"""Error curves, bootstrap bands and intervals: means against numpy, band statistics, band_contains, the interval
+helpers (standard_error, mean_interval, paired_interval, the normal and t quantiles) against scipy, argument checks."""
 
 from __future__ import annotations
 
