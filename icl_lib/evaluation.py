@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.stats
 import torch
 from torch import nn
 
@@ -239,76 +240,10 @@ def normal_quantile(p: float) -> float:
 
 
 def t_quantile(p: float, df: int) -> float:
-    """Student's t quantile at probability ``p`` in (0, 1) with ``df >= 1`` degrees of freedom
-    (``scipy.stats.t.ppf``, to about 1e-12 relative): bisection on the distribution function, written with the
-    regularised incomplete beta function; beyond 1000 degrees of freedom, the Cornish-Fisher series."""
+    """Student's t quantile at probability ``p`` in (0, 1) with ``df >= 1`` degrees of freedom (``scipy.stats.t``)."""
     p = _open_unit_interval("p", p)
     df = checks.positive_int("df", df)
-    if p < 0.5:  # by symmetry, minus the quantile of the upper tail p (1 - p would round)
-        return -_t_upper_quantile(p, df)
-    return _t_upper_quantile(1 - p, df)  # 1 - p is exact for p >= 1/2
-
-
-def _t_upper_quantile(tail: float, df: int) -> float:
-    """The t >= 0 with P(T > t) = ``tail`` in (0, 1/2]."""
-    if df > 1000:  # the Cornish-Fisher series in 1 / df about the normal quantile (1e-12 here)
-        z = -normal_quantile(tail)
-        terms = ((z**3 + z) / 4, (5 * z**5 + 16 * z**3 + 3 * z) / 96,
-                 (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / 384,
-                 (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / 92160)
-        return z + sum(term / df ** (power + 1) for power, term in enumerate(terms))
-    low, high = 0.0, 1.0
-    while _t_tail(high, df) > tail:
-        low, high = high, 2 * high
-    while True:
-        middle = (low + high) / 2
-        if middle in (low, high):
-            return middle
-        if _t_tail(middle, df) > tail:
-            low = middle
-        else:
-            high = middle
-
-
-def _t_tail(t: float, df: int) -> float:
-    """P(T > t) for t >= 0: I_x(df / 2, 1 / 2) / 2 with x = df / (df + t^2)."""
-    log_x, log_y = -math.log1p(t * t / df), (2 * math.log(t) - math.log(df + t * t) if t > 0 else -math.inf)
-    return _incomplete_beta(log_x, log_y, df / 2, 0.5) / 2
-
-
-def _incomplete_beta(log_x: float, log_y: float, a: float, b: float) -> float:
-    """The regularised incomplete beta function I_x(a, b), by its continued fraction (modified Lentz), from
-    ``log(x)`` and ``log(1 - x)``, each given on its own so that no digits are lost for x near 0 or 1."""
-    if log_y == -math.inf or log_x == -math.inf:
-        return float(log_y == -math.inf)
-    x = math.exp(log_x)
-    if x > (a + 1) / (a + b + 2):  # the fraction converges fast below the mean of the beta law
-        return 1 - _incomplete_beta(log_y, log_x, b, a)
-    front = math.exp(a * log_x + b * log_y - _log_beta(a, b)) / a
-    tiny = 1e-300
-    c, d = 1.0, 1.0 - (a + b) * x / (a + 1)
-    d = 1 / (d if abs(d) > tiny else tiny)
-    fraction = d
-    for m in range(1, 100_000):
-        for numerator in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
-                          -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
-            d = 1 + numerator * d
-            d = 1 / (d if abs(d) > tiny else tiny)
-            c = 1 + numerator / c
-            c = c if abs(c) > tiny else tiny
-            fraction *= c * d
-        if abs(c * d - 1) < 1e-16:
-            break
-    return front * fraction
-
-
-def _log_beta(a: float, b: float) -> float:
-    """log B(a, b); for b = 1/2 and a large (the t law's many degrees of freedom), log Gamma(a + 1/2) - log Gamma(a)
-    by its asymptotic series, where the difference of two large lgammas would lose digits."""
-    if b == 0.5 and a > 20:
-        ratio = 0.5 * math.log(a) - 1 / (8 * a) + 1 / (192 * a**3) - 1 / (640 * a**5) + 17 / (14336 * a**7)
-        return math.lgamma(0.5) - ratio
-    return math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b)
+    return float(scipy.stats.t.ppf(p, df))
 
 
 def error_curve(
