@@ -10,10 +10,13 @@ and baselines on the same prompts; :func:`icl_lib.evaluate.evaluate_model` draws
 
 from __future__ import annotations
 
+import math
+import statistics
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.stats
 import torch
 from torch import nn
 
@@ -144,6 +147,103 @@ def _resampled_means(values: torch.Tensor, n_bootstrap: int, seed: int) -> torch
     # How often each prompt is drawn in each resample: (n_bootstrap, batch), so memory does not grow with n.
     counts = torch.zeros(n_bootstrap, batch, dtype=torch.float64).scatter_add_(1, rows, torch.ones_like(rows, dtype=torch.float64))
     return counts @ values / batch
+
+
+INTERVAL_METHODS = ("normal", "t")
+
+
+def _sample(name: str, values: torch.Tensor | np.ndarray, ddof: int = 0) -> torch.Tensor | np.ndarray:
+    """``values`` as a float64 sample of shape ``(n,)``, n > ``ddof``, in its own library (a CPU tensor or an
+    array), so that the chapters' numbers stay those of their own torch or numpy code; else a ``ValueError``."""
+    if isinstance(values, torch.Tensor):
+        sample = values.detach().to("cpu", torch.float64)
+    elif isinstance(values, np.ndarray) and values.dtype.kind in "biuf":
+        sample = values.astype(np.float64, copy=False)
+    else:
+        raise ValueError(f"{name} must be a 1-d torch tensor or numpy array of numbers, got {type(values).__name__}"
+                         + (f" of dtype {values.dtype}" if isinstance(values, np.ndarray) else ""))
+    if sample.ndim != 1 or len(sample) <= ddof:
+        raise ValueError(f"{name} must have shape (n,) with n >= {ddof + 1} (ddof = {ddof}), got "
+                         f"{tuple(sample.shape)}")
+    bad = int((~torch.isfinite(sample)).sum() if isinstance(sample, torch.Tensor) else (~np.isfinite(sample)).sum())
+    if bad:
+        raise ValueError(f"{name} must hold finite numbers, got {bad} nan or inf entries")
+    return sample
+
+
+def standard_error(values: torch.Tensor | np.ndarray, ddof: int = 1) -> float:
+    """The standard error of the mean of ``values: (n,)``, ``std(values, ddof) / sqrt(n)`` (a float).
+
+    ``ddof=1`` (the default, torch's ``.std()`` and ``scipy.stats.sem``) divides the squared deviations by n - 1;
+    ``ddof=0`` (numpy's ``.std()``) by n. Computed in float64 by the input's own library (torch or numpy).
+    """
+    ddof = checks.nonnegative_int("ddof", ddof)
+    sample = _sample("values", values, ddof)
+    return float(_std(sample, ddof) / math.sqrt(len(sample)))
+
+
+def mean_interval(
+    values: torch.Tensor | np.ndarray, level: float = 0.95, method: str = "normal", ddof: int = 1
+) -> tuple[float, float, float]:
+    """The mean of ``values: (n,)`` and its confidence interval ``(mean, low, high)``, floats:
+    ``mean -+ q * std(values, ddof) / sqrt(n)``.
+
+    ``method="normal"``: q is the normal quantile of ``(1 + level) / 2`` (1.96 at 0.95); ``"t"``: Student's t
+    quantile with n - 1 degrees of freedom (for few values, as over seeds; needs n >= 2). ``level`` in (0, 1).
+    """
+    method = checks.choice("method", method, INTERVAL_METHODS)
+    level = _open_unit_interval("level", level)
+    ddof = checks.nonnegative_int("ddof", ddof)
+    sample = _sample("values", values, max(ddof, 1 if method == "t" else 0))
+    n = len(sample)
+    quantile = normal_quantile((1 + level) / 2) if method == "normal" else t_quantile((1 + level) / 2, n - 1)
+    mean = float(sample.mean())
+    half = quantile * float(_std(sample, ddof)) / math.sqrt(n)
+    return mean, mean - half, mean + half
+
+
+def paired_interval(
+    a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray, level: float = 0.95, method: str = "normal",
+    ddof: int = 1,
+) -> tuple[float, float, float]:
+    """The mean difference ``a - b`` of paired values (per prompt, task or seed; ``a, b: (n,)``, both tensors or
+    both arrays) and its interval ``(mean, low, high)``: :func:`mean_interval` of the differences, so that what
+    the pairs share cancels."""
+    same_kind = any(isinstance(a, kind) and isinstance(b, kind) for kind in (torch.Tensor, np.ndarray))
+    if not same_kind or a.shape != b.shape:
+        shapes = [tuple(v.shape) if isinstance(v, (torch.Tensor, np.ndarray)) else type(v).__name__ for v in (a, b)]
+        raise ValueError(f"a and b must be two torch tensors or two numpy arrays of one shape (n,), got "
+                         f"{type(a).__name__} {shapes[0]} and {type(b).__name__} {shapes[1]}")
+    return mean_interval(a - b, level=level, method=method, ddof=ddof)
+
+
+def _std(sample: torch.Tensor | np.ndarray, ddof: int) -> float:
+    if isinstance(sample, torch.Tensor):
+        return sample.std(correction=ddof).item()
+    return sample.std(ddof=ddof)
+
+
+def _open_unit_interval(name: str, value: object) -> float:
+    """Return ``float(value)`` if it lies in (0, 1), else raise ``ValueError`` naming ``name``."""
+    try:
+        number = checks.unit_interval(name, value)
+    except ValueError:
+        number = 0.0
+    if number in (0, 1):
+        raise ValueError(f"{name} must be a number in (0, 1), got {value!r}")
+    return number
+
+
+def normal_quantile(p: float) -> float:
+    """The standard normal quantile at probability ``p`` in (0, 1) (``scipy.stats.norm.ppf``)."""
+    return statistics.NormalDist().inv_cdf(_open_unit_interval("p", p))
+
+
+def t_quantile(p: float, df: int) -> float:
+    """Student's t quantile at probability ``p`` in (0, 1) with ``df >= 1`` degrees of freedom (``scipy.stats.t``)."""
+    p = _open_unit_interval("p", p)
+    df = checks.positive_int("df", df)
+    return float(scipy.stats.t.ppf(p, df))
 
 
 def error_curve(

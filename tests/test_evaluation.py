@@ -1,4 +1,5 @@
-"""Error curves and bootstrap bands: means against numpy, band statistics, band_contains, argument checks."""
+"""Error curves, bootstrap bands and intervals: means against numpy, band statistics, band_contains, the interval
+helpers (standard_error, mean_interval, paired_interval, the normal and t quantiles) against scipy, argument checks."""
 
 from __future__ import annotations
 
@@ -221,3 +222,160 @@ def test_bootstrap_ratio_resamples_numerator_and_denominator_together_like_a_num
     assert low < ratio < high
     # a numerator that follows the denominator closely gives a narrow interval around 0.8
     assert 0.75 < low and high < 0.85
+
+
+# The interval helpers against scipy: mean, standard error, normal and t intervals, paired differences.
+def samples(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    a = rng.gamma(2.0, 1.5, n)
+    return a, 0.7 * a + rng.normal(0.0, 0.5, n)
+
+
+@pytest.mark.parametrize("n", [2, 3, 10, 1000])
+@pytest.mark.parametrize("ddof", [0, 1])
+def test_standard_error_is_scipys_sem_for_arrays_and_tensors(n, ddof):
+    from icl_lib.evaluation import standard_error
+
+    stats = pytest.importorskip("scipy.stats")
+    values, _ = samples(n, n)
+    expected = stats.sem(values, ddof=ddof)
+    assert standard_error(values, ddof=ddof) == pytest.approx(expected, rel=1e-12)
+    assert standard_error(torch.from_numpy(values), ddof=ddof) == pytest.approx(expected, rel=1e-12)
+    # float32 tensors are read in float64; ints are numbers too
+    assert standard_error(torch.from_numpy(values).float(), ddof=ddof) == pytest.approx(expected, rel=1e-6)
+    assert isinstance(standard_error(values, ddof=ddof), float)
+
+
+def test_standard_error_keeps_the_chapters_torch_and_numpy_numbers_bit_for_bit():
+    from icl_lib.evaluation import standard_error
+
+    values, _ = samples(1000, 1)
+    tensor = torch.from_numpy(values)
+    # chapter 2 (numpy, ddof 0) and chapter 6 (torch, ddof 1) computed them so
+    assert standard_error(values, ddof=0) == values.std() / math.sqrt(1000)
+    assert standard_error(tensor) == float(tensor.std() / math.sqrt(1000))
+    assert standard_error(np.arange(5)) == pytest.approx(np.arange(5).std(ddof=1) / math.sqrt(5), rel=1e-15)
+
+
+@pytest.mark.parametrize("level", [0.5, 0.9, 0.95, 0.99])
+@pytest.mark.parametrize("n", [2, 5, 10, 200])
+def test_mean_interval_is_scipys_normal_and_t_interval(level, n):
+    from icl_lib.evaluation import mean_interval
+
+    stats = pytest.importorskip("scipy.stats")
+    values, _ = samples(n, 100 + n)
+    mean, sem = values.mean(), stats.sem(values)
+    for method, expected in (("normal", stats.norm.interval(level, loc=mean, scale=sem)),
+                             ("t", stats.t.interval(level, n - 1, loc=mean, scale=sem))):
+        for given in (values, torch.from_numpy(values)):
+            got = mean_interval(given, level=level, method=method)
+            np.testing.assert_allclose(got, (mean, *expected), rtol=1e-12)
+    # ddof=0: numpy's std
+    _, low, high = mean_interval(values, level=level, ddof=0)
+    assert high - low == pytest.approx(2 * stats.norm.ppf((1 + level) / 2) * values.std() / math.sqrt(n), rel=1e-12)
+
+
+def test_the_normal_quantile_against_scipy():
+    from icl_lib.evaluation import normal_quantile
+
+    stats = pytest.importorskip("scipy.stats")
+    for p in (1e-6, 0.025, 0.05, 0.3, 0.6, 0.975, 0.995, 0.9995, 1 - 1e-6):
+        assert normal_quantile(p) == pytest.approx(stats.norm.ppf(p), rel=1e-13)
+
+
+def test_t_interval_over_ten_seeds_is_chapter_3s():
+    """Chapter 3's paired interval over 10 seeds: T_975 = scipy's t.ppf(0.975, 9), std with ddof 1."""
+    from icl_lib.evaluation import paired_interval
+
+    stats = pytest.importorskip("scipy.stats")
+    a, b = samples(10, 3)
+    differences = a - b
+    half = stats.t.ppf(0.975, df=9) * differences.std(ddof=1) / math.sqrt(10)
+    expected = (differences.mean(), differences.mean() - half, differences.mean() + half)
+    np.testing.assert_allclose(paired_interval(a, b, method="t"), expected, rtol=1e-14, atol=1e-15)
+
+
+def test_paired_interval_is_the_interval_of_the_differences_and_narrower_than_unpaired():
+    from icl_lib.evaluation import mean_interval, paired_interval
+
+    stats = pytest.importorskip("scipy.stats")
+    a, b = samples(400, 4)
+    for method in ("normal", "t"):
+        got = paired_interval(a, b, level=0.9, method=method)
+        assert got == mean_interval(a - b, level=0.9, method=method)
+        assert paired_interval(torch.from_numpy(a), torch.from_numpy(b), level=0.9, method=method) == pytest.approx(
+            got, rel=1e-12)
+    mean, low, high = paired_interval(a, b)
+    # a parameter is a tensor too
+    weights = torch.nn.Parameter(torch.from_numpy(a))
+    assert paired_interval(weights, torch.from_numpy(b)) == pytest.approx((mean, low, high), rel=1e-12)
+    np.testing.assert_allclose((low, high), stats.norm.interval(0.95, loc=mean, scale=stats.sem(a - b)), rtol=1e-12)
+    # b follows a: the pairs' shared part cancels, so the paired interval is narrower than the two means' widths
+    _, low_a, high_a = mean_interval(a)
+    _, low_b, high_b = mean_interval(b)
+    assert high - low < 0.5 * ((high_a - low_a) + (high_b - low_b))
+
+
+def test_mean_interval_covers_the_true_mean_at_its_level():
+    from icl_lib.evaluation import mean_interval
+
+    rng = np.random.default_rng(11)
+    draws = rng.normal(1.0, 2.0, (2000, 8))  # 2000 experiments of 8 values: the t interval is exact
+    cover_t = np.mean([low <= 1.0 <= high for _, low, high in (mean_interval(d, method="t") for d in draws)])
+    cover_normal = np.mean([low <= 1.0 <= high for _, low, high in (mean_interval(d) for d in draws)])
+    assert 0.93 <= cover_t <= 0.97, cover_t
+    assert cover_normal < cover_t  # with 8 values the normal interval is too narrow
+
+
+def test_bootstrap_band_is_a_percentile_bootstrap_like_a_numpy_loop_and_scipys():
+    """bootstrap_band against a plain numpy loop over the same resampled rows, and against scipy.stats.bootstrap's
+    percentile interval (other draws: agreement to a few percent of the width)."""
+    stats = pytest.importorskip("scipy.stats")
+    errors = squared_errors(*random_preds(300, 3, 12))
+    low, high = bootstrap_band(errors, n_bootstrap=800, level=0.9, seed=5)
+    rows = torch.randint(300, (800, 300), generator=torch.Generator().manual_seed(5)).numpy()
+    values = errors.numpy()
+    means = np.stack([values[r].mean(0) for r in rows])
+    np.testing.assert_allclose(low, np.quantile(means, 0.05, axis=0), rtol=1e-12)
+    np.testing.assert_allclose(high, np.quantile(means, 0.95, axis=0), rtol=1e-12)
+    for k in range(3):
+        scipys = stats.bootstrap((values[:, k],), np.mean, confidence_level=0.9, n_resamples=4000,
+                                 method="percentile", rng=np.random.default_rng(k)).confidence_interval
+        width = scipys.high - scipys.low
+        assert abs(low[k] - scipys.low) < 0.1 * width and abs(high[k] - scipys.high) < 0.1 * width
+
+
+def test_interval_helpers_bad_input():
+    from icl_lib.evaluation import mean_interval, paired_interval, standard_error, t_quantile
+
+    values = np.arange(4.0)
+    with pytest.raises(ValueError, match=r"^values must have shape \(n,\) with n >= 2 \(ddof = 1\), got \(1,\)$"):
+        standard_error(np.ones(1))
+    with pytest.raises(ValueError, match=r"^values must have shape \(n,\) with n >= 1 \(ddof = 0\), got \(0,\)$"):
+        mean_interval(torch.zeros(0), ddof=0)
+    with pytest.raises(ValueError, match=r"^values must have shape \(n,\) with n >= 2 \(ddof = 1\), got \(2, 2\)$"):
+        standard_error(torch.ones(2, 2))
+    with pytest.raises(ValueError, match=r"^values must be a 1-d torch tensor or numpy array of numbers, got list$"):
+        standard_error([1.0, 2.0])
+    with pytest.raises(ValueError, match=r"^values must hold finite numbers, got 2 nan or inf entries$"):
+        mean_interval(np.array([1.0, np.nan, np.inf]))
+    with pytest.raises(ValueError, match=r"^level must be a number in \(0, 1\), got 1.0$"):
+        mean_interval(values, level=1.0)
+    with pytest.raises(ValueError, match=r"^level must be a number in \(0, 1\), got 95$"):
+        mean_interval(values, level=95)
+    with pytest.raises(ValueError, match=r"^level must be a number in \(0, 1\), got '0.95'$"):
+        paired_interval(values, values, level="0.95")
+    with pytest.raises(ValueError, match=r"^method must be one of 'normal', 't'; got 'bootstrap'$"):
+        mean_interval(values, method="bootstrap")
+    with pytest.raises(ValueError, match=r"^ddof must be a non-negative integer \(>= 0\), got -1$"):
+        standard_error(values, ddof=-1)
+    with pytest.raises(ValueError, match=r"^a and b must be two torch tensors or two numpy arrays of one shape"):
+        paired_interval(values, values[:3])
+    with pytest.raises(ValueError, match=r"^a and b must be two torch tensors or two numpy arrays .* ndarray \(4,\) "
+                                         r"and Tensor \(4,\)$"):
+        paired_interval(values, torch.from_numpy(values))
+    with pytest.raises(ValueError, match=r"^df must be a positive integer \(>= 1\), got 0$"):
+        t_quantile(0.9, 0)
+    # the t interval needs two values even with ddof=0
+    with pytest.raises(ValueError, match=r"^values must have shape \(n,\) with n >= 2"):
+        mean_interval(np.ones(1), method="t", ddof=0)
