@@ -29,6 +29,12 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RUNS = [
     "checkpoints/garg_dense_linear_laptop",
     "checkpoints/garg_dense_linear_laptop_interleaved",
+    "checkpoints/garg_dense_linear_laptop_interleaved_curriculum",
+    *(
+        f"checkpoints/garg_dense_linear_constant_laptop{arm}{seed}"
+        for arm in ("", "_curriculum", "_interleaved", "_interleaved_curriculum")
+        for seed in ("", "_seed1")
+    ),
     "checkpoints/lsa_zfb_laptop",
     "checkpoints/gpt_short_prompts_laptop",
 ]
