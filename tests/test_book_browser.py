@@ -212,6 +212,9 @@ _READ = {
     "grading": "const text = document.querySelector('main').textContent;"
                "return ['BEGIN HIDDEN TESTS', 'Autograded', 'answers.close(', 'from coursework import answers']"
                ".filter(s => text.includes(s))",
+    # what the cells printed (text outputs and tracebacks, not images)
+    "outputs": "return Array.from(document.querySelectorAll('.cell_output pre, .cell_output .output'))"
+               ".map(o => o.textContent).join('\\n')",
     # figures outside an exercise's solution (a box in the PDF, where a numbered figure cannot go)
     "bare_figures": "return Array.from(document.querySelectorAll('.cell_output img'))"
                     ".filter(i => !i.closest('.solution'))"
@@ -277,6 +280,17 @@ def test_every_page_links_the_pdf(read_pages, site):
     for page, found in read_pages.items():
         assert found["pdf_links"] == [site + "book.pdf"], (
             f"{page}: the header's PDF link is {found['pdf_links']}, not {site}book.pdf")
+
+
+def test_no_output_prints_a_warning_or_a_machine_path(read_pages):
+    """A reader sees results, not the machine's noise: no printed warning (a torch `UserWarning` once showed in
+    chapter 2 with the path of the file that raised it) and no absolute path of the machine that built the book."""
+    noise = re.compile(r"\b\w*Warning\b|\bwarnings\.warn|(?<![\w.])/(?:home|work|tmp|usr|root|Users|opt)/|"
+                       r"site-packages|[A-Z]:\\")
+    for page, found in read_pages.items():
+        text = found["outputs"]
+        places = [text[max(0, m.start() - 60):m.end() + 60] for m in noise.finditer(text)]
+        assert not places, f"{page}: warnings or machine paths in the outputs, {len(places)} places: {places[:3]}"
 
 
 @pytest.fixture()
