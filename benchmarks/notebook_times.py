@@ -1,8 +1,9 @@
-"""Time the execution of every chapter notebook, as the book build runs them (fresh kernel each).
+"""Time the execution of every chapter notebook, as the book build runs them (fresh
+kernel each).
 
-Usage: ``.venv/bin/python benchmarks/notebook_times.py [NOTEBOOK ...]`` (``make benchmarks`` runs all).
-Writes ``benchmarks/notebook_times.md`` with the machine, date and commit, and prints the table.
-The budget is 5 minutes per notebook on a 2-core CPU.
+Usage: ``.venv/bin/python benchmarks/notebook_times.py [NOTEBOOK ...]`` (``make
+benchmarks`` runs all). Writes ``benchmarks/notebook_times.md`` with the machine, date
+and commit, and prints the table. The budget is 5 minutes per notebook on a 2-core CPU.
 """
 
 from __future__ import annotations
@@ -25,7 +26,12 @@ BUDGET_SECONDS = 300
 
 def time_notebook(path: Path) -> float:
     notebook = nbformat.read(path, as_version=4)
-    client = NotebookClient(notebook, timeout=1200, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
+    client = NotebookClient(
+        notebook,
+        timeout=1200,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(path.parent)}},
+    )
     start = time.perf_counter()
     client.execute()
     return time.perf_counter() - start
@@ -33,7 +39,12 @@ def time_notebook(path: Path) -> float:
 
 def main(paths: list[str]) -> None:
     notebooks = [Path(p) for p in paths] or sorted((ROOT / "notebooks").glob("*.ipynb"))
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     rows = []
     for notebook in notebooks:
         seconds = time_notebook(notebook)
@@ -43,14 +54,18 @@ def main(paths: list[str]) -> None:
     header = [
         "# Notebook execution times",
         "",
-        f"Measured {datetime.date.today()} at commit `{commit}` by `python benchmarks/notebook_times.py` on "
-        f"{platform.machine()} with {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}.",
-        f"Each notebook runs in a fresh kernel, as the book build runs it. Budget: {BUDGET_SECONDS} s each.",
+        f"Measured {datetime.date.today()} at commit `{commit}` by `python "
+        f"benchmarks/notebook_times.py` on {platform.machine()} with {os.cpu_count()} "
+        f"cores, Python {platform.python_version()}, torch {torch.__version__}.",
+        "Each notebook runs in a fresh kernel, as the book build runs it. Budget: "
+        f"{BUDGET_SECONDS} s each.",
         "",
         "| notebook | seconds | budget |",
         "|---|---|---|",
     ]
-    (ROOT / "benchmarks" / "notebook_times.md").write_text("\n".join(header + rows) + "\n")
+    (ROOT / "benchmarks" / "notebook_times.md").write_text(
+        "\n".join(header + rows) + "\n"
+    )
 
 
 if __name__ == "__main__":

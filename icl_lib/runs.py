@@ -1,10 +1,12 @@
 """The run directory: resume, the finished-run test, and the files a run writes.
 
-A run directory (:mod:`icl_lib.checkpoints` names its files) holds ``checkpoint.pt`` (the training state),
-``metrics.jsonl`` (one record per log), ``meta.json`` (provenance and status) and, once finished, ``model.pt``. Here
-:func:`resumable_state` reads a checkpoint of the config (refusing another config's), :func:`finished_run` is the one
-test of a finished run, :func:`training_state` and :func:`resume` are ``checkpoint.pt``'s format both ways,
-:class:`RunWriter` writes the files, and every refusal names the run and :data:`WAY_OUT`.
+A run directory (:mod:`icl_lib.checkpoints` names its files) holds ``checkpoint.pt``
+(the training state), ``metrics.jsonl`` (one record per log), ``meta.json`` (provenance
+and status) and, once finished, ``model.pt``. Here :func:`resumable_state` reads a
+checkpoint of the config (refusing another config's), :func:`finished_run` is the one
+test of a finished run, :func:`training_state` and :func:`resume` are
+``checkpoint.pt``'s format both ways, :class:`RunWriter` writes the files, and every
+refusal names the run and :data:`WAY_OUT`.
 """
 
 from __future__ import annotations
@@ -23,7 +25,13 @@ import torch
 from torch import nn
 
 from icl_lib import checkpoints, checks, models
-from icl_lib.config import RESUMABLE_CHANGES, SCHEDULE_FIELDS, TrainConfig, derive_seed, learning_rate
+from icl_lib.config import (
+    RESUMABLE_CHANGES,
+    SCHEDULE_FIELDS,
+    TrainConfig,
+    derive_seed,
+    learning_rate,
+)
 
 if TYPE_CHECKING:
     from icl_lib.cuda_graph import CudaGraphStep
@@ -32,159 +40,255 @@ if TYPE_CHECKING:
 
 
 def check_out_dir(name: str, out_dir: str | Path) -> Path:
-    """``out_dir``, created if needed and writable; the folders that hold runs (``checkpoints/``,
-    ``checkpoints/in_progress/``) are refused: a run written there would mix its files with the runs'."""
+    """``out_dir``, created if needed and writable; the folders that hold runs
+    (``checkpoints/``, ``checkpoints/in_progress/``) are refused: a run written there
+    would mix its files with the runs'."""
     path = Path(out_dir)
-    roots = (checkpoints.checkpoints_root(), checkpoints.checkpoints_root() / checkpoints.IN_PROGRESS)
+    roots = (
+        checkpoints.checkpoints_root(),
+        checkpoints.checkpoints_root() / checkpoints.IN_PROGRESS,
+    )
     if path.exists() and any(path.resolve() == root.resolve() for root in roots):
-        raise ValueError(f"{name} must be a run directory such as checkpoints/<name>, got {str(out_dir)!r}, the folder "
-                         f"that holds the runs")
+        raise ValueError(
+            f"{name} must be a run directory such as checkpoints/<name>, got "
+            f"{str(out_dir)!r}, the folder that holds the runs"
+        )
     return checks.writable_directory(name, path)
 
 
-# How to get past a run directory that cannot be resumed, in every message that refuses one.
-WAY_OUT = "start over with --fresh (resume=False), which discards it, or choose another --out (out_dir)"
+# How to get past a run directory that cannot be resumed, in every message that refuses
+# one.
+WAY_OUT = (
+    "start over with --fresh (resume=False), which discards it, or choose another "
+    "--out (out_dir)"
+)
 
 
-def config_changes(stored: Mapping[str, Any], config: TrainConfig, steps_done: int | None = None) -> str:
-    """The fields (outside ``RESUMABLE_CHANGES``) in which ``config`` differs from a stored config, or ``""``.
+def config_changes(
+    stored: Mapping[str, Any], config: TrainConfig, steps_done: int | None = None
+) -> str:
+    """The fields (outside ``RESUMABLE_CHANGES``) in which ``config`` differs from a
+    stored config, or ``""``.
 
-    With ``steps_done`` (resuming a checkpoint of that step), changes of ``SCHEDULE_FIELDS`` do not count if
-    ``config`` gives each of the first ``steps_done`` steps the learning rate the stored config gave it.
+    With ``steps_done`` (resuming a checkpoint of that step), changes of
+    ``SCHEDULE_FIELDS`` do not count if ``config`` gives each of the first
+    ``steps_done`` steps the learning rate the stored config gave it.
     """
     current = config.to_dict()
-    defaults = TrainConfig().to_dict()  # a field added since the checkpoint was written counts as its default
+    # a field added since the checkpoint was written counts as its default
+    defaults = TrainConfig().to_dict()
     stored = {**{k: v for k, v in defaults.items() if k not in stored}, **stored}
-    differing = sorted(k for k in set(stored) | set(current) if k not in RESUMABLE_CHANGES and stored.get(k) != current.get(k))
+    differing = sorted(
+        k
+        for k in set(stored) | set(current)
+        if k not in RESUMABLE_CHANGES and stored.get(k) != current.get(k)
+    )
     if steps_done is not None and differing and set(differing) <= set(SCHEDULE_FIELDS):
-        if _same_rates(config.replace(**{k: stored[k] for k in SCHEDULE_FIELDS}), config, steps_done):
+        if _same_rates(
+            config.replace(**{k: stored[k] for k in SCHEDULE_FIELDS}),
+            config,
+            steps_done,
+        ):
             return ""
-        return (", ".join(f"{k}: {stored.get(k)!r} -> {current.get(k)!r}" for k in differing)
-                + " (a schedule may change on resume only where the steps already taken keep their learning rates)")
+        return ", ".join(
+            f"{k}: {stored.get(k)!r} -> {current.get(k)!r}" for k in differing
+        ) + (
+            " (a schedule may change on resume only where the steps already taken "
+            "keep their learning rates)"
+        )
     return ", ".join(f"{k}: {stored.get(k)!r} -> {current.get(k)!r}" for k in differing)
 
 
 def _same_rates(before: TrainConfig, after: TrainConfig, steps_done: int) -> bool:
-    """Whether ``after`` trains at least ``steps_done`` steps and gives each of them ``before``'s learning rate."""
+    """Whether ``after`` trains at least ``steps_done`` steps and gives each of them
+    ``before``'s learning rate."""
     return after.steps >= steps_done and all(
-        learning_rate(before, step) == learning_rate(after, step) for step in range(steps_done))
+        learning_rate(before, step) == learning_rate(after, step)
+        for step in range(steps_done)
+    )
 
 
-def schedule_change(stored_config: Mapping[str, Any], config: TrainConfig, step: int) -> dict[str, Any] | None:
-    """The record of a schedule changed on resume at ``step`` (the fields it had before), or None."""
+def schedule_change(
+    stored_config: Mapping[str, Any], config: TrainConfig, step: int
+) -> dict[str, Any] | None:
+    """The record of a schedule changed on resume at ``step`` (the fields it had
+    before), or None."""
     current = config.to_dict()
-    before = {k: stored_config[k] for k in SCHEDULE_FIELDS if k in stored_config and stored_config[k] != current[k]}
+    before = {
+        k: stored_config[k]
+        for k in SCHEDULE_FIELDS
+        if k in stored_config and stored_config[k] != current[k]
+    }
     return {"at_step": step, "before": before} if before else None
 
 
 def _run_name(out_dir: Path) -> str:
-    """How messages name the run in ``out_dir``: its directory and, from ``meta.json`` when readable, its status."""
+    """How messages name the run in ``out_dir``: its directory and, from ``meta.json``
+    when readable, its status."""
     try:
         meta = checkpoints.load_meta(out_dir)
     except ValueError:
         return f"the run in {out_dir}"
-    return f"the run in {out_dir} ({meta.get('status')}, {meta.get('steps_done')} of {meta.get('steps')} steps)"
+    return (
+        f"the run in {out_dir} ({meta.get('status')}, {meta.get('steps_done')} of "
+        f"{meta.get('steps')} steps)"
+    )
 
 
 def resumable_state(out_dir: Path, config: TrainConfig) -> dict | None:
-    """The training state of ``config`` in ``out_dir``'s checkpoint, or None if there is no checkpoint.
+    """The training state of ``config`` in ``out_dir``'s checkpoint, or None if there is
+    no checkpoint.
 
-    Refuses (``ValueError`` naming the run and :data:`WAY_OUT`) an unreadable checkpoint and one of another config.
+    Refuses (``ValueError`` naming the run and :data:`WAY_OUT`) an unreadable checkpoint
+    and one of another config.
     """
     try:
         stored = checkpoints.load_training_state(out_dir)
     except ValueError as error:
-        raise ValueError(f"cannot resume {_run_name(out_dir)}: {error}; {WAY_OUT}") from None
+        raise ValueError(
+            f"cannot resume {_run_name(out_dir)}: {error}; {WAY_OUT}"
+        ) from None
     if stored is not None:
         changes = config_changes(stored["config"], config, stored["step"])
         if changes:
-            raise ValueError(f"cannot resume {_run_name(out_dir)}: its config differs in {changes}; {WAY_OUT}")
+            raise ValueError(
+                f"cannot resume {_run_name(out_dir)}: its config differs in {changes}; "
+                f"{WAY_OUT}"
+            )
     return stored
 
 
-def finished_run(out_dir: Path, config: TrainConfig, stored: Mapping[str, Any] | None
-                 ) -> tuple[int, list[dict[str, Any]]] | None:
-    """``(steps_done, history)`` of ``config``'s finished run in ``out_dir`` (its ``model.pt`` and a ``meta.json``
-    that says "finished"), or None if there is a run to train, resume or complete: the one test of a finished run.
+def finished_run(
+    out_dir: Path, config: TrainConfig, stored: Mapping[str, Any] | None
+) -> tuple[int, list[dict[str, Any]]] | None:
+    """``(steps_done, history)`` of ``config``'s finished run in ``out_dir`` (its
+    ``model.pt`` and a ``meta.json`` that says "finished"), or None if there is a run to
+    train, resume or complete: the one test of a finished run.
 
-    ``stored`` is the directory's checkpoint (:func:`resumable_state`, whose config matched) or None. With one, the
-    run is finished if the checkpoint is of the last step and the end's files were written (a run killed between
-    its last checkpoint and ``model.pt`` is completed by training). Without one (the committed runs' layout), a
-    directory that holds a run's files must hold this config's finished run: any other run is refused.
+    ``stored`` is the directory's checkpoint (:func:`resumable_state`, whose config
+    matched) or None. With one, the run is finished if the checkpoint is of the last
+    step and the end's files were written (a run killed between its last checkpoint and
+    ``model.pt`` is completed by training). Without one (the committed runs' layout), a
+    directory that holds a run's files must hold this config's finished run: any other
+    run is refused.
     """
     if stored is not None:
         if stored["step"] < config.steps or not _on_disk_as_finished(out_dir):
             return None
         return stored["step"], _history(out_dir, stored["step"])
-    held = [name for name in (checkpoints.MODEL_FILE, checkpoints.META_FILE) if (out_dir / name).exists()]
+    held = [
+        name
+        for name in (checkpoints.MODEL_FILE, checkpoints.META_FILE)
+        if (out_dir / name).exists()
+    ]
     if not held:
         return None
     try:
         meta = checkpoints.load_meta(out_dir)
     except ValueError as error:
-        raise ValueError(f"{out_dir} holds {held} and no {checkpoints.CHECKPOINT_FILE} ({error}); {WAY_OUT}") from None
+        raise ValueError(
+            f"{out_dir} holds {held} and no {checkpoints.CHECKPOINT_FILE} ({error}); "
+            f"{WAY_OUT}"
+        ) from None
     changes = config_changes(meta["config"], config)
     if changes:
-        raise ValueError(f"{_run_name(out_dir)} is another run: its config differs in {changes}; {WAY_OUT}")
+        raise ValueError(
+            f"{_run_name(out_dir)} is another run: its config differs in {changes}; "
+            f"{WAY_OUT}"
+        )
     if meta.get("status") != "finished" or checkpoints.MODEL_FILE not in held:
-        raise ValueError(f"{_run_name(out_dir)} has no {checkpoints.CHECKPOINT_FILE} to resume from; {WAY_OUT}")
+        raise ValueError(
+            f"{_run_name(out_dir)} has no {checkpoints.CHECKPOINT_FILE} to resume "
+            f"from; {WAY_OUT}"
+        )
     return meta["steps_done"], _history(out_dir, meta["steps_done"])
 
 
 def _on_disk_as_finished(out_dir: Path) -> bool:
-    """Whether ``out_dir`` holds ``model.pt`` and a ``meta.json`` that says "finished"."""
+    """Whether ``out_dir`` holds ``model.pt`` and a ``meta.json`` that says
+    "finished"."""
     try:
-        return (out_dir / checkpoints.MODEL_FILE).exists() and checkpoints.load_meta(out_dir).get("status") == "finished"
+        return (out_dir / checkpoints.MODEL_FILE).exists() and checkpoints.load_meta(
+            out_dir
+        ).get("status") == "finished"
     except ValueError:
         return False
 
 
 def _history(out_dir: Path, step: int) -> list[dict[str, Any]]:
-    """The metric records of ``out_dir`` up to ``step`` (those logged after a checkpoint are replayed on resume)."""
+    """The metric records of ``out_dir`` up to ``step`` (those logged after a checkpoint
+    are replayed on resume)."""
     try:
         records = checkpoints.read_metrics(out_dir, missing_ok=True)
     except ValueError as error:
-        raise ValueError(f"cannot resume {_run_name(out_dir)}: {error}; {WAY_OUT}") from None
+        raise ValueError(
+            f"cannot resume {_run_name(out_dir)}: {error}; {WAY_OUT}"
+        ) from None
     return [r for r in records if r["step"] <= step]
 
 
 def initial_model(
-    config: TrainConfig, model: nn.Module | None, stored: Mapping[str, Any] | None, out_dir: Path | None
+    config: TrainConfig,
+    model: nn.Module | None,
+    stored: Mapping[str, Any] | None,
+    out_dir: Path | None,
 ) -> tuple[nn.Module, dict | None]:
-    """The model to train (``model``, else ``config.model`` initialised from the run's "init" seed) and what
-    ``meta.json`` records of a warm start: a fresh run loads ``config.init_from``'s weights, a resumed one keeps
-    the record of its ``meta.json`` (its weights come from the checkpoint)."""
+    """The model to train (``model``, else ``config.model`` initialised from the run's
+    "init" seed) and what ``meta.json`` records of a warm start: a fresh run loads
+    ``config.init_from``'s weights, a resumed one keeps the record of its ``meta.json``
+    (its weights come from the checkpoint)."""
     if model is None:
-        model = models.make_model(config.model, config.n_dims, config.n_points, seed=derive_seed(config.seed, "init"))
+        model = models.make_model(
+            config.model,
+            config.n_dims,
+            config.n_points,
+            seed=derive_seed(config.seed, "init"),
+        )
     if config.init_from is None:
         return model, None
     if stored is None:
         return model, _warm_start(model, config)
     meta_file = out_dir / checkpoints.META_FILE
-    return model, (checkpoints.load_meta(out_dir).get("init_from") if meta_file.exists() else None)
+    return model, (
+        checkpoints.load_meta(out_dir).get("init_from") if meta_file.exists() else None
+    )
 
 
 def _warm_start(model: nn.Module, config: TrainConfig) -> dict[str, str]:
-    """Load the finished weights of the run ``config.init_from`` into ``model``; returns what meta.json records."""
+    """Load the finished weights of the run ``config.init_from`` into ``model``; returns
+    what meta.json records."""
     try:
         directory = checkpoints.resolve(config.init_from)
     except ValueError as error:
         raise ValueError(f"init_from: {error}") from None
     file = directory / checkpoints.MODEL_FILE
     if not file.is_file():
-        raise ValueError(f"init_from: {config.init_from!r} has no {checkpoints.MODEL_FILE} (only a finished run can "
-                         f"start another)")
+        raise ValueError(
+            f"init_from: {config.init_from!r} has no {checkpoints.MODEL_FILE} (only a "
+            "finished run can start another)"
+        )
     stored = checkpoints.model_config(file)
-    wanted = {"spec": config.model, "n_dims": config.n_dims, "n_points": config.n_points}
+    wanted = {
+        "spec": config.model,
+        "n_dims": config.n_dims,
+        "n_points": config.n_points,
+    }
     if stored != wanted:
-        raise ValueError(f"init_from: {config.init_from!r} holds a model {stored}, but this config trains {wanted}")
+        raise ValueError(
+            f"init_from: {config.init_from!r} holds a model {stored}, but this config "
+            f"trains {wanted}"
+        )
     model.load_state_dict(checkpoints.load_model(file).state_dict())
-    return {"run": str(config.init_from), "sha256": hashlib.sha256(file.read_bytes()).hexdigest()}
+    return {
+        "run": str(config.init_from),
+        "sha256": hashlib.sha256(file.read_bytes()).hexdigest(),
+    }
 
 
 def training_state(step_fn: Step, step: int, wall_s: float) -> dict[str, Any]:
-    """What ``checkpoint.pt`` holds after ``step``: the config and what a step changes (model, optimizer, data
-    generator, the metric sums not yet logged), with the global random states (dropout draws from them)."""
+    """What ``checkpoint.pt`` holds after ``step``: the config and what a step changes
+    (model, optimizer, data generator, the metric sums not yet logged), with the global
+    random states (dropout draws from them)."""
     device = step_fn.device
     return {
         "config": step_fn.config.to_dict(),
@@ -193,17 +297,28 @@ def training_state(step_fn: Step, step: int, wall_s: float) -> dict[str, Any]:
         "optimizer": step_fn.optimizer.state_dict(),
         "generator": step_fn.generator.get_state(),
         "rng_cpu": torch.get_rng_state(),
-        **({"rng_cuda": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
+        **(
+            {"rng_cuda": torch.cuda.get_rng_state(device)}
+            if device.type == "cuda"
+            else {}
+        ),
         "totals": step_fn.totals.detach().cpu(),
         "totals_steps": step_fn.summed,
         "wall_s": wall_s,
-        **({"schedule_changes": step_fn.schedule_changes} if step_fn.schedule_changes else {}),
+        **(
+            {"schedule_changes": step_fn.schedule_changes}
+            if step_fn.schedule_changes
+            else {}
+        ),
     }
 
 
-def resume(stored: Mapping[str, Any], out_dir: Path, step_fn: Step) -> tuple[int, float, list[dict[str, Any]]]:
-    """Load a checkpoint's training state (:func:`training_state`) into ``step_fn``; returns its step, the wall time
-    spent so far and the metric records up to that step (those logged after it are replayed)."""
+def resume(
+    stored: Mapping[str, Any], out_dir: Path, step_fn: Step
+) -> tuple[int, float, list[dict[str, Any]]]:
+    """Load a checkpoint's training state (:func:`training_state`) into ``step_fn``;
+    returns its step, the wall time spent so far and the metric records up to that step
+    (those logged after it are replayed)."""
     try:
         step_fn.model.load_state_dict(stored["model"])
         step_fn.optimizer.load_state_dict(stored["optimizer"])
@@ -216,8 +331,10 @@ def resume(stored: Mapping[str, Any], out_dir: Path, step_fn: Step) -> tuple[int
         step_fn.schedule_changes = list(stored.get("schedule_changes", []))
     except (RuntimeError, ValueError, KeyError, TypeError) as error:
         reason = " ".join(str(error).split())[:300]
-        raise ValueError(f"cannot resume {_run_name(out_dir)}: its {checkpoints.CHECKPOINT_FILE} does not fit "
-                         f"its config ({reason}); {WAY_OUT}") from None
+        raise ValueError(
+            f"cannot resume {_run_name(out_dir)}: its {checkpoints.CHECKPOINT_FILE} "
+            f"does not fit its config ({reason}); {WAY_OUT}"
+        ) from None
     return stored["step"], stored["wall_s"], _history(out_dir, stored["step"])
 
 
@@ -225,7 +342,8 @@ def resume(stored: Mapping[str, Any], out_dir: Path, step_fn: Step) -> tuple[int
 
 
 class Clock:
-    """The run's wall time (a resumed run adds the time spent before) and its speed since the last log."""
+    """The run's wall time (a resumed run adds the time spent before) and its speed
+    since the last log."""
 
     def __init__(self, wall_before: float, step: int) -> None:
         self.before, self.started = wall_before, time.perf_counter()
@@ -235,7 +353,8 @@ class Clock:
         return self.before + time.perf_counter() - self.started
 
     def lap(self, step: int) -> dict[str, float]:
-        """``steps_per_s`` since the last lap and ``wall_s``, the timing keys of a logged record."""
+        """``steps_per_s`` since the last lap and ``wall_s``, the timing keys of a
+        logged record."""
         now = time.perf_counter()
         speed = (step - self.last_step) / max(now - self.last_time, 1e-9)
         self.last_time, self.last_step = now, step
@@ -243,46 +362,79 @@ class Clock:
 
 
 class RunWriter:
-    """The run's record: the metric ``history`` and, in a run directory ``out_dir``, the files that hold it.
+    """The run's record: the metric ``history`` and, in a run directory ``out_dir``, the
+    files that hold it.
 
-    In ``out_dir`` (None: nothing is written) it appends each record to ``metrics.jsonl``, writes ``checkpoint.pt``,
-    ``model.pt`` at the end, and ``meta.json`` (provenance, status, final metrics, and under ``"sha256"`` the SHA-256
-    of the ``checkpoint.pt`` and ``model.pt`` this writer wrote, which loading checks) after each checkpoint; a run
-    over several processes (torchrun) records its ``world_size`` and ``backend`` there. Opening a
-    run directory removes what an interrupted write left, and either the files of an earlier run (a fresh start) or
+    In ``out_dir`` (None: nothing is written) it appends each record to
+    ``metrics.jsonl``, writes ``checkpoint.pt``, ``model.pt`` at the end, and
+    ``meta.json`` (provenance, status, final metrics, and under ``"sha256"`` the SHA-256
+    of the ``checkpoint.pt`` and ``model.pt`` this writer wrote, which loading checks)
+    after each checkpoint; a run over several processes (torchrun) records its
+    ``world_size`` and ``backend`` there. Opening a run directory removes what an
+    interrupted write left, and either the files of an earlier run (a fresh start) or
     the records logged after the checkpoint a run resumes from.
     """
 
-    def __init__(self, out_dir: Path | None, config: TrainConfig, history: list[dict[str, Any]], *,
-                 resumed_from: int | None, command: str | None, model: nn.Module, device: torch.device,
-                 warm_start: dict | None, graph: CudaGraphStep | None, world: World | None = None,
-                 schedule_changes: list[dict[str, Any]]) -> None:
-        self.out_dir, self.config, self.history, self.graph = out_dir, config, history, graph
-        self.checkpoint_step = resumed_from  # the step of the last checkpoint written, None before the first
+    def __init__(
+        self,
+        out_dir: Path | None,
+        config: TrainConfig,
+        history: list[dict[str, Any]],
+        *,
+        resumed_from: int | None,
+        command: str | None,
+        model: nn.Module,
+        device: torch.device,
+        warm_start: dict | None,
+        graph: CudaGraphStep | None,
+        world: World | None = None,
+        schedule_changes: list[dict[str, Any]],
+    ) -> None:
+        self.out_dir, self.config, self.history, self.graph = (
+            out_dir,
+            config,
+            history,
+            graph,
+        )
+        # the step of the last checkpoint written, None before the first
+        self.checkpoint_step = resumed_from
         self.metrics_file = None
-        self.sha256: dict[str, str] = {}  # of the files written by this writer (an earlier model.pt is not vouched for)
+        # of the files written by this writer (an earlier model.pt is not vouched for)
+        self.sha256: dict[str, str] = {}
         if out_dir is None:
             return
         checkpoints.remove_leftovers(out_dir)
         if resumed_from is None:
-            for stale in (checkpoints.CHECKPOINT_FILE, checkpoints.MODEL_FILE, checkpoints.META_FILE):
+            for stale in (
+                checkpoints.CHECKPOINT_FILE,
+                checkpoints.MODEL_FILE,
+                checkpoints.META_FILE,
+            ):
                 (out_dir / stale).unlink(missing_ok=True)
         lines = "".join(json.dumps(r) + "\n" for r in history)
-        checkpoints.atomic_write(out_dir / checkpoints.METRICS_FILE, lambda f: f.write(lines.encode()))
+        checkpoints.atomic_write(
+            out_dir / checkpoints.METRICS_FILE, lambda f: f.write(lines.encode())
+        )
         self.meta_base = {
             "name": out_dir.name,
-            "command": command or f"icl_lib.train.train() called from {shlex.join(sys.argv)}",
+            "command": command
+            or f"icl_lib.train.train() called from {shlex.join(sys.argv)}",
             "config": config.to_dict(),
             "seed": config.seed,
             **checkpoints.provenance(device),
             "threads": config.threads,
-            **({"world_size": world.size, "backend": world.backend} if world is not None and world.size > 1 else {}),
+            **(
+                {"world_size": world.size, "backend": world.backend}
+                if world is not None and world.size > 1
+                else {}
+            ),
             "n_parameters": models.count_parameters(model),
             "steps": config.steps,
             **({"init_from": warm_start} if warm_start is not None else {}),
             **({"schedule_changes": schedule_changes} if schedule_changes else {}),
         }
-        self.metrics_file = open(out_dir / checkpoints.METRICS_FILE, "a")  # noqa: SIM115 - closed by close()
+        # closed by close()
+        self.metrics_file = open(out_dir / checkpoints.METRICS_FILE, "a")  # noqa: SIM115
 
     def log(self, record: dict[str, Any]) -> None:
         self.history.append(record)
@@ -299,7 +451,9 @@ class RunWriter:
         """Write ``model.pt`` and a ``meta.json`` that says "finished"."""
         if self.out_dir is not None:
             config = self.config
-            path = checkpoints.save_model_file(self.out_dir, model, config.model, config.n_dims, config.n_points)
+            path = checkpoints.save_model_file(
+                self.out_dir, model, config.model, config.n_dims, config.n_points
+            )
             self.sha256[path.name] = checkpoints.sha256_file(path)
             self.write_meta("finished", step, wall_s)
 
@@ -318,24 +472,30 @@ class RunWriter:
         checkpoints.write_meta(self.out_dir, meta)
 
     def mark(self, status: str) -> None:
-        """After an error: the ``meta.json`` of the last checkpoint, if there is one, says ``status``."""
+        """After an error: the ``meta.json`` of the last checkpoint, if there is one,
+        says ``status``."""
         if self.out_dir is not None and (self.out_dir / checkpoints.META_FILE).exists():
-            checkpoints.write_meta(self.out_dir, {**checkpoints.load_meta(self.out_dir), "status": status})
+            checkpoints.write_meta(
+                self.out_dir, {**checkpoints.load_meta(self.out_dir), "status": status}
+            )
 
     def kept(self) -> str:
         """What a run that stops on an error leaves behind, as its message says it."""
         if self.out_dir is None or self.checkpoint_step is None:
             return "no checkpoint was written"
-        return f"the last good checkpoint, step {self.checkpoint_step}, stays in {self.out_dir}"
+        return (
+            f"the last good checkpoint, step {self.checkpoint_step}, stays in "
+            f"{self.out_dir}"
+        )
 
     def close(self) -> None:
         if self.metrics_file is not None:
             self.metrics_file.close()
 
 
-
 def final_metrics(history: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """The latest value of every metric in ``history``, with the step it was measured at."""
+    """The latest value of every metric in ``history``, with the step it was measured
+    at."""
     final: dict[str, Any] = {}
     for record in history:
         final.update(record)
@@ -343,10 +503,14 @@ def final_metrics(history: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def resume_hint(out_dir: Path, fresh: bool) -> str:
-    """What an interrupted command line says: the checkpoint kept in ``out_dir`` and how to resume from it."""
+    """What an interrupted command line says: the checkpoint kept in ``out_dir`` and how
+    to resume from it."""
     command = "the same command without --fresh" if fresh else "the same command"
     try:
         meta = checkpoints.load_meta(out_dir)
     except ValueError:
         return f"no checkpoint was written yet: run {command} to start again"
-    return f"{out_dir} keeps its checkpoint of step {meta.get('steps_done')}: run {command} to resume"
+    return (
+        f"{out_dir} keeps its checkpoint of step {meta.get('steps_done')}: run "
+        f"{command} to resume"
+    )

@@ -1,25 +1,31 @@
 """Garg et al.'s out-of-distribution suite: transformations of a batch of prompts.
 
-Every shift starts from the training distribution's inputs ``xs: (batch, n_points, d)`` with rows x ~ N(0, I_d) and
-changes the inputs, the labels, or the query. Input shifts are plain functions of ``xs`` (and a generator):
+Every shift starts from the training distribution's inputs ``xs: (batch, n_points, d)``
+with rows x ~ N(0, I_d) and changes the inputs, the labels, or the query. Input shifts
+are plain functions of ``xs`` (and a generator):
 
-* :func:`skewed_covariance`: x -> S x with S = Q diag(sqrt(lambda)) Q^T, lambda_i proportional to 1 / i (random
-  basis Q), rescaled so that E ||x||^2 = d as in training;
-* :func:`half_subspace`: the inputs lie in a random subspace of dimension d // 2 (again E ||x||^2 = d);
+* :func:`skewed_covariance`: x -> S x with S = Q diag(sqrt(lambda)) Q^T, lambda_i
+  proportional to 1 / i (random basis Q), rescaled so that E ||x||^2 = d as in training;
+* :func:`half_subspace`: the inputs lie in a random subspace of dimension d // 2 (again
+  E ||x||^2 = d);
 * :func:`scaled_inputs`: x -> c x;
-* :func:`opposite_orthant`: the examples lie in one random orthant, each query in the opposite one;
-* :func:`orthogonal_query`: the query at position k is orthogonal to the k examples before it (same norm);
+* :func:`opposite_orthant`: the examples lie in one random orthant, each query in the
+  opposite one;
+* :func:`orthogonal_query`: the query at position k is orthogonal to the k examples
+  before it (same norm);
 
 label shifts are plain functions of ``ys: (batch, n_points)``:
 
-* :func:`noisy_labels`: y -> y + noise_std * eps, eps ~ N(0, 1), on every label (the query's included);
+* :func:`noisy_labels`: y -> y + noise_std * eps, eps ~ N(0, 1), on every label (the
+  query's included);
 * :func:`scaled_outputs`: y -> c y.
 
-:func:`make_shift` builds a :class:`Shift` by name (each one a frozen dataclass of its options; the scaled ones need
-``scale``); ``Shift.apply(xs, task, generator)`` returns :class:`ShiftedPrompts`, which :mod:`icl_lib.evaluate`
-reads. The book's choices where Garg et al.'s code differs or was not followed exactly: the skewed spectrum is
-lambda_i proportional to 1 / i, both covariance shifts are normalised to trace d, and noisy labels add noise of
-standard deviation ``noise_std`` without renormalising.
+:func:`make_shift` builds a :class:`Shift` by name (each one a frozen dataclass of its
+options; the scaled ones need ``scale``); ``Shift.apply(xs, task, generator)`` returns
+:class:`ShiftedPrompts`, which :mod:`icl_lib.evaluate` reads. The book's choices where
+Garg et al.'s code differs or was not followed exactly: the skewed spectrum is lambda_i
+proportional to 1 / i, both covariance shifts are normalised to trace d, and noisy
+labels add noise of standard deviation ``noise_std`` without renormalising.
 """
 
 from __future__ import annotations
@@ -37,11 +43,14 @@ from icl_lib import checks
 class ShiftedPrompts:
     """A batch of shifted prompts.
 
-    ``xs: (batch, n_points, d)`` and ``ys: (batch, n_points)`` are the examples. If ``query_xs`` and ``query_ys``
-    (same shapes) are set, the prediction at position k is for the query ``query_xs[:, k]`` (label
-    ``query_ys[:, k]``) from the examples ``xs[:, :k]``, ``ys[:, :k]``; otherwise the query at k is ``xs[:, k]``, as
-    in training. ``params`` are the sampled functions' (for example ``w: (batch, d)``). ``variance`` is E[f(x_query)^2] relative to the training distribution's zero-predictor error
-    (for example c^2 for inputs or outputs scaled by c), by which errors are normalised.
+    ``xs: (batch, n_points, d)`` and ``ys: (batch, n_points)`` are the examples. If
+    ``query_xs`` and ``query_ys`` (same shapes) are set, the prediction at position k is
+    for the query ``query_xs[:, k]`` (label ``query_ys[:, k]``) from the examples
+    ``xs[:, :k]``, ``ys[:, :k]``; otherwise the query at k is ``xs[:, k]``, as in
+    training. ``params`` are the sampled functions' (for example ``w: (batch, d)``).
+    ``variance`` is E[f(x_query)^2] relative to the training distribution's
+    zero-predictor error (for example c^2 for inputs or outputs scaled by c), by which
+    errors are normalised.
     """
 
     xs: torch.Tensor
@@ -53,23 +62,32 @@ class ShiftedPrompts:
 
     @property
     def has_queries(self) -> bool:
-        """Whether the queries differ from the examples (opposite orthant, orthogonal query)."""
+        """Whether the queries differ from the examples (opposite orthant, orthogonal
+        query)."""
         return self.query_xs is not None
 
 
-# ---------------------------------------------------------------- input shifts
+# ----------------------------------------------------- input shifts
 
 
-def random_rotation(d: int, generator: torch.Generator, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """A random orthogonal matrix ``(d, d)`` (QR of a Gaussian matrix, signs fixed so it is Haar-distributed)."""
+def random_rotation(
+    d: int, generator: torch.Generator, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """A random orthogonal matrix ``(d, d)`` (QR of a Gaussian matrix, signs fixed so it
+    is Haar-distributed)."""
     d = checks.positive_int("d", d)
-    gaussian = torch.randn(d, d, generator=generator, device=generator.device, dtype=torch.float64)
+    gaussian = torch.randn(
+        d, d, generator=generator, device=generator.device, dtype=torch.float64
+    )
     q, r = torch.linalg.qr(gaussian)
     return (q * torch.sign(torch.diagonal(r))).to(dtype)
 
 
-def _transform(xs: torch.Tensor, spectrum: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """x -> S x with S = Q diag(sqrt(spectrum)) Q^T, spectrum rescaled to sum to d: ``(batch, n, d)``."""
+def _transform(
+    xs: torch.Tensor, spectrum: torch.Tensor, generator: torch.Generator
+) -> torch.Tensor:
+    """x -> S x with S = Q diag(sqrt(spectrum)) Q^T, spectrum rescaled to sum to d:
+    ``(batch, n, d)``."""
     d = xs.shape[-1]
     spectrum = spectrum * (d / spectrum.sum())
     rotation = random_rotation(d, generator, xs.dtype)
@@ -77,10 +95,14 @@ def _transform(xs: torch.Tensor, spectrum: torch.Tensor, generator: torch.Genera
     return xs @ root.T
 
 
-def skewed_covariance(xs: torch.Tensor, generator: torch.Generator, decay: float = 1.0) -> torch.Tensor:
-    """Inputs with covariance Q diag(lambda) Q^T, lambda_i proportional to i^(-decay), trace d: ``(batch, n, d)``.
+def skewed_covariance(
+    xs: torch.Tensor, generator: torch.Generator, decay: float = 1.0
+) -> torch.Tensor:
+    """Inputs with covariance Q diag(lambda) Q^T, lambda_i proportional to i^(-decay),
+    trace d: ``(batch, n, d)``.
 
-    One random basis Q for the whole batch (as Garg et al. draw one transformation per evaluation).
+    One random basis Q for the whole batch (as Garg et al. draw one transformation per
+    evaluation).
     """
     batch, _, d = checks.prompt_tensors(xs)
     decay = checks.nonnegative_float("decay", decay)
@@ -89,7 +111,8 @@ def skewed_covariance(xs: torch.Tensor, generator: torch.Generator, decay: float
 
 
 def half_subspace(xs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Inputs in a random subspace of dimension max(1, d // 2), covariance trace d: ``(batch, n, d)``."""
+    """Inputs in a random subspace of dimension max(1, d // 2), covariance trace d:
+    ``(batch, n, d)``."""
     _, _, d = checks.prompt_tensors(xs)
     spectrum = torch.zeros(d, dtype=torch.float64, device=xs.device)
     spectrum[: max(1, d // 2)] = 1.0
@@ -102,20 +125,31 @@ def scaled_inputs(xs: torch.Tensor, scale: float) -> torch.Tensor:
     return checks.positive_float("scale", scale) * xs
 
 
-def opposite_orthant(xs: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(examples, queries)``, both ``(batch, n, d)``: examples |x| * s in the orthant of a random sign pattern
-    s (one per prompt), queries -|x| * s in the opposite orthant (Garg et al.'s "random quadrants")."""
+def opposite_orthant(
+    xs: torch.Tensor, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(examples, queries)``, both ``(batch, n, d)``: examples |x| * s in the orthant
+    of a random sign pattern s (one per prompt), queries -|x| * s in the opposite
+    orthant (Garg et al.'s "random quadrants")."""
     batch, _, d = checks.prompt_tensors(xs)
-    signs = torch.randint(0, 2, (batch, 1, d), generator=generator, device=xs.device).to(xs.dtype) * 2 - 1
+    signs = (
+        torch.randint(0, 2, (batch, 1, d), generator=generator, device=xs.device).to(
+            xs.dtype
+        )
+        * 2
+        - 1
+    )
     examples = xs.abs() * signs
     return examples, -examples
 
 
 def orthogonal_query(xs: torch.Tensor) -> torch.Tensor:
-    """Queries ``(batch, n, d)``: row k is x_k minus its projection on span(x_0, ..., x_{k-1}), rescaled to ||x_k||.
+    """Queries ``(batch, n, d)``: row k is x_k minus its projection on span(x_0, ...,
+    x_{k-1}), rescaled to ||x_k||.
 
-    For k >= d the examples span R^d (almost surely) and nothing orthogonal is left; those rows are zero and
-    evaluation should stop at k = d - 1 (:meth:`Shift.max_points`).
+    For k >= d the examples span R^d (almost surely) and nothing orthogonal is left;
+    those rows are zero and evaluation should stop at k = d - 1
+    (:meth:`Shift.max_points`).
     """
     batch, n_points, d = checks.prompt_tensors(xs)
     x64 = xs.to(torch.float64)
@@ -125,18 +159,25 @@ def orthogonal_query(xs: torch.Tensor) -> torch.Tensor:
         if k > 0:
             if k >= d:
                 continue
-            basis, _ = torch.linalg.qr(x64[:, :k].transpose(1, 2))  # (batch, d, k): orthonormal basis of the span
+            # (batch, d, k): orthonormal basis of the span
+            basis, _ = torch.linalg.qr(x64[:, :k].transpose(1, 2))
             query = query - (basis @ (basis.transpose(1, 2) @ query[..., None]))[..., 0]
-            query = query * (x64[:, k].norm(dim=-1, keepdim=True) / query.norm(dim=-1, keepdim=True).clamp_min(1e-30))
+            query = query * (
+                x64[:, k].norm(dim=-1, keepdim=True)
+                / query.norm(dim=-1, keepdim=True).clamp_min(1e-30)
+            )
         queries[:, k] = query
     return queries.to(xs.dtype)
 
 
-# ---------------------------------------------------------------- label shifts
+# ----------------------------------------------------- label shifts
 
 
-def noisy_labels(ys: torch.Tensor, generator: torch.Generator, noise_std: float = 1.0) -> torch.Tensor:
-    """y -> y + noise_std * eps with eps ~ N(0, 1) independent per label: ``(batch, n)``."""
+def noisy_labels(
+    ys: torch.Tensor, generator: torch.Generator, noise_std: float = 1.0
+) -> torch.Tensor:
+    """y -> y + noise_std * eps with eps ~ N(0, 1) independent per label: ``(batch,
+    n)``."""
     noise_std = checks.nonnegative_float("noise_std", noise_std)
     noise = torch.randn(ys.shape, generator=generator, device=ys.device, dtype=ys.dtype)
     return ys + noise_std * noise
@@ -147,18 +188,22 @@ def scaled_outputs(ys: torch.Tensor, scale: float) -> torch.Tensor:
     return checks.positive_float("scale", scale) * ys
 
 
-# ---------------------------------------------------------------- shifts of whole prompts, by name
+# ----------------------------------------------------- shifts of whole prompts, by name
 
 
 class Shift:
-    """What the shifts share: :meth:`apply` draws the prompts, :meth:`inputs` and :meth:`labels` change them.
+    """What the shifts share: :meth:`apply` draws the prompts, :meth:`inputs` and
+    :meth:`labels` change them.
 
-    Each shift is a frozen dataclass whose fields are its options (:data:`SHIFTS`, :func:`make_shift`); this base
-    changes nothing.
+    Each shift is a frozen dataclass whose fields are its options (:data:`SHIFTS`,
+    :func:`make_shift`); this base changes nothing.
     """
 
-    def inputs(self, xs: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``(examples, queries or None)``, both ``(batch, n, d)``, from inputs of the training distribution."""
+    def inputs(
+        self, xs: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(examples, queries or None)``, both ``(batch, n, d)``, from inputs of the
+        training distribution."""
         return xs, None
 
     def labels(self, ys: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -167,7 +212,8 @@ class Shift:
 
     @property
     def variance(self) -> float:
-        """E[f(x_query)^2] relative to the training distribution's zero-predictor error."""
+        """E[f(x_query)^2] relative to the training distribution's zero-predictor
+        error."""
         return 1.0
 
     def max_points(self, d: int) -> int | None:
@@ -176,18 +222,25 @@ class Shift:
 
     @property
     def label(self) -> str:
-        """A short name for plots, with the options that are required or not at their default:
-        ``"scaled_inputs(scale=2)"``."""
-        shown = [f"{f.name}={getattr(self, f.name):g}" for f in dataclasses.fields(self)  # type: ignore[arg-type]
-                 if f.default is dataclasses.MISSING or getattr(self, f.name) != f.default]
+        """A short name for plots, with the options that are required or not at their
+        default: ``"scaled_inputs(scale=2)"``."""
+        shown = [
+            f"{f.name}={getattr(self, f.name):g}"
+            for f in dataclasses.fields(self)  # type: ignore[arg-type]
+            if f.default is dataclasses.MISSING or getattr(self, f.name) != f.default
+        ]
         name = next(name for name, kind in SHIFTS.items() if type(self) is kind)
         return f"{name}({', '.join(shown)})" if shown else name
 
-    def apply(self, xs: torch.Tensor, task: Any, generator: torch.Generator) -> ShiftedPrompts:
-        """Shift prompts whose inputs ``xs: (batch, n, d)`` come from the training distribution N(0, I_d).
+    def apply(
+        self, xs: torch.Tensor, task: Any, generator: torch.Generator
+    ) -> ShiftedPrompts:
+        """Shift prompts whose inputs ``xs: (batch, n, d)`` come from the training
+        distribution N(0, I_d).
 
-        ``task`` is a function class (:mod:`icl_lib.tasks`); examples and queries get labels from the same
-        sampled function. Random draws: the inputs' shift, the task, then the labels' shift.
+        ``task`` is a function class (:mod:`icl_lib.tasks`); examples and queries get
+        labels from the same sampled function. Random draws: the inputs' shift, the
+        task, then the labels' shift.
         """
         checks.prompt_tensors(xs)
         xs, queries = self.inputs(xs, generator)
@@ -200,8 +253,14 @@ class Shift:
             ys, query_ys = drawn.ys[:, :n_points], drawn.ys[:, n_points:]
         ys = self.labels(ys, generator)
         query_ys = self.labels(query_ys, generator) if query_ys is not None else None
-        return ShiftedPrompts(xs=xs, ys=ys, query_xs=queries, query_ys=query_ys, variance=float(self.variance),
-                              params=dict(drawn.params))
+        return ShiftedPrompts(
+            xs=xs,
+            ys=ys,
+            query_xs=queries,
+            query_ys=query_ys,
+            variance=float(self.variance),
+            params=dict(drawn.params),
+        )
 
 
 @dataclass(frozen=True)
@@ -213,7 +272,9 @@ class SkewedCovariance(Shift):
     def __post_init__(self) -> None:
         checks.nonnegative_float("decay", self.decay)
 
-    def inputs(self, xs: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, None]:
+    def inputs(
+        self, xs: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, None]:
         return skewed_covariance(xs, generator, self.decay), None
 
 
@@ -221,20 +282,25 @@ class SkewedCovariance(Shift):
 class HalfSubspace(Shift):
     """:func:`half_subspace`."""
 
-    def inputs(self, xs: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, None]:
+    def inputs(
+        self, xs: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, None]:
         return half_subspace(xs, generator), None
 
 
 @dataclass(frozen=True)
 class ScaledInputs(Shift):
-    """x -> scale * x (:func:`scaled_inputs`), so E[f(x)^2] grows by scale^2 for a linear f."""
+    """x -> scale * x (:func:`scaled_inputs`), so E[f(x)^2] grows by scale^2 for a
+    linear f."""
 
     scale: float
 
     def __post_init__(self) -> None:
         checks.positive_float("scale", self.scale)
 
-    def inputs(self, xs: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, None]:
+    def inputs(
+        self, xs: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, None]:
         return scaled_inputs(xs, self.scale), None
 
     @property
@@ -244,9 +310,12 @@ class ScaledInputs(Shift):
 
 @dataclass(frozen=True)
 class OppositeOrthant(Shift):
-    """:func:`opposite_orthant`: examples in one random orthant, queries in the opposite one."""
+    """:func:`opposite_orthant`: examples in one random orthant, queries in the opposite
+    one."""
 
-    def inputs(self, xs: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def inputs(
+        self, xs: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         return opposite_orthant(xs, generator)
 
 
@@ -254,7 +323,9 @@ class OppositeOrthant(Shift):
 class OrthogonalQuery(Shift):
     """:func:`orthogonal_query`, defined for prompts of at most d points."""
 
-    def inputs(self, xs: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def inputs(
+        self, xs: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         return xs, orthogonal_query(xs)
 
     def max_points(self, d: int) -> int:
@@ -263,7 +334,8 @@ class OrthogonalQuery(Shift):
 
 @dataclass(frozen=True)
 class NoisyLabels(Shift):
-    """:func:`noisy_labels` with ``noise_std``; the normalisation counts the signal only."""
+    """:func:`noisy_labels` with ``noise_std``; the normalisation counts the signal
+    only."""
 
     noise_std: float = 1.0
 
@@ -303,5 +375,6 @@ SHIFTS: dict[str, type[Shift]] = {
 
 
 def make_shift(name: str, **options: Any) -> Shift:
-    """Build a shift by name: ``make_shift("scaled_inputs", scale=2.0)``; ``list(SHIFTS)`` lists the names."""
+    """Build a shift by name: ``make_shift("scaled_inputs", scale=2.0)``;
+    ``list(SHIFTS)`` lists the names."""
     return checks.build(SHIFTS, {"name": name, **options}, "shift")

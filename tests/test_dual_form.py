@@ -1,4 +1,5 @@
-"""Dual form: the identity against explicit numpy sums, SGD on a linear layer, von Oswald's GD construction."""
+"""Dual form: the identity against explicit numpy sums, SGD on a linear layer, von
+Oswald's GD construction."""
 
 from __future__ import annotations
 
@@ -27,7 +28,9 @@ def test_dual_form_identity_matches_numpy():
     np.testing.assert_allclose(attention, reference, rtol=1e-12, atol=1e-12)
     w_zsl = dual_form.zero_shot_weights(w_k, w_v, query_side)
     delta = dual_form.icl_weight_update(w_k, w_v, demos)
-    np.testing.assert_allclose(((w_zsl + delta) @ q[0]).numpy(), reference, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        ((w_zsl + delta) @ q[0]).numpy(), reference, rtol=1e-12, atol=1e-12
+    )
     explicit = sum(np.outer(wv @ x, wk @ x) for x in demos.numpy())
     np.testing.assert_allclose(delta.numpy(), explicit, rtol=1e-12, atol=1e-12)
 
@@ -49,22 +52,29 @@ def test_hand_computed_outer_product():
 
 def test_sgd_linear_layer_is_linear_attention_over_its_training_inputs():
     w0, inputs, targets = randn(3, 4, seed=1), randn(6, 4, seed=2), randn(6, 3, seed=3)
-    weights, signals = dual_form.sgd_linear_layer(w0, inputs, targets, learning_rate=0.1)
+    weights, signals = dual_form.sgd_linear_layer(
+        w0, inputs, targets, learning_rate=0.1
+    )
     # numpy reference SGD on (1/2)||W x - t||^2
     w = w0.numpy().copy()
     for x, t in zip(inputs.numpy(), targets.numpy()):
         w -= 0.1 * np.outer(w @ x - t, x)
     np.testing.assert_allclose(weights.numpy(), w, rtol=1e-12, atol=1e-12)
     queries = randn(5, 4, seed=4)
-    np.testing.assert_allclose(dual_form.linear_layer_as_attention(w0, inputs, signals, queries).numpy(),
-                               queries.numpy() @ w.T, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        dual_form.linear_layer_as_attention(w0, inputs, signals, queries).numpy(),
+        queries.numpy() @ w.T,
+        rtol=1e-12,
+        atol=1e-12,
+    )
 
 
 def test_one_gd_layer_equals_one_gd_step_of_baselines():
     xs, ys = randn(16, 9, 3, seed=1), randn(16, 9, seed=2)
     model = dual_form.gd_transformer(3, [0.7])
     got = model(xs, ys)[:, 0]
-    reference = gd_one_step(xs, ys, learning_rate=0.7)[:, -1].double()  # entry k uses the first k = 8 examples
+    # entry k uses the first k = 8 examples
+    reference = gd_one_step(xs, ys, learning_rate=0.7)[:, -1].double()
     torch.testing.assert_close(got, reference, rtol=1e-12, atol=1e-12)
 
 
@@ -80,7 +90,9 @@ def test_k_gd_layers_equal_k_gd_steps_numpy():
         for rate in rates:
             w = w - rate * a.numpy() @ (x[b].T @ (x[b] @ w - y[b]) / 10)
         assert got[b].item() == pytest.approx(w @ xq[b], rel=1e-10, abs=1e-12)
-    torch.testing.assert_close(got, dual_form.gd_steps_prediction(xs, ys, rates, a), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        got, dual_form.gd_steps_prediction(xs, ys, rates, a), rtol=1e-12, atol=1e-12
+    )
 
 
 def test_gd_layer_weights_layout():
@@ -93,19 +105,42 @@ def test_gd_layer_weights_layout():
 
 def test_bad_inputs_raise_value_errors_naming_the_argument():
     w = randn(3, 4)
-    with pytest.raises(ValueError, match=r"w_k must have shape \(d_k, d_in\), got \(3,\)"):
+    with pytest.raises(
+        ValueError, match=r"w_k must have shape \(d_k, d_in\), got \(3,\)"
+    ):
         dual_form.zero_shot_weights(randn(3), w, randn(2, 4))
-    with pytest.raises(ValueError, match=r"tokens must have shape \(n, d_in\) with d_in = 4, got \(2, 5\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"tokens must have shape \(n, d_in\) with d_in = 4, got \(2, 5\)",
+    ):
         dual_form.icl_weight_update(w, w, randn(2, 5))
-    with pytest.raises(ValueError, match=r"w_v must have shape \(d_v, d_in\) with d_in = 4, got \(3, 5\)"):
-        dual_form.relaxed_linear_attention(randn(3, 4), randn(3, 5), randn(2, 4), randn(1, 3))
-    with pytest.raises(ValueError, match=r"queries must have shape \(n_q, d_k\) with d_k = 3, got \(1, 4\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"w_v must have shape \(d_v, d_in\) with d_in = 4, got \(3, 5\)",
+    ):
+        dual_form.relaxed_linear_attention(
+            randn(3, 4), randn(3, 5), randn(2, 4), randn(1, 3)
+        )
+    with pytest.raises(
+        ValueError,
+        match=r"queries must have shape \(n_q, d_k\) with d_k = 3, got \(1, 4\)",
+    ):
         dual_form.relaxed_linear_attention(w, w, randn(2, 4), randn(1, 4))
-    with pytest.raises(ValueError, match=r"signals must have shape \(m, d_out\) with m = 2, d_out = 3, got \(3, 3\)"):
+    with pytest.raises(
+        ValueError,
+        match=(
+            r"signals must have shape \(m, d_out\) with m = 2, d_out = 3, got \(3, 3\)"
+        ),
+    ):
         dual_form.linear_layer_as_attention(w, randn(2, 4), randn(3, 3), randn(1, 4))
     with pytest.raises(ValueError, match="learning_rate must be a finite number > 0"):
         dual_form.sgd_linear_layer(w, randn(2, 4), randn(2, 3), learning_rate=0.0)
-    with pytest.raises(ValueError, match=r"targets must have shape \(m, d_out\) with m = 2, d_out = 3, got \(2, 2\)"):
+    with pytest.raises(
+        ValueError,
+        match=(
+            r"targets must have shape \(m, d_out\) with m = 2, d_out = 3, got \(2, 2\)"
+        ),
+    ):
         dual_form.sgd_linear_layer(w, randn(2, 4), randn(2, 2), learning_rate=0.1)
     with pytest.raises(ValueError, match="preconditioner must have shape"):
         dual_form.gd_transformer(3, [0.1], preconditioner=torch.eye(2))
@@ -126,13 +161,29 @@ def test_gdpp_transformer_equals_a_numpy_recursion_and_reduces_to_gd():
     for eta, gamma in zip(rates, gammas):
         b = np.einsum("bn,bnd->bd", r[:, :-1], x[:, :-1]) / n
         s = np.einsum("bni,bnj->bij", x[:, :-1], x[:, :-1]) / n
-        r, x = r - eta * np.einsum("bd,bnd->bn", b, x), x - gamma * np.einsum("bij,bnj->bni", s, x)
+        r, x = (
+            r - eta * np.einsum("bd,bnd->bn", b, x),
+            x - gamma * np.einsum("bij,bnj->bni", s, x),
+        )
     model = dual_form.gdpp_transformer(4, rates, gammas)
     with torch.no_grad():
-        np.testing.assert_allclose(model(xs, ys)[:, 0].numpy(), -r[:, -1], rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(dual_form.gdpp_steps_prediction(xs, ys, rates, gammas).numpy(), -r[:, -1], rtol=1e-10,
-                               atol=1e-12)
-    torch.testing.assert_close(dual_form.gdpp_steps_prediction(xs, ys, rates, [0.0] * 3),
-                               dual_form.gd_steps_prediction(xs, ys, rates))
+        np.testing.assert_allclose(
+            model(xs, ys)[:, 0].numpy(), -r[:, -1], rtol=1e-10, atol=1e-12
+        )
+    np.testing.assert_allclose(
+        dual_form.gdpp_steps_prediction(xs, ys, rates, gammas).numpy(),
+        -r[:, -1],
+        rtol=1e-10,
+        atol=1e-12,
+    )
+    torch.testing.assert_close(
+        dual_form.gdpp_steps_prediction(xs, ys, rates, [0.0] * 3),
+        dual_form.gd_steps_prediction(xs, ys, rates),
+    )
     p, q = dual_form.gdpp_layer_weights(4, 0.5, 0.3)
-    assert p[0, 0] == -0.3 and p[4, 4] == -0.5 and q[:4, :4].equal(torch.eye(4, dtype=torch.float64)) and q[4, 4] == 0
+    assert (
+        p[0, 0] == -0.3
+        and p[4, 4] == -0.5
+        and q[:4, :4].equal(torch.eye(4, dtype=torch.float64))
+        and q[4, 4] == 0
+    )

@@ -1,4 +1,5 @@
-"""In-context fits: prompts built per query, and the fit of a baseline against numpy's least squares."""
+"""In-context fits: prompts built per query, and the fit of a baseline against numpy's
+least squares."""
 
 from __future__ import annotations
 
@@ -29,13 +30,16 @@ def test_the_least_squares_fit_is_numpys_line_through_the_examples():
     # Least squares without intercept, as the baseline fits it: slope = <x, y> / <x, x>.
     slope = float(np.linalg.lstsq(x, y, rcond=None)[0][0])
     grid = np.linspace(-2, 2, 9)[:, None]
-    fit = in_context_fit(baselines.least_squares, torch.tensor(x), torch.tensor(y), torch.tensor(grid))
+    fit = in_context_fit(
+        baselines.least_squares, torch.tensor(x), torch.tensor(y), torch.tensor(grid)
+    )
     assert fit.shape == (9,)
     np.testing.assert_allclose(fit.numpy(), slope * grid[:, 0], rtol=1e-10, atol=1e-12)
 
 
 def test_a_causal_model_does_not_see_the_zero_label_of_its_query():
-    # A predictor that reads the label in the query's own slot would change the fit when that label changes.
+    # A predictor that reads the label in the query's own slot would change the fit when
+    # that label changes.
     def leaky(prompt_xs, prompt_ys):
         return prompt_ys + 1.0
 
@@ -46,18 +50,43 @@ def test_a_causal_model_does_not_see_the_zero_label_of_its_query():
 @pytest.mark.parametrize(
     ("xs", "ys", "queries", "got"),
     [
-        (torch.zeros(3), torch.zeros(3), torch.zeros(2, 1), r"xs \(3,\), ys \(3,\), queries \(2, 1\)"),
-        (torch.zeros(3, 1), torch.zeros(2), torch.zeros(2, 1), r"xs \(3, 1\), ys \(2,\), queries \(2, 1\)"),
-        (torch.zeros(3, 1), torch.zeros(3), torch.zeros(2, 2), r"xs \(3, 1\), ys \(3,\), queries \(2, 2\)"),
-        (torch.zeros(3, 1), [0.0] * 3, torch.zeros(2, 1), r"xs \(3, 1\), ys list, queries \(2, 1\)"),
+        (
+            torch.zeros(3),
+            torch.zeros(3),
+            torch.zeros(2, 1),
+            r"xs \(3,\), ys \(3,\), queries \(2, 1\)",
+        ),
+        (
+            torch.zeros(3, 1),
+            torch.zeros(2),
+            torch.zeros(2, 1),
+            r"xs \(3, 1\), ys \(2,\), queries \(2, 1\)",
+        ),
+        (
+            torch.zeros(3, 1),
+            torch.zeros(3),
+            torch.zeros(2, 2),
+            r"xs \(3, 1\), ys \(3,\), queries \(2, 2\)",
+        ),
+        (
+            torch.zeros(3, 1),
+            [0.0] * 3,
+            torch.zeros(2, 1),
+            r"xs \(3, 1\), ys list, queries \(2, 1\)",
+        ),
     ],
 )
 def test_bad_shapes_are_shown_with_the_accepted_ones(xs, ys, queries, got):
-    message = r"^in_context_fit takes xs: \(k, d\), ys: \(k,\) and queries: \(m, d\) \(one k, one d\), got "
+    message = (
+        r"^in_context_fit takes xs: \(k, d\), ys: \(k,\) and queries: \(m, d\) \(one "
+        r"k, one d\), got "
+    )
     with pytest.raises(ValueError, match=message + got + "$"):
         in_context_fit(lambda a, b: b, xs, ys, queries)
 
 
 def test_a_predictor_with_the_wrong_output_shape_is_named():
     with pytest.raises(ValueError, match="predict"):
-        in_context_fit(lambda a, b: b[:, :1], torch.zeros(2, 1), torch.zeros(2), torch.zeros(3, 1))
+        in_context_fit(
+            lambda a, b: b[:, :1], torch.zeros(2, 1), torch.zeros(2), torch.zeros(3, 1)
+        )

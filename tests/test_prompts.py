@@ -9,7 +9,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from icl_lib.devices import make_generator
-from icl_lib.prompts import compact_tokens, interleaved_tokens, lsa_embedding, paired_tokens, x_positions
+from icl_lib.prompts import (
+    compact_tokens,
+    interleaved_tokens,
+    lsa_embedding,
+    paired_tokens,
+    x_positions,
+)
 
 
 def random_prompt(batch: int, n_points: int, d: int, seed: int = 0):
@@ -59,7 +65,9 @@ def test_interleaved_tokens_element_by_element():
     xs, ys = random_prompt(3, 5, 4)
     tokens = interleaved_tokens(xs, ys)
     assert tokens.shape == (3, 10, 4) and tokens.dtype == xs.dtype
-    np.testing.assert_array_equal(tokens.numpy(), np_interleaved(xs.numpy(), ys.numpy()))
+    np.testing.assert_array_equal(
+        tokens.numpy(), np_interleaved(xs.numpy(), ys.numpy())
+    )
     # spelled out for one position: x_2 at 4, (y_2, 0, 0, 0) at 5
     assert torch.equal(tokens[1, 4], xs[1, 2])
     assert tokens[1, 5, 0] == ys[1, 2] and torch.all(tokens[1, 5, 1:] == 0)
@@ -92,8 +100,11 @@ def test_lsa_embedding_matches_numpy_construction():
     x_query = torch.randn(2, 3, generator=make_generator(3), dtype=torch.float64)
     embedding = lsa_embedding(xs, ys, x_query)
     assert embedding.shape == (2, 4, 7)
-    np.testing.assert_array_equal(embedding.numpy(), np_lsa(xs.numpy(), ys.numpy(), x_query.numpy()))
-    # the prediction slot (d + 1, N + 1), 1-based, starts at zero; the query sits above it
+    np.testing.assert_array_equal(
+        embedding.numpy(), np_lsa(xs.numpy(), ys.numpy(), x_query.numpy())
+    )
+    # the prediction slot (d + 1, N + 1), 1-based, starts at zero; the query sits above
+    # it
     assert embedding[0, -1, -1] == 0
     assert torch.equal(embedding[1, :3, -1], x_query[1])
 
@@ -107,14 +118,27 @@ def test_x_positions_are_the_even_positions():
 
 
 @settings(max_examples=25)
-@given(batch=st.integers(1, 3), n_points=st.integers(1, 6), d=st.integers(1, 5), seed=st.integers(0, 10**6))
+@given(
+    batch=st.integers(1, 3),
+    n_points=st.integers(1, 6),
+    d=st.integers(1, 5),
+    seed=st.integers(0, 10**6),
+)
 def test_encodings_match_numpy_for_any_shape(batch, n_points, d, seed):
     xs, ys = random_prompt(batch, n_points, d, seed)
-    np.testing.assert_array_equal(interleaved_tokens(xs, ys).numpy(), np_interleaved(xs.numpy(), ys.numpy()))
-    np.testing.assert_array_equal(paired_tokens(xs, ys).numpy(), np_paired(xs.numpy(), ys.numpy()))
-    x_query = torch.randn(batch, d, dtype=torch.float64, generator=make_generator(seed + 1))
-    np.testing.assert_array_equal(lsa_embedding(xs, ys, x_query).numpy(), np_lsa(xs.numpy(), ys.numpy(),
-                                                                                 x_query.numpy()))
+    np.testing.assert_array_equal(
+        interleaved_tokens(xs, ys).numpy(), np_interleaved(xs.numpy(), ys.numpy())
+    )
+    np.testing.assert_array_equal(
+        paired_tokens(xs, ys).numpy(), np_paired(xs.numpy(), ys.numpy())
+    )
+    x_query = torch.randn(
+        batch, d, dtype=torch.float64, generator=make_generator(seed + 1)
+    )
+    np.testing.assert_array_equal(
+        lsa_embedding(xs, ys, x_query).numpy(),
+        np_lsa(xs.numpy(), ys.numpy(), x_query.numpy()),
+    )
 
 
 def test_encodings_do_not_modify_their_inputs():
@@ -129,14 +153,27 @@ def test_encodings_do_not_modify_their_inputs():
 # ---------------------------------------------------------------- bad input
 
 
-@pytest.mark.parametrize("encode", [interleaved_tokens, paired_tokens])  # the chapters call these two directly
+# the chapters call these two directly
+@pytest.mark.parametrize("encode", [interleaved_tokens, paired_tokens])
 def test_token_encodings_reject_bad_shapes(encode):
     xs, ys = random_prompt(2, 3, 4)
-    with pytest.raises(ValueError, match=r"xs must be a tensor of shape \(batch, n_points, d\), got \(3, 4\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"xs must be a tensor of shape \(batch, n_points, d\), got \(3, 4\)",
+    ):
         encode(xs[0], ys)
-    with pytest.raises(ValueError, match=r"ys must be a tensor of shape \(batch, n_points\) = \(2, 3\).*got \(2, 2\)"):
+    with pytest.raises(
+        ValueError,
+        match=(
+            r"ys must be a tensor of shape \(batch, n_points\) = \(2, 3\).*got \(2, "
+            r"2\)"
+        ),
+    ):
         encode(xs, ys[:, :2])
-    with pytest.raises(ValueError, match=r"ys must be a tensor of shape \(batch, n_points\).*got \(2, 3, 1\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"ys must be a tensor of shape \(batch, n_points\).*got \(2, 3, 1\)",
+    ):
         encode(xs, ys[..., None])
     with pytest.raises(ValueError, match=r"xs must be a tensor .*got list"):
         encode(xs.tolist(), ys)

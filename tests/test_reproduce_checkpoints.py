@@ -1,10 +1,12 @@
-"""Every committed checkpoint reproduces from the command recorded in its meta.json (:mod:`icl_lib.replay`).
+"""Every committed checkpoint reproduces from the command recorded in its meta.json
+(:mod:`icl_lib.replay`).
 
-Each test re-runs a run's recorded command up to the first step its ``metrics.jsonl`` logs into a temporary directory
-and compares the training metrics logged there with the committed ones: bit for bit where this machine has the
-kernels the run was recorded with, else to :func:`~icl_lib.replay.replay_rtol`; the report's ``replay`` property says
-which. Runs that differ from another committed run only by ``--seed`` are covered by the seed-0 run. A run recorded
-on a GPU is skipped on a CPU, with the reason.
+Each test re-runs a run's recorded command up to the first step its ``metrics.jsonl``
+logs into a temporary directory and compares the training metrics logged there with the
+committed ones: bit for bit where this machine has the kernels the run was recorded
+with, else to :func:`~icl_lib.replay.replay_rtol`; the report's ``replay`` property says
+which. Runs that differ from another committed run only by ``--seed`` are covered by the
+seed-0 run. A run recorded on a GPU is skipped on a CPU, with the reason.
 """
 
 from __future__ import annotations
@@ -15,35 +17,54 @@ import re
 import pytest
 
 from icl_lib import checkpoints
-from icl_lib.replay import EXACT_KEYS, FLOAT_KEYS, kernels_match, replay_first_log, replay_rtol
+from icl_lib.replay import (
+    EXACT_KEYS,
+    FLOAT_KEYS,
+    kernels_match,
+    replay_first_log,
+    replay_rtol,
+)
 
-RUNS = sorted(meta.parent.name for meta in checkpoints.checkpoints_root().glob("*/meta.json")
-              if not re.search(r"_seed[1-9]\d*$", meta.parent.name))
+RUNS = sorted(
+    meta.parent.name
+    for meta in checkpoints.checkpoints_root().glob("*/meta.json")
+    if not re.search(r"_seed[1-9]\d*$", meta.parent.name)
+)
 
 
 @pytest.mark.parametrize("name", RUNS)
-def test_the_first_steps_of_a_committed_run_reproduce(name, tmp_path, monkeypatch, record_property):
+def test_the_first_steps_of_a_committed_run_reproduce(
+    name, tmp_path, monkeypatch, record_property
+):
     meta = checkpoints.load_meta(name)
     if meta["device"] != "cpu":
-        pytest.skip(f"{name} was recorded on {meta['device']} ({meta.get('device_name')}): CUDA kernels and bf16 "
-                    "autocast are not replayed on a CPU")
+        pytest.skip(
+            f"{name} was recorded on {meta['device']} ({meta.get('device_name')}): "
+            "CUDA kernels and bf16 autocast are not replayed on a CPU"
+        )
     monkeypatch.chdir(checkpoints.repository_root())
     committed, rerun = replay_first_log(name, tmp_path / name)
     steps = committed["step"]
     for key in EXACT_KEYS:
-        assert rerun[key] == committed[key], f"{name}: {key} at step {steps} is {rerun[key]}, committed {committed[key]}"
+        assert (
+            rerun[key] == committed[key]
+        ), f"{name}: {key} at step {steps} is {rerun[key]}, committed {committed[key]}"
     exact, why = kernels_match(meta)
     rtol = replay_rtol(steps)
     record_property("replay", "bit for bit" if exact else f"to rtol {rtol:.1e} ({why})")
     for key in FLOAT_KEYS:
         if exact:
             assert rerun[key] == committed[key], (
-                f"{name}: {key} at step {steps} is {rerun[key]}, committed {committed[key]}; the kernels are the "
-                "recorded ones, so the replay must be bit for bit")
+                f"{name}: {key} at step {steps} is {rerun[key]}, committed "
+                f"{committed[key]}; the kernels are the recorded ones, so the replay "
+                "must be bit for bit"
+            )
         else:
             assert math.isclose(rerun[key], committed[key], rel_tol=rtol), (
-                f"{name}: {key} at step {steps} is {rerun[key]}, committed {committed[key]}: beyond the relative "
-                f"tolerance {rtol:.1e} of a replay on other kernels ({why})")
+                f"{name}: {key} at step {steps} is {rerun[key]}, committed "
+                f"{committed[key]}: beyond the relative tolerance {rtol:.1e} of a "
+                f"replay on other kernels ({why})"
+            )
 
 
 def test_kernels_match_only_where_every_recorded_kernel_is_this_machines():
@@ -52,7 +73,18 @@ def test_kernels_match_only_where_every_recorded_kernel_is_this_machines():
     here = kernels_here()
     assert kernels_match(here) == (True, "")
     assert kernels_match({REPLAYED_ON: here}) == (True, "")
-    other = {**here, "cpu_capability": "AVX512" if here["cpu_capability"] != "AVX512" else "DEFAULT"}
-    assert kernels_match(other)[0] is False and "cpu_capability" in kernels_match(other)[1]
-    assert kernels_match({"device": "cpu"}) == (False, f"the run does not record {', '.join(sorted(here))}")
-    assert kernels_match({**here, "world_size": 2}) == (False, "recorded over 2 processes (torchrun), replayed in one")
+    other = {
+        **here,
+        "cpu_capability": "AVX512" if here["cpu_capability"] != "AVX512" else "DEFAULT",
+    }
+    assert (
+        kernels_match(other)[0] is False and "cpu_capability" in kernels_match(other)[1]
+    )
+    assert kernels_match({"device": "cpu"}) == (
+        False,
+        f"the run does not record {', '.join(sorted(here))}",
+    )
+    assert kernels_match({**here, "world_size": 2}) == (
+        False,
+        "recorded over 2 processes (torchrun), replayed in one",
+    )

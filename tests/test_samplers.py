@@ -1,4 +1,5 @@
-"""Covariate samplers and devices: covariances by Monte Carlo, determinism, argument checks."""
+"""Covariate samplers and devices: covariances by Monte Carlo, determinism, argument
+checks."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from icl_lib.samplers import cov_sqrt, exp_diagonal_cov, gaussian_xs
 
 
 def empirical_cov(points: np.ndarray) -> np.ndarray:
-    """Second moment of zero-mean rows (the samplers' mean is exactly 0, so no centring)."""
+    """Second moment of zero-mean rows (the samplers' mean is exactly 0, so no
+    centring)."""
     return points.T @ points / points.shape[0]
 
 
@@ -22,7 +24,9 @@ def empirical_cov(points: np.ndarray) -> np.ndarray:
 def test_generators_live_on_the_cpu_by_default():
     assert make_generator(0).device.type == "cpu"
     assert gaussian_xs(2, 3, 4, make_generator(0)).device.type == "cpu"
-    assert devices.default_device().type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert devices.default_device().type == (
+        "cuda" if torch.cuda.is_available() else "cpu"
+    )
 
 
 @pytest.mark.parametrize("seed", [1.5, "3", True, None])
@@ -40,8 +44,14 @@ def test_same_seed_same_samples_and_different_seed_different_samples():
     c = gaussian_xs(4, 5, 3, make_generator(12))
     assert torch.equal(a, b)
     assert not torch.allclose(a, c)
-    assert torch.equal(exp_diagonal_cov(3, 4, make_generator(5)), exp_diagonal_cov(3, 4, make_generator(5)))
-    assert not torch.equal(exp_diagonal_cov(3, 4, make_generator(5)), exp_diagonal_cov(3, 4, make_generator(6)))
+    assert torch.equal(
+        exp_diagonal_cov(3, 4, make_generator(5)),
+        exp_diagonal_cov(3, 4, make_generator(5)),
+    )
+    assert not torch.equal(
+        exp_diagonal_cov(3, 4, make_generator(5)),
+        exp_diagonal_cov(3, 4, make_generator(6)),
+    )
 
 
 def test_shapes_and_dtype():
@@ -56,7 +66,11 @@ def test_shapes_and_dtype():
 
 
 def test_identity_covariance_by_default():
-    xs = gaussian_xs(200, 100, 3, make_generator(1), dtype=torch.float64).reshape(-1, 3).numpy()
+    xs = (
+        gaussian_xs(200, 100, 3, make_generator(1), dtype=torch.float64)
+        .reshape(-1, 3)
+        .numpy()
+    )
     np.testing.assert_allclose(empirical_cov(xs), np.eye(3), atol=0.03)
     np.testing.assert_allclose(xs.mean(0), 0.0, atol=0.02)
 
@@ -64,7 +78,9 @@ def test_identity_covariance_by_default():
 def test_shared_covariance_matches_monte_carlo():
     a = np.array([[1.0, 0.5, 0.0], [0.2, 1.0, -0.4], [0.0, 0.3, 0.7]])
     cov = a @ a.T
-    xs = gaussian_xs(400, 100, 3, make_generator(2), cov=torch.tensor(cov), dtype=torch.float64)
+    xs = gaussian_xs(
+        400, 100, 3, make_generator(2), cov=torch.tensor(cov), dtype=torch.float64
+    )
     np.testing.assert_allclose(empirical_cov(xs.reshape(-1, 3).numpy()), cov, atol=0.04)
 
 
@@ -75,7 +91,9 @@ def test_per_prompt_covariance_matches_monte_carlo():
         a = rng.normal(size=(3, 3))
         covs.append(a @ a.T + 0.1 * np.eye(3))
     covs = np.stack(covs)
-    xs = gaussian_xs(3, 40_000, 3, make_generator(3), cov=torch.tensor(covs), dtype=torch.float64).numpy()
+    xs = gaussian_xs(
+        3, 40_000, 3, make_generator(3), cov=torch.tensor(covs), dtype=torch.float64
+    ).numpy()
     for b in range(3):
         scale = np.abs(covs[b]).max()
         np.testing.assert_allclose(empirical_cov(xs[b]), covs[b], atol=0.04 * scale)
@@ -87,10 +105,16 @@ def test_scale_multiplies_covariance_by_its_square():
     cov = torch.tensor([[2.0, 0.6], [0.6, 1.0]], dtype=torch.float64)
     c = 2.5
     plain = gaussian_xs(400, 100, 2, make_generator(4), cov=cov, dtype=torch.float64)
-    scaled = gaussian_xs(400, 100, 2, make_generator(4), cov=cov, scale=c, dtype=torch.float64)
+    scaled = gaussian_xs(
+        400, 100, 2, make_generator(4), cov=cov, scale=c, dtype=torch.float64
+    )
     # same generator state: the scaled sample is exactly c times the plain one
     torch.testing.assert_close(scaled, c * plain)
-    np.testing.assert_allclose(empirical_cov(scaled.reshape(-1, 2).numpy()), c**2 * cov.numpy(), atol=0.04 * c**2 * 2.0)
+    np.testing.assert_allclose(
+        empirical_cov(scaled.reshape(-1, 2).numpy()),
+        c**2 * cov.numpy(),
+        atol=0.04 * c**2 * 2.0,
+    )
 
 
 def test_exp_diagonal_cov_has_exp1_diagonal_and_zero_off_diagonal():
@@ -111,13 +135,17 @@ def test_exp_diagonal_cov_feeds_gaussian_xs_per_prompt():
     covs = exp_diagonal_cov(2, 3, g, dtype=torch.float64)
     xs = gaussian_xs(2, 40_000, 3, g, cov=covs, dtype=torch.float64).numpy()
     for b in range(2):
-        np.testing.assert_allclose(empirical_cov(xs[b]), covs[b].numpy(), atol=0.04 * covs[b].max().item())
+        np.testing.assert_allclose(
+            empirical_cov(xs[b]), covs[b].numpy(), atol=0.04 * covs[b].max().item()
+        )
 
 
 def test_singular_covariance_puts_samples_in_the_subspace():
     v = np.array([1.0, 2.0, -1.0])
     cov = np.outer(v, v)  # rank 1
-    xs = gaussian_xs(50, 100, 3, make_generator(7), cov=torch.tensor(cov), dtype=torch.float64)
+    xs = gaussian_xs(
+        50, 100, 3, make_generator(7), cov=torch.tensor(cov), dtype=torch.float64
+    )
     points = xs.reshape(-1, 3).numpy()
     unit = v / np.linalg.norm(v)
     residual = points - np.outer(points @ unit, unit)
@@ -128,7 +156,8 @@ def test_singular_covariance_puts_samples_in_the_subspace():
 
 @pytest.mark.parametrize("d, rank", [(6, 2), (20, 5)])
 def test_singular_float32_covariance_is_accepted(d, rank):
-    # float32 is the library's default dtype; rounding gives a singular covariance eigenvalues of about -1e-7
+    # float32 is the library's default dtype; rounding gives a singular covariance
+    # eigenvalues of about -1e-7
     g = make_generator(8)
     basis, _ = torch.linalg.qr(torch.randn(d, rank, generator=g))
     for cov in (basis @ basis.T, (basis * torch.arange(1.0, rank + 1)) @ basis.T):
@@ -137,9 +166,12 @@ def test_singular_float32_covariance_is_accepted(d, rank):
         points = xs.reshape(-1, d).double().numpy()
         b = basis.double().numpy()
         residual = points - (points @ b) @ b.T
-        # in the subspace up to the float32 rounding of cov, whose eigenvalues ~1e-7 become ~3e-4 in its root
+        # in the subspace up to the float32 rounding of cov, whose eigenvalues ~1e-7
+        # become ~3e-4 in its root
         assert np.abs(residual).max() < 3e-3 * np.abs(points).max()
-        np.testing.assert_allclose(empirical_cov(points @ b), b.T @ cov.double().numpy() @ b, atol=0.15 * rank)
+        np.testing.assert_allclose(
+            empirical_cov(points @ b), b.T @ cov.double().numpy() @ b, atol=0.15 * rank
+        )
 
 
 def test_cov_sqrt_squares_back_to_the_covariance():
@@ -181,7 +213,10 @@ def test_gaussian_xs_rejects_negative_scale():
         gaussian_xs(2, 3, 2, make_generator(0), scale=-1.0)
 
 
-ACCEPTED_COV = r"^cov must be a tensor of shape \(d, d\) = \(2, 2\) or \(batch, d, d\) = \(4, 2, 2\), "
+ACCEPTED_COV = (
+    r"^cov must be a tensor of shape \(d, d\) = \(2, 2\) or \(batch, d, d\) = \(4, 2, "
+    r"2\), "
+)
 
 
 @pytest.mark.parametrize("shape", [(3, 3), (2, 2, 2), (5, 2, 2), (2,)])
@@ -198,12 +233,16 @@ def test_gaussian_xs_rejects_non_tensor_cov():
 
 def test_gaussian_xs_rejects_non_symmetric_cov():
     with pytest.raises(ValueError, match=r"cov must be symmetric"):
-        gaussian_xs(2, 3, 2, make_generator(0), cov=torch.tensor([[1.0, 0.5], [0.0, 1.0]]))
+        gaussian_xs(
+            2, 3, 2, make_generator(0), cov=torch.tensor([[1.0, 0.5], [0.0, 1.0]])
+        )
 
 
 def test_gaussian_xs_rejects_non_psd_cov():
     with pytest.raises(ValueError, match=r"cov must be positive semi-definite"):
-        gaussian_xs(2, 3, 2, make_generator(0), cov=torch.tensor([[1.0, 2.0], [2.0, 1.0]]))
+        gaussian_xs(
+            2, 3, 2, make_generator(0), cov=torch.tensor([[1.0, 2.0], [2.0, 1.0]])
+        )
     per_prompt = torch.stack([torch.eye(2), -torch.eye(2)])
     with pytest.raises(ValueError, match=r"cov must be positive semi-definite"):
         gaussian_xs(2, 3, 2, make_generator(0), cov=per_prompt)

@@ -1,21 +1,28 @@
-"""The setup cell: the first code cell of every chapter, which makes a chapter run where the repository is not.
+"""The setup cell: the first code cell of every chapter, which makes a chapter run where
+the repository is not.
 
-    python -m tools.setup_cell            # write the cell into every chapter in notebooks/ (idempotent)
-    python -m tools.setup_cell --check    # exit 1, naming the chapters whose first code cell is not the cell
+    python -m tools.setup_cell
+        # write the cell into every chapter in notebooks/ (idempotent)
+    python -m tools.setup_cell --check
+        # exit 1, naming the chapters whose first code cell is not the cell
 
-The cell is generated from ``_config.yml`` (``repository.url`` and ``repository.branch``, the one place the book's
-repository is named) and from the pins of ``pyproject.toml``; after changing either, run this again. In a checkout
-of the repository (``icl_lib`` importable and its committed runs beside it) and when the coursework grader runs a
-notebook (``COURSEWORK_GRADING_DIR`` set) the cell does nothing and prints nothing. Elsewhere, as on Colab, it
-makes a shallow clone of the repository at the configured branch and puts the clone on Python's path (a ``.pth``
-file in site-packages, so later kernels find it too): ``icl_lib`` and ``coursework`` import from the clone and
-``load_model`` finds the committed runs in its ``checkpoints/``. It installs no package, so the environment's own
-torch and numpy are kept, and it says what it did in one line. ``ICL_BOOK_REPOSITORY``, ``ICL_BOOK_REF`` and
-``ICL_BOOK_CLONE`` override the repository URL (any URL ``git clone`` takes, ``file://`` included), the branch or
-tag, and the folder of the clone (default ``~/icl-book``).
+The cell is generated from ``_config.yml`` (``repository.url`` and
+``repository.branch``, the one place the book's repository is named) and from the pins
+of ``pyproject.toml``; after changing either, run this again. In a checkout of the
+repository (``icl_lib`` importable and its committed runs beside it) and when the
+coursework grader runs a notebook (``COURSEWORK_GRADING_DIR`` set) the cell does nothing
+and prints nothing. Elsewhere, as on Colab, it makes a shallow clone of the repository
+at the configured branch and puts the clone on Python's path (a ``.pth`` file in
+site-packages, so later kernels find it too): ``icl_lib`` and ``coursework`` import from
+the clone and ``load_model`` finds the committed runs in its ``checkpoints/``. It
+installs no package, so the environment's own torch and numpy are kept, and it says what
+it did in one line. ``ICL_BOOK_REPOSITORY``, ``ICL_BOOK_REF`` and ``ICL_BOOK_CLONE``
+override the repository URL (any URL ``git clone`` takes, ``file://`` included), the
+branch or tag, and the folder of the clone (default ``~/icl-book``).
 
-The cell carries the tag ``remove-cell`` (the HTML and PDF books do not show it) and the id ``setup``; this script
-replaces a cell with that id wherever it is, or inserts one, so that it is the chapter's first code cell.
+The cell carries the tag ``remove-cell`` (the HTML and PDF books do not show it) and the
+id ``setup``; this script replaces a cell with that id wherever it is, or inserts one,
+so that it is the chapter's first code cell.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ CELL_ID = "setup"
 TAGS = ["remove-cell"]
 PINNED = ("torch", "numpy")  # the packages the cell reports (it never installs them)
 
-TEMPLATE = '''\
+TEMPLATE = """\
 # Setup for Colab and other fresh environments; in a checkout of the book's repository
 # it does nothing. Where icl_lib or its committed runs are missing, it clones the
 # repository (shallow) and puts the clone on Python's path; it installs no package (the
@@ -79,36 +86,50 @@ def _setup_book(repository={url!r}, ref={branch!r}):
 
 
 _setup_book()
-del _setup_book'''
+del _setup_book"""
 
 
 def read_repository(root: Path = ROOT) -> tuple[str, str]:
-    """``(repository.url, repository.branch)`` from ``root/_config.yml``; ``ValueError`` if either is missing."""
+    """``(repository.url, repository.branch)`` from ``root/_config.yml``; ``ValueError``
+    if either is missing."""
     path = Path(root) / "_config.yml"
     try:
         config = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as error:
-        raise ValueError(f"{path} cannot be read as YAML ({' '.join(str(error).split())})") from None
+        raise ValueError(
+            f"{path} cannot be read as YAML ({' '.join(str(error).split())})"
+        ) from None
     repository = config.get("repository") if isinstance(config, dict) else None
     url = repository.get("url") if isinstance(repository, dict) else None
     branch = repository.get("branch", "main") if isinstance(repository, dict) else None
     if not isinstance(url, str) or not url.strip():
-        raise ValueError(f"{path}: repository.url must be the repository's URL (a non-empty string), got {url!r}")
+        raise ValueError(
+            f"{path}: repository.url must be the repository's URL (a non-empty "
+            f"string), got {url!r}"
+        )
     if not isinstance(branch, str) or not re.fullmatch(r"[A-Za-z0-9._/-]+", branch):
-        raise ValueError(f"{path}: repository.branch must be a branch or tag name, got {branch!r}")
+        raise ValueError(
+            f"{path}: repository.branch must be a branch or tag name, got {branch!r}"
+        )
     return url.strip(), branch
 
 
 def read_pins(root: Path = ROOT) -> dict[str, str]:
-    """The exact pins of :data:`PINNED` in ``root/pyproject.toml``'s dependencies (``{"torch": "2.13.0", ...}``)."""
+    """The exact pins of :data:`PINNED` in ``root/pyproject.toml``'s dependencies
+    (``{"torch": "2.13.0", ...}``)."""
     path = Path(root) / "pyproject.toml"
     try:
         project = tomllib.loads(path.read_text()).get("project")
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
         raise ValueError(f"{path} cannot be read as TOML ({_why(error)})") from None
     dependencies = project.get("dependencies") if isinstance(project, dict) else None
-    if not isinstance(dependencies, list) or not all(isinstance(item, str) for item in dependencies):
-        raise ValueError(f"{path}: project.dependencies must be a list of requirement strings, got {dependencies!r:.80}")
+    if not isinstance(dependencies, list) or not all(
+        isinstance(item, str) for item in dependencies
+    ):
+        raise ValueError(
+            f"{path}: project.dependencies must be a list of requirement strings, got "
+            f"{dependencies!r:.80}"
+        )
     pins = {}
     for requirement in dependencies:
         match = re.fullmatch(r"([A-Za-z0-9_.-]+)==([^\s;]+)", requirement.strip())
@@ -116,22 +137,32 @@ def read_pins(root: Path = ROOT) -> dict[str, str]:
             pins[match.group(1).lower()] = match.group(2)
     missing = [name for name in PINNED if name not in pins]
     if missing:
-        raise ValueError(f"{path}: the dependencies must pin {missing} exactly (name==version)")
+        raise ValueError(
+            f"{path}: the dependencies must pin {missing} exactly (name==version)"
+        )
     return pins
 
 
 def _why(error: Exception) -> str:
-    """An error in one line, without the path it names (the message names it already)."""
-    text = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+    """An error in one line, without the path it names (the message names it
+    already)."""
+    text = (
+        error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+    )
     return " ".join(text.split())
 
 
 def read_chapter(path: Path) -> nbformat.NotebookNode:
-    """The notebook at ``path``; ``ValueError`` naming it if it cannot be read (a folder, not JSON, not a notebook)."""
+    """The notebook at ``path``; ``ValueError`` naming it if it cannot be read (a
+    folder, not JSON, not a notebook)."""
     try:
         return nbformat.read(path, as_version=4)
-    except Exception as error:  # noqa: BLE001 - nbformat raises OSError, ValueError, TypeError, AttributeError, ...
-        raise ValueError(f"{path} cannot be read as a notebook ({type(error).__name__}: {_why(error)[:200]})") from None
+    # nbformat raises OSError, ValueError, TypeError, AttributeError, ...
+    except Exception as error:  # noqa: BLE001
+        raise ValueError(
+            f"{path} cannot be read as a notebook ({type(error).__name__}: "
+            f"{_why(error)[:200]})"
+        ) from None
 
 
 def cell_source(root: Path = ROOT) -> str:
@@ -153,15 +184,21 @@ def first_code_cell(nb: nbformat.NotebookNode) -> nbformat.NotebookNode | None:
 
 
 def is_current(nb: nbformat.NotebookNode, cell: nbformat.NotebookNode) -> bool:
-    """True if the first code cell of ``nb`` is exactly ``cell`` (id, source, metadata, no outputs)."""
+    """True if the first code cell of ``nb`` is exactly ``cell`` (id, source, metadata,
+    no outputs)."""
     first = first_code_cell(nb)
     return first is not None and first == cell
 
 
-def with_setup_cell(nb: nbformat.NotebookNode, cell: nbformat.NotebookNode) -> nbformat.NotebookNode:
-    """``nb`` with ``cell`` as its first code cell: any cell with the setup id is removed first (in place)."""
+def with_setup_cell(
+    nb: nbformat.NotebookNode, cell: nbformat.NotebookNode
+) -> nbformat.NotebookNode:
+    """``nb`` with ``cell`` as its first code cell: any cell with the setup id is
+    removed first (in place)."""
     nb.cells = [c for c in nb.cells if c.get("id") != CELL_ID]
-    index = next((i for i, c in enumerate(nb.cells) if c.cell_type == "code"), len(nb.cells))
+    index = next(
+        (i for i, c in enumerate(nb.cells) if c.cell_type == "code"), len(nb.cells)
+    )
     nb.cells.insert(index, cell)
     return nb
 
@@ -169,12 +206,16 @@ def with_setup_cell(nb: nbformat.NotebookNode, cell: nbformat.NotebookNode) -> n
 def chapters(root: Path = ROOT) -> list[Path]:
     found = sorted((Path(root) / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     if not found:
-        raise ValueError(f"--root must be the book's repository (with notebooks/NN_*.ipynb), got '{root}'")
+        raise ValueError(
+            "--root must be the book's repository (with notebooks/NN_*.ipynb), got "
+            f"'{root}'"
+        )
     return found
 
 
 def update(root: Path = ROOT, check: bool = False) -> list[Path]:
-    """Write the setup cell into every chapter (``check``: write nothing); return the chapters that were not current."""
+    """Write the setup cell into every chapter (``check``: write nothing); return the
+    chapters that were not current."""
     paths = chapters(root)
     cell = setup_cell(root)
     stale = []
@@ -188,15 +229,31 @@ def update(root: Path = ROOT, check: bool = False) -> list[Path]:
                 nbformat.validate(with_setup_cell(nb, cell))
                 nbformat.write(nb, path)
             except (OSError, nbformat.ValidationError) as error:
-                raise ValueError(f"{path} cannot be written with the setup cell ({_why(error)[:200]})") from None
+                raise ValueError(
+                    f"{path} cannot be written with the setup cell "
+                    f"({_why(error)[:200]})"
+                ) from None
     return stale
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.setup_cell",
-                                     description="Write the setup cell (Colab and fresh environments) into every chapter.")
-    parser.add_argument("--root", type=Path, default=ROOT, help="the book's repository (default: this one)")
-    parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if a chapter is not current")
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.setup_cell",
+        description=(
+            "Write the setup cell (Colab and fresh environments) into every chapter."
+        ),
+    )
+    parser.add_argument(
+        "--root",
+        type=Path,
+        default=ROOT,
+        help="the book's repository (default: this one)",
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="change nothing; exit 1 if a chapter is not current",
+    )
     args = parser.parse_args(argv)
     try:
         stale = update(args.root, check=args.check)
@@ -209,7 +266,10 @@ def main(argv: list[str] | None = None) -> int:
         print("run `python -m tools.setup_cell` to update them", file=sys.stderr)
         return 1
     if not stale:
-        print(f"every chapter's first code cell is the setup cell ({len(chapters(args.root))} chapters)")
+        print(
+            "every chapter's first code cell is the setup cell "
+            f"({len(chapters(args.root))} chapters)"
+        )
     return 0
 
 
