@@ -4,8 +4,9 @@ captions.
 * No code line of a chapter is wider than 88 columns: the HTML book shows about 88
   characters of code before a line scrolls sideways, and the PDF cuts it off. The
   chapters are formatted with ``ruff format`` (``[tool.ruff]`` in pyproject.toml: 88
-  columns, notebooks only); ruff leaves long comments, strings and docstrings alone, so
-  this test reads the notebooks' JSON and needs no ruff.
+  columns, as is the Python code, tests/test_code_style.py); ruff leaves long comments,
+  strings and docstrings alone, so this test reads the notebooks' JSON and needs no
+  ruff.
 * Every cell that shows a figure (``plotting.show`` or ``plt.show``) gives it a caption
   and a name in its metadata, ``"mystnb": {"figure": {"caption": "...", "name":
   "fig-chN-..."}}``; MyST-NB wraps the cell's image in a figure, which Sphinx numbers
