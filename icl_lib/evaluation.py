@@ -135,6 +135,23 @@ def bootstrap_band(
     return low.numpy(), high.numpy()
 
 
+def bootstrap_mean(
+    values: torch.Tensor, n_bootstrap: int = 1000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float, float]:
+    """The mean of ``values: (n,)``, one number per prompt (an error, or the paired
+    difference of two models' errors on the same prompts), and its percentile bootstrap
+    interval: ``(mean, low, high)``, :func:`bootstrap_band` of one column."""
+    if not (isinstance(values, torch.Tensor) and values.ndim == 1 and len(values) > 0):
+        got = (
+            tuple(values.shape)
+            if isinstance(values, torch.Tensor)
+            else type(values).__name__
+        )
+        raise ValueError(f"values must be a tensor of shape (n,), n >= 1, got {got}")
+    low, high = bootstrap_band(values[:, None], n_bootstrap, level, seed)
+    return float(values.mean()), float(low[0]), float(high[0])
+
+
 def bootstrap_ratio(
     numerator: torch.Tensor,
     denominator: torch.Tensor,

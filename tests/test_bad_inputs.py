@@ -1477,6 +1477,21 @@ LIBRARY_ERRORS = [
         r"zero_predictor_error",
     ),
     (
+        "bootstrap_mean of a matrix",
+        lambda run, tmp: evaluation.bootstrap_mean(torch.ones(3, 2)),
+        "values",
+    ),
+    (
+        "bootstrap_mean of an array",
+        lambda run, tmp: evaluation.bootstrap_mean(np.ones(3)),
+        "values",
+    ),
+    (
+        "bootstrap_mean of nothing",
+        lambda run, tmp: evaluation.bootstrap_mean(torch.ones(0)),
+        "values",
+    ),
+    (
         "bootstrap_ratio of unequal shapes",
         lambda run, tmp: evaluation.bootstrap_ratio(torch.ones(3), torch.ones(4)),
         r"numerator and denominator must be tensors of one shape \(batch,\), batch >= "

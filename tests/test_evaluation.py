@@ -264,6 +264,22 @@ def test_bad_input():
         error_curves({"averaging": averaging}, preds, ys, 1.0)
 
 
+def test_bootstrap_mean_is_the_mean_with_the_band_of_one_column():
+    """bootstrap_mean(v) is (v.mean(), band) with the band bootstrap_band gives the
+    column v[:, None] at the same resamples; the interval holds the mean, and a wider
+    level gives a wider interval."""
+    from icl_lib.evaluation import bootstrap_mean
+
+    values = torch.randn(300, generator=torch.Generator().manual_seed(3)) ** 2
+    mean, low, high = bootstrap_mean(values, n_bootstrap=800, seed=5)
+    band_low, band_high = bootstrap_band(values[:, None], n_bootstrap=800, seed=5)
+    assert mean == float(values.mean())
+    assert (low, high) == (float(band_low[0]), float(band_high[0]))
+    assert low < mean < high
+    _, low99, high99 = bootstrap_mean(values, n_bootstrap=800, level=0.99, seed=5)
+    assert low99 < low and high99 > high
+
+
 def test_bootstrap_ratio_resamples_numerator_and_denominator_together_like_a_numpy_loop():
     """Against a plain loop: the same resampled rows (drawn as bootstrap_band draws
     them) for both means."""
