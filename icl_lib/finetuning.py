@@ -36,6 +36,11 @@ and the query vectors recorded on the training tokens during fine-tuning
 gradient descent (LCGD): every block's input is detached and each block's read-out
 (final LayerNorm and read-out head applied to that block's output) has its own loss, so
 a layer's update uses the layers below it only, as in-context learning does.
+
+:func:`dual_form_metrics` computes every metric of chapter 3 for one model, the book's
+way and Dai et al.'s, with the controls: FT's learning rate chosen on validation tasks,
+the rest on held-out ones (:func:`rec2ftp_excess`: Rec2FTP minus its base rate, with a
+bootstrap interval).
 """
 
 from __future__ import annotations
@@ -44,10 +49,13 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from icl_lib import checks
+from icl_lib.devices import check_seed, make_generator
+from icl_lib.evaluation import mean_interval
 from icl_lib.models import GPT, momentum_term
 from icl_lib.prompts import x_positions
 
@@ -518,12 +526,11 @@ def accuracy(predictions: torch.Tensor, labels: torch.Tensor) -> float:
     return correct(predictions, labels).double().mean().item()
 
 
-def rec2ftp(
-    zsl_correct: torch.Tensor, icl_correct: torch.Tensor, ft_correct: torch.Tensor
-) -> float:
-    """Dai et al.'s recall to fine-tuning predictions: among the examples that
-    fine-tuning gets right and zero-shot gets wrong, the share that ICL also gets right.
-    Arguments: ``(n,)`` bool. NaN if there is no such example."""
+def _check_correct(
+    zsl_correct: object, icl_correct: object, ft_correct: object
+) -> None:
+    """``ValueError`` unless the three are 1-d bool tensors of one shape (right =
+    True)."""
     for name, value in (
         ("zsl_correct", zsl_correct),
         ("icl_correct", icl_correct),
@@ -549,6 +556,15 @@ def rec2ftp(
         icl_correct,
         ft_correct,
     )
+
+
+def rec2ftp(
+    zsl_correct: torch.Tensor, icl_correct: torch.Tensor, ft_correct: torch.Tensor
+) -> float:
+    """Dai et al.'s recall to fine-tuning predictions: among the examples that
+    fine-tuning gets right and zero-shot gets wrong, the share that ICL also gets right.
+    Arguments: ``(n,)`` bool. NaN if there is no such example."""
+    _check_correct(zsl_correct, icl_correct, ft_correct)
     recovered = ft_correct & ~zsl_correct
     count = int(recovered.sum())
     return float("nan") if count == 0 else int((recovered & icl_correct).sum()) / count
@@ -724,3 +740,260 @@ def example_level(attention: torch.Tensor, tokens_per_example: int) -> torch.Ten
             f"{tokens_per_example}, got {_shape_of(attention)}"
         )
     return attention.unflatten(-1, (-1, tokens_per_example)).sum(-1)
+
+
+# ---------------------------------------- chapter 3's metrics of one model
+
+
+def rec2ftp_excess(
+    zsl_correct: torch.Tensor,
+    icl_correct: torch.Tensor,
+    ft_correct: torch.Tensor,
+    n_bootstrap: int = 4000,
+    seed: int = 9,
+) -> tuple[float, float, float]:
+    """Rec2FTP minus its base rate, with a 95% percentile interval from resampling the
+    tasks: ``(value, low, high)``.
+
+    Arguments ``(n,)`` bool, right = True. The value is ICL's accuracy among the tasks
+    that FT gets right and ZSL wrong (:func:`rec2ftp`) minus ICL's accuracy among all
+    the tasks ZSL gets wrong (Rec2FTP if FT's successes were a random subset of them);
+    NaN where either set is empty. The interval: the 2.5% and 97.5% quantiles of the
+    value over ``n_bootstrap`` resamples of the n tasks with replacement, drawn by
+    ``numpy.random.default_rng(seed)``.
+    """
+    _check_correct(zsl_correct, icl_correct, ft_correct)
+    n_bootstrap = checks.positive_int("n_bootstrap", n_bootstrap)
+    seed = checks.nonnegative_int("seed", seed)
+    zsl, icl, ft = (t.cpu().numpy() for t in (zsl_correct, icl_correct, ft_correct))
+
+    def excess(rows: np.ndarray) -> float:
+        z, i, f = zsl[rows], icl[rows], ft[rows]
+        return i[f & ~z].mean() - i[~z].mean()
+
+    rng = np.random.default_rng(seed)
+    draws = [excess(rng.integers(0, len(zsl), len(zsl))) for _ in range(n_bootstrap)]
+    low, high = np.quantile(draws, [0.025, 0.975]).tolist()
+    return float(excess(np.arange(len(zsl)))), low, high
+
+
+def _check_classification_prompts(
+    model: GPT, xs_name: str, ys_name: str, xs: object, ys: object
+) -> None:
+    """``ValueError`` unless ``xs: (batch, k + 1, d)`` with k >= 2 demonstrations fits
+    ``model`` and ``ys: (batch, k + 1)`` holds labels -1 and +1."""
+    config = model.config
+    if (
+        not isinstance(xs, torch.Tensor)
+        or xs.ndim != 3
+        or not 3 <= xs.shape[1] <= config.n_points
+        or not 1 <= xs.shape[2] <= config.n_dims
+    ):
+        raise ValueError(
+            f"{xs_name} must be a tensor of shape (batch, k + 1, d) with 2 <= k <= "
+            f"n_points - 1 = {config.n_points - 1} and 1 <= d <= n_dims = "
+            f"{config.n_dims}, got {_shape_of(xs)}"
+        )
+    if not isinstance(ys, torch.Tensor) or ys.shape != xs.shape[:2]:
+        raise ValueError(
+            f"{ys_name} must be a tensor of shape (batch, k + 1) = "
+            f"{tuple(xs.shape[:2])} matching {xs_name}, got {_shape_of(ys)}"
+        )
+    others = int(((ys != 1) & (ys != -1)).sum())
+    if others:
+        raise ValueError(
+            f"{ys_name} must hold labels -1 and +1 only, got {others} other values"
+        )
+
+
+def dual_form_metrics(
+    model: GPT,
+    name: str,
+    val_xs: torch.Tensor,
+    val_ys: torch.Tensor,
+    test_xs: torch.Tensor,
+    test_ys: torch.Tensor,
+    rates: Sequence[float],
+    *,
+    layer_causal: bool = False,
+    random_seed: int = 7,
+    uniform_seed: int = 8,
+    n_bootstrap: int = 4000,
+    bootstrap_seed: int = 9,
+) -> dict:
+    """Dai et al.'s metrics of ``model``, the book's way and their code's way, with the
+    controls (chapter 3).
+
+    FT's learning rate is the one of ``rates`` with the best FT accuracy
+    (:func:`finetuning_accuracy`) on the validation tasks ``val_xs: (n_val, k + 1, d)``,
+    ``val_ys: (n_val, k + 1)`` (ties: the smaller rate); every other number comes from
+    :func:`compare` on the held-out tasks ``test_xs: (n, k + 1, d)``, ``test_ys: (n, k +
+    1)`` (labels -1, +1; k >= 2). ``name`` labels the result; ``layer_causal``: LCGD in
+    place of FT (:func:`finetune_key_value`). The seeds: ``random_seed`` the random
+    update (:func:`compare`), ``uniform_seed`` Dai's uniform [0, 1) controls,
+    ``bootstrap_seed`` and ``n_bootstrap`` :func:`rec2ftp_excess`.
+
+    Returns a dict:
+
+    * ``"model"``: ``name``; ``"learning rate"``: the chosen rate; ``"validation FT
+      accuracy"``: ``{rate: accuracy}``; ``"comparison"``: the :class:`Comparison`.
+    * ``"ZSL accuracy"``, ``"ICL accuracy"``, ``"FT accuracy"``, ``"Dai FT accuracy"``
+      (FT read on the query alone): shares of held-out tasks right.
+    * counts of tasks: ``"FT right, ZSL wrong"``, ``"Dai FT right, ZSL wrong"`` (both
+      read on the query alone), ``"Dai ICL right among them"``, ``"random right, ZSL
+      wrong"`` (the random update in FT's place).
+    * ``"Rec2FTP"``, ``"Rec2FTP random"``, ``"Dai Rec2FTP"`` (:func:`rec2ftp`), their
+      base rates ``"Rec2FTP base rate"``, ``"Dai Rec2FTP base rate"`` (ICL's accuracy
+      where ZSL is wrong) and ``"Rec2FTP excess"``, ``"Dai Rec2FTP excess"``: ``(value,
+      low, high)`` (:func:`rec2ftp_excess`).
+    * per-task metrics (those defined per layer averaged over layers), each the mean
+      over the tasks (NaN left out) with ``key + " CI"`` its 95% normal interval ``(low,
+      high)``: ``"SimAOU"`` and its controls ``"SimAOU random"`` (same-norm random
+      update), ``"SimAOU uniform"``; ``"Dai SimAOU"`` (projected, normalised) and
+      ``"Dai SimAOU random"``, ``"Dai SimAOU uniform"``, ``"Dai SimAOU centred"``
+      (uniform minus 0.5), ``"Dai SimAOU mean part"`` (sqrt(3)/2 times the ICL update's
+      mean over its root mean square: what the uniform control measures); ``"SimAM
+      before"``, ``"SimAM after"`` (softmax maps), ``"Dai SimAM before"``, ``"Dai SimAM
+      after"`` (raw scores); ``"Kendall"``, ``"Kendall ZSL"``, ``"Kendall uniform"``
+      (the query's attention to the demonstrations' tokens) and ``"Dai Kendall"``,
+      ``"Dai Kendall example"``, ``"Dai Kendall uniform"`` (Dai's attention to the
+      training tokens, :func:`training_token_attention`).
+    * ``"per task"``: ``{metric: (n,)}`` for those metrics; ``"per layer"``: ``{metric:
+      (n_layers,)}``, the mean over tasks, for all of them but the book's Kendall three.
+    """
+    model = _check_gpt(model)
+    _check_classification_prompts(model, "val_xs", "val_ys", val_xs, val_ys)
+    _check_classification_prompts(model, "test_xs", "test_ys", test_xs, test_ys)
+    if (
+        isinstance(rates, (str, bytes))
+        or not isinstance(rates, Sequence)
+        or len(rates) == 0
+    ):
+        raise ValueError(
+            f"rates must be a non-empty sequence of learning rates (numbers >= 0), got "
+            f"{rates!r}"
+        )
+    for index, rate in enumerate(rates):
+        checks.nonnegative_float(f"rates[{index}]", rate)
+    _check_flag("layer_causal", layer_causal)
+    check_seed("random_seed", random_seed)
+    check_seed("uniform_seed", uniform_seed)
+    checks.positive_int("n_bootstrap", n_bootstrap)
+    checks.nonnegative_int("bootstrap_seed", bootstrap_seed)
+    k_demos = test_xs.shape[1] - 1
+    val_accuracy = {
+        rate: finetuning_accuracy(
+            model, val_xs, val_ys, rate, layer_causal=layer_causal
+        )
+        for rate in rates
+    }
+    rate = max(rates, key=lambda r: (val_accuracy[r], -r))
+    c = compare(
+        model,
+        test_xs,
+        test_ys,
+        rate,
+        make_generator(random_seed),
+        layer_causal=layer_causal,
+    )
+    right = {
+        key: correct(getattr(c, key), c.labels)
+        for key in ("zsl", "icl", "ft", "random", "zsl_alone", "ft_alone")
+    }
+    dai_recovered = right["ft_alone"] & ~right["zsl_alone"]  # FT right, ZSL wrong (Dai)
+    # Dai et al.'s controls: uniform [0, 1) vectors and maps
+    uniform = make_generator(uniform_seed)
+
+    def rand_like(t: torch.Tensor) -> torch.Tensor:
+        return torch.rand(t.shape, generator=uniform, dtype=t.dtype)
+
+    def unit(h: torch.Tensor) -> torch.Tensor:
+        return h / h.norm(dim=-1, keepdim=True)
+
+    # (tasks, 2k), the book's
+    icl_attention = demonstration_attention(c.map_icl)
+    # (tasks, layers, 2k), Dai's ICL side
+    icl_context = context_attention(c.scores_icl, 2 * k_demos)
+    # Dai's FT side
+    ft_training = training_token_attention(c.q_ft, c.training_queries)
+    dai_icl_update = unit(c.hp_icl) - unit(c.hp_zsl)
+    per_layer = {  # (tasks, layers)
+        "SimAOU": update_cosines(c.h_zsl, c.h_icl, c.h_ft),
+        "SimAOU random": update_cosines(c.h_zsl, c.h_icl, c.h_random),
+        "SimAOU uniform": cosine_similarity(c.h_icl - c.h_zsl, rand_like(c.h_icl)),
+        "Dai SimAOU": update_cosines(c.hp_zsl, c.hp_icl, c.hp_ft, normalize=True),
+        "Dai SimAOU random": update_cosines(
+            c.hp_zsl, c.hp_icl, c.hp_random, normalize=True
+        ),
+        "Dai SimAOU uniform": cosine_similarity(
+            dai_icl_update, rand_like(dai_icl_update)
+        ),
+        # what the uniform control measures: a U[0, 1) vector has cosine about
+        # sqrt(3)/2 with the all-ones direction
+        "Dai SimAOU mean part": math.sqrt(3)
+        / 2
+        * dai_icl_update.mean(-1)
+        / dai_icl_update.pow(2).mean(-1).sqrt(),
+        "Dai SimAOU centred": cosine_similarity(
+            dai_icl_update, rand_like(dai_icl_update) - 0.5
+        ),
+        "SimAM before": cosine_similarity(c.map_icl, c.map_zsl).mean(-1),
+        "SimAM after": cosine_similarity(c.map_icl, c.map_ft).mean(-1),
+        "Dai SimAM before": cosine_similarity(c.scores_icl, c.scores_zsl).mean(-1),
+        "Dai SimAM after": cosine_similarity(c.scores_icl, c.scores_ft).mean(-1),
+        "Dai Kendall": kendall_tau(icl_context, ft_training),
+        "Dai Kendall example": kendall_tau(
+            example_level(icl_context, 2), example_level(ft_training, 2)
+        ),
+        "Dai Kendall uniform": kendall_tau(icl_context, rand_like(icl_context)),
+    }
+    per_task = {key: value.mean(1) for key, value in per_layer.items()}
+    per_task["Kendall"] = kendall_tau(icl_attention, demonstration_attention(c.map_ft))
+    per_task["Kendall ZSL"] = kendall_tau(
+        icl_attention, demonstration_attention(c.map_zsl)
+    )
+    per_task["Kendall uniform"] = kendall_tau(icl_attention, rand_like(icl_attention))
+    result = {
+        "model": name,
+        "learning rate": rate,
+        "validation FT accuracy": val_accuracy,
+        "ZSL accuracy": right["zsl"].double().mean().item(),
+        "ICL accuracy": right["icl"].double().mean().item(),
+        "FT accuracy": right["ft"].double().mean().item(),
+        # Dai's FT accuracy: the fine-tuned model read on the query alone (FTZS)
+        "Dai FT accuracy": right["ft_alone"].double().mean().item(),
+        "FT right, ZSL wrong": int((right["ft"] & ~right["zsl"]).sum()),
+        "Dai FT right, ZSL wrong": int(dai_recovered.sum()),
+        "Dai ICL right among them": int((dai_recovered & right["icl"]).sum()),
+        "random right, ZSL wrong": int((right["random"] & ~right["zsl"]).sum()),
+        "Rec2FTP": rec2ftp(right["zsl"], right["icl"], right["ft"]),
+        "Rec2FTP random": rec2ftp(right["zsl"], right["icl"], right["random"]),
+        # Dai et al.'s way: ZSL and FT both read on the query alone (k=0 in run.sh)
+        "Dai Rec2FTP": rec2ftp(right["zsl_alone"], right["icl"], right["ft_alone"]),
+        # the base rate: ICL's accuracy on every task ZSL gets wrong (Rec2FTP if FT's
+        # successes were a random subset)
+        "Rec2FTP base rate": right["icl"][~right["zsl"]].double().mean().item(),
+        "Dai Rec2FTP base rate": right["icl"][~right["zsl_alone"]]
+        .double()
+        .mean()
+        .item(),
+        # Rec2FTP minus its base rate, with a 95% bootstrap interval over the tasks
+        "Rec2FTP excess": rec2ftp_excess(
+            right["zsl"], right["icl"], right["ft"], n_bootstrap, bootstrap_seed
+        ),
+        "Dai Rec2FTP excess": rec2ftp_excess(
+            right["zsl_alone"],
+            right["icl"],
+            right["ft_alone"],
+            n_bootstrap,
+            bootstrap_seed,
+        ),
+        "per task": per_task,
+        "per layer": {key: value.mean(0) for key, value in per_layer.items()},
+        "comparison": c,
+    }
+    for key, values in per_task.items():
+        result[key] = values.nanmean().item()
+        # a 95% normal interval of the mean over the held-out tasks
+        result[key + " CI"] = mean_interval(values[~values.isnan()])[1:]
+    return result

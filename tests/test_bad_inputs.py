@@ -1256,6 +1256,34 @@ def a_curve() -> evaluation.ErrorCurve:
     )
 
 
+def dual_form_metrics_of(**changes: object) -> dict:
+    """:func:`finetuning.dual_form_metrics` of a 1-layer GPT (n_dims 2, n_points 3) on
+    one validation and one test prompt of 2 demonstrations, with ``changes`` to its
+    arguments."""
+    model = models.make_model(
+        {
+            "name": "gpt",
+            "n_layers": 1,
+            "width": 8,
+            "n_heads": 2,
+            "token_format": "paired",
+        },
+        2,
+        3,
+        seed=0,
+    )
+    labels = torch.tensor([[1.0, -1.0, 1.0]])
+    arguments = {
+        "val_xs": torch.zeros(1, 3, 2),
+        "val_ys": labels,
+        "test_xs": torch.zeros(1, 3, 2),
+        "test_ys": labels,
+        "rates": [0.1],
+        **changes,
+    }
+    return finetuning.dual_form_metrics(model, "tiny", **arguments)
+
+
 # (id, call(run, tmp), expected ValueError message)
 LIBRARY_ERRORS = [
     (
@@ -1990,6 +2018,56 @@ LIBRARY_ERRORS = [
         ),
         r"cov must be a tensor of shape \(d, d\) = \(2, 2\) or \(batch, d, d\) = \(4, "
         r"2, 2\), got \(3, 3\)",
+    ),
+    (
+        "dual_form_metrics(rates=[])",
+        lambda run, tmp: dual_form_metrics_of(rates=[]),
+        r"rates must be a non-empty sequence of learning rates \(numbers >= 0\), got "
+        r"\[\]",
+    ),
+    (
+        "dual_form_metrics(rates=[0.1, -1])",
+        lambda run, tmp: dual_form_metrics_of(rates=[0.1, -1]),
+        r"rates\[1\] must be a finite number >= 0, got -1",
+    ),
+    (
+        "dual_form_metrics test_ys of another k",
+        lambda run, tmp: dual_form_metrics_of(test_ys=torch.ones(1, 2)),
+        r"test_ys must be a tensor of shape \(batch, k \+ 1\) = \(1, 3\) matching "
+        r"test_xs, got \(1, 2\)",
+    ),
+    (
+        "dual_form_metrics val_xs of one demonstration",
+        lambda run, tmp: dual_form_metrics_of(val_xs=torch.zeros(1, 2, 2)),
+        r"val_xs must be a tensor of shape \(batch, k \+ 1, d\) with 2 <= k <= "
+        r"n_points - 1 = 2 and 1 <= d <= n_dims = 2, got \(1, 2, 2\)",
+    ),
+    (
+        "dual_form_metrics val_ys of zeros",
+        lambda run, tmp: dual_form_metrics_of(val_ys=torch.zeros(1, 3)),
+        r"val_ys must hold labels -1 and \+1 only, got 3 other values",
+    ),
+    (
+        "dual_form_metrics(uniform_seed=-1.5)",
+        lambda run, tmp: dual_form_metrics_of(uniform_seed=-1.5),
+        r"uniform_seed must be an integer, got -1.5",
+    ),
+    (
+        "rec2ftp_excess(n_bootstrap=0)",
+        lambda run, tmp: finetuning.rec2ftp_excess(
+            torch.zeros(3, dtype=torch.bool),
+            torch.ones(3, dtype=torch.bool),
+            torch.ones(3, dtype=torch.bool),
+            n_bootstrap=0,
+        ),
+        r"n_bootstrap must be a positive integer \(>= 1\), got 0",
+    ),
+    (
+        "rec2ftp_excess of 0/1 integers",
+        lambda run, tmp: finetuning.rec2ftp_excess(
+            torch.zeros(3, dtype=torch.bool), torch.ones(3), torch.ones(3)
+        ),
+        r"icl_correct must be a 1-d bool tensor \(right = True\)",
     ),
 ]
 

@@ -404,3 +404,137 @@ def test_compare_reads_the_query_alone_and_layer_causal_changes_the_update():
     assert not torch.allclose(
         lc.ft, c.ft
     ), "layer-causal fine-tuning should differ from back-propagation"
+
+
+# ----------------------------------------- every metric of one model (chapter 3)
+
+
+# a bootstrap resample without a task that FT gets right and ZSL wrong gives NaN, and
+# numpy warns
+EMPTY_RESAMPLES = pytest.mark.filterwarnings(
+    "ignore:Mean of empty slice:RuntimeWarning",
+    "ignore:invalid value encountered:RuntimeWarning",
+)
+
+
+@EMPTY_RESAMPLES
+def test_rec2ftp_excess_by_hand():
+    t, f = True, False
+    zsl = torch.tensor([f, f, f, f, t, t])
+    ftc = torch.tensor([t, t, t, f, t, f])
+    icl = torch.tensor([t, f, t, t, f, f])
+    # FT right and ZSL wrong: 0, 1, 2, ICL right on 2 of them; ZSL wrong: 0..3, ICL
+    # right on 3 of them
+    value, _, _ = ft.rec2ftp_excess(zsl, icl, ftc, n_bootstrap=10)
+    zn, icln, ftn = zsl.numpy(), icl.numpy(), ftc.numpy()
+    assert value == icln[ftn & ~zn].mean() - icln[~zn].mean()
+    assert value == pytest.approx(2 / 3 - 3 / 4)
+    # many tasks: the interval holds the value and depends on the seed only
+    g = make_generator(4)
+    zsl, icl, ftc = (torch.rand(300, generator=g) < p for p in (0.3, 0.7, 0.6))
+    value, low, high = ft.rec2ftp_excess(zsl, icl, ftc, n_bootstrap=500)
+    assert value == (icl[ftc & ~zsl].double().mean() - icl[~zsl].double().mean()).item()
+    assert low < value < high
+    assert ft.rec2ftp_excess(zsl, icl, ftc, n_bootstrap=500) == (value, low, high)
+    other_seed = ft.rec2ftp_excess(zsl, icl, ftc, n_bootstrap=500, seed=10)
+    assert other_seed[0] == value and other_seed[1:] != (low, high)
+
+
+PER_TASK_METRICS = [
+    "SimAOU",
+    "SimAOU random",
+    "SimAOU uniform",
+    "Dai SimAOU",
+    "Dai SimAOU random",
+    "Dai SimAOU uniform",
+    "Dai SimAOU mean part",
+    "Dai SimAOU centred",
+    "SimAM before",
+    "SimAM after",
+    "Dai SimAM before",
+    "Dai SimAM after",
+    "Dai Kendall",
+    "Dai Kendall example",
+    "Dai Kendall uniform",
+    "Kendall",
+    "Kendall ZSL",
+    "Kendall uniform",
+]
+OTHER_KEYS = [
+    "model",
+    "learning rate",
+    "validation FT accuracy",
+    "ZSL accuracy",
+    "ICL accuracy",
+    "FT accuracy",
+    "Dai FT accuracy",
+    "FT right, ZSL wrong",
+    "Dai FT right, ZSL wrong",
+    "Dai ICL right among them",
+    "random right, ZSL wrong",
+    "Rec2FTP",
+    "Rec2FTP random",
+    "Dai Rec2FTP",
+    "Rec2FTP base rate",
+    "Dai Rec2FTP base rate",
+    "Rec2FTP excess",
+    "Dai Rec2FTP excess",
+    "per task",
+    "per layer",
+    "comparison",
+]
+
+
+@EMPTY_RESAMPLES
+def test_dual_form_metrics_returns_the_documented_keys_and_is_deterministic():
+    model = make_model(SPEC, 3, 5, seed=0).eval()
+    val_xs, val_ys = prompts(batch=6, seed=1)
+    test_xs, test_ys = prompts(batch=24, seed=2)
+    rates = [0.01, 0.1, 1.0]
+
+    def run(**changes):
+        return ft.dual_form_metrics(
+            model,
+            "tiny",
+            val_xs,
+            val_ys,
+            test_xs,
+            test_ys,
+            rates,
+            n_bootstrap=50,
+            **changes,
+        )
+
+    result = run()
+    assert set(result) == set(OTHER_KEYS) | {
+        key + suffix for key in PER_TASK_METRICS for suffix in ("", " CI")
+    }
+    assert result["model"] == "tiny"
+    assert result["learning rate"] in rates
+    assert list(result["validation FT accuracy"]) == rates
+    assert result["validation FT accuracy"][result["learning rate"]] == max(
+        result["validation FT accuracy"].values()
+    )
+    c = result["comparison"]
+    assert result["FT accuracy"] == ft.accuracy(c.ft, c.labels)
+    assert set(result["per task"]) == set(PER_TASK_METRICS)
+    assert all(v.shape == (24,) for v in result["per task"].values())
+    assert set(result["per layer"]) == set(PER_TASK_METRICS[:-3])
+    assert all(v.shape == (2,) for v in result["per layer"].values())
+    assert result["SimAOU"] == pytest.approx(
+        ft.update_cosines(c.h_zsl, c.h_icl, c.h_ft).mean().item(), abs=1e-6
+    )
+    # two calls give the same numbers (every generator is seeded in the call)
+    again = run()
+    for key in set(OTHER_KEYS) - {"model", "comparison"} | {
+        key + suffix for key in PER_TASK_METRICS for suffix in ("", " CI")
+    }:
+        torch.testing.assert_close(
+            again[key], result[key], rtol=0, atol=0, equal_nan=True
+        )
+    for name in ("zsl", "icl", "ft", "random", "h_random", "training_queries"):
+        assert torch.equal(getattr(again["comparison"], name), getattr(c, name))
+    # layer-causal fine-tuning changes the FT side
+    lcgd = run(layer_causal=True)
+    assert lcgd["learning rate"] in rates
+    assert not torch.equal(lcgd["per task"]["SimAOU"], result["per task"]["SimAOU"])
