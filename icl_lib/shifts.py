@@ -26,6 +26,10 @@ options; the scaled ones need ``scale``); ``Shift.apply(xs, task, generator)`` r
 Garg et al.'s code differs or was not followed exactly: the skewed spectrum is lambda_i
 proportional to 1 / i, both covariance shifts are normalised to trace d, and noisy
 labels add noise of standard deviation ``noise_std`` without renormalising.
+
+Chapter 2 measures models on its own shifted prompts with :func:`axis_orthogonal_query`
+(Garg et al.'s query along e_d), :func:`prediction_at_query`,
+:func:`least_squares_at_query`, :func:`regression_slope` and :func:`normalised_error`.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from typing import Any
 
 import torch
 
-from icl_lib import checks
+from icl_lib import checks, evaluation
 
 
 @dataclass(frozen=True)
@@ -186,6 +190,68 @@ def noisy_labels(
 def scaled_outputs(ys: torch.Tensor, scale: float) -> torch.Tensor:
     """y -> scale * y: ``(batch, n)``."""
     return checks.positive_float("scale", scale) * ys
+
+
+# ----------------------------------------------------- measuring on shifted prompts
+
+
+def axis_orthogonal_query(xs: torch.Tensor) -> torch.Tensor:
+    """Garg et al.'s orthogonal query as chapter 2 draws it: a copy of ``xs: (batch,
+    n_points, d)`` with the examples (all points but the last) in the span of e_1, ...,
+    e_{d-1} and the query (the last point) along e_d."""
+    checks.prompt_tensors(xs)
+    xs = xs.clone()
+    xs[:, :-1, -1] = 0.0
+    xs[:, -1, :-1] = 0.0
+    return xs
+
+
+def least_squares_at_query(xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+    """Minimum-norm least squares fitted to all the examples of each prompt, evaluated
+    at its query (the last point): ``xs: (batch, n_points, d)``, ``ys: (batch,
+    n_points)`` -> ``(batch,)`` float64 (what :func:`icl_lib.baselines.least_squares`
+    predicts at the last position, without every shorter prefix)."""
+    checks.prompt_tensors(xs, ys)
+    x64, y64 = xs.double(), ys.double()
+    weights = (torch.linalg.pinv(x64[:, :-1]) @ y64[:, :-1, None])[..., 0]
+    return (x64[:, -1] * weights).sum(-1)
+
+
+def prediction_at_query(
+    model: torch.nn.Module, xs: torch.Tensor, ys: torch.Tensor
+) -> torch.Tensor:
+    """A trained model's prediction at the last point of each prompt (the query):
+    ``xs: (batch, n_points, d)``, ``ys: (batch, n_points)`` -> ``(batch,)`` float64
+    (:func:`icl_lib.evaluation.as_predictor`)."""
+    checks.prompt_tensors(xs, ys)
+    return evaluation.as_predictor(model)(xs, ys)[:, -1]
+
+
+def _predictions_and_truth(
+    preds: torch.Tensor, truth: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    if not isinstance(preds, torch.Tensor) or not isinstance(truth, torch.Tensor):
+        raise ValueError("preds and truth must be tensors of shape (batch,)")
+    if preds.ndim != 1 or preds.shape != truth.shape or len(truth) == 0:
+        raise ValueError(
+            "preds and truth must be non-empty tensors of the same shape (batch,), got "
+            f"{tuple(preds.shape)} and {tuple(truth.shape)}"
+        )
+    return preds.double(), truth.double()
+
+
+def regression_slope(preds: torch.Tensor, truth: torch.Tensor) -> float:
+    """The slope of the regression of the predictions on the truth through 0, E[yhat
+    y] / E[y^2], over ``preds, truth: (batch,)``: 1 for right answers."""
+    preds, truth = _predictions_and_truth(preds, truth)
+    return float((preds * truth).mean() / (truth * truth).mean())
+
+
+def normalised_error(preds: torch.Tensor, truth: torch.Tensor) -> float:
+    """E[(yhat - y)^2] / E[y^2] over ``preds, truth: (batch,)``: 1 for the zero
+    predictor."""
+    preds, truth = _predictions_and_truth(preds, truth)
+    return float(((preds - truth) ** 2).mean() / (truth**2).mean())
 
 
 # ----------------------------------------------------- shifts of whole prompts, by name

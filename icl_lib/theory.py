@@ -28,7 +28,10 @@ d with symbolic Lambda (``"identity"``, ``"diagonal"`` or ``"full"``); its gradi
 stationary point (= Gamma^{-1}), minimum, Hessian; the eigenbasis argument for symbolic
 d (chapter 2 runs it); the conserved quantity u^2 - ||U||_F^2. Numerical part (numpy
 float64): Gamma, the closed-form loss (also under query and covariate shifts), the loss
-of a model trained at N and tested at M, and an RK4 simulator of the reduced flow.
+of a model trained at N and tested at M, an RK4 simulator of the reduced flow and its
+rates near the minimum, the theorem's predictor (:func:`gd_prediction`), Wishart draws
+of the prompt's second moment, and the product and off-block size of a trained full
+LSA.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ import sympy as sp
 import torch
 
 from icl_lib import checks
-from icl_lib.models import zfb_init
+from icl_lib.models import LinearSelfAttention, zfb_init
 
 LAMBDA_KINDS = ("identity", "diagonal", "full")
 
@@ -843,3 +846,111 @@ def limit_u_squared(c: float, gamma_inv: np.ndarray) -> float:
         )
     trace = float(np.trace(inverse @ inverse))
     return (c + math.sqrt(c * c + 4 * trace)) / 2
+
+
+# ================================================== chapter 2's measurements
+
+
+class FlowRates(NamedTuple):
+    """The reduced flow linearised at its minimum (balanced start): ``rates: (d,)``,
+    ascending, the eigenvalues of (u*^2 I + U* U*^T) diag(lambda_p^2 gamma_p);
+    ``u2_star = sqrt(tr Gamma^{-2})``; ``lam_eigen, gamma_eigen: (d,)``, the eigenvalues
+    of Lambda (ascending) and the matching ones of Gamma."""
+
+    rates: np.ndarray
+    u2_star: float
+    lam_eigen: np.ndarray
+    gamma_eigen: np.ndarray
+
+
+def linearised_flow_rates(lam: np.ndarray, n: int) -> FlowRates:
+    """The rates at which the reduced flow trained at N = ``n`` settles near its
+    minimum, from the eigenvalues of ``lam: (d, d)`` alone (chapter 2): in the
+    eigenbasis of Lambda, delta' = -(u*^2 I + U* U*^T) D delta with D =
+    diag(lambda_p^2 gamma_p) and U*_p = 1 / (gamma_p u*)."""
+    lam = _covariance(lam)
+    n = checks.positive_int("n", n)
+    lam_eigen = np.linalg.eigvalsh(lam)
+    gamma_eigen = (1 + 1 / n) * lam_eigen + lam_eigen.sum() / n
+    u2_star = math.sqrt(np.sum(gamma_eigen**-2.0))
+    u_star_p = 1 / (gamma_eigen * math.sqrt(u2_star))
+    jacobian = (
+        u2_star * np.eye(len(lam_eigen)) + np.outer(u_star_p, u_star_p)
+    ) @ np.diag(lam_eigen**2 * gamma_eigen)
+    rates = np.sort(np.linalg.eigvals(jacobian).real)
+    return FlowRates(rates, u2_star, lam_eigen, gamma_eigen)
+
+
+def gd_prediction(
+    xs: torch.Tensor, ys: torch.Tensor, preconditioner: np.ndarray | torch.Tensor
+) -> torch.Tensor:
+    """The theorem's predictor x_q^T P (1/M) sum_i y_i x_i, one preconditioned gradient
+    step from w = 0, for prompts whose last point is the query: ``xs: (batch, M + 1,
+    d)``, ``ys: (batch, M + 1)``, ``preconditioner = P: (d, d)`` -> ``(batch,)``,
+    float64."""
+    batch, n_points, d = checks.prompt_tensors(xs, ys)
+    if n_points < 2:
+        raise ValueError(
+            f"xs must hold at least one example before the query (n_points >= 2), "
+            f"got n_points = {n_points}"
+        )
+    preconditioner = torch.as_tensor(preconditioner, dtype=torch.float64)
+    if tuple(preconditioner.shape) != (d, d):
+        raise ValueError(
+            f"preconditioner must have shape {(d, d)} (d of xs), got "
+            f"{tuple(preconditioner.shape)}"
+        )
+    moment = (ys[:, :-1, None] * xs[:, :-1]).double().mean(1)
+    return torch.einsum("bd,de,be->b", xs[:, -1].double(), preconditioner, moment)
+
+
+def wishart_second_moments(
+    m: int, n_prompts: int, d: int, rng: np.random.Generator
+) -> np.ndarray:
+    """``n_prompts`` draws of S = (1/M) sum_i x_i x_i^T for M = ``m`` examples x_i ~
+    N(0, I_d), at a cost free of M: ``(n_prompts, d, d)``. Bartlett's decomposition: S =
+    B B^T / M with B lower triangular, B_pp^2 ~ chi^2(M - p) (p = 0..d-1) and B_pq ~
+    N(0, 1) below the diagonal (``rng`` draws the normals, then the chi-squares)."""
+    n_prompts = checks.positive_int("n_prompts", n_prompts)
+    d = checks.positive_int("d", d)
+    m = checks.positive_int("m", m)
+    if m < d:
+        raise ValueError(f"m must be at least d = {d} (S is then invertible), got {m}")
+    if not isinstance(rng, np.random.Generator):
+        raise ValueError(
+            f"rng must be a numpy Generator (np.random.default_rng(seed)), got {rng!r}"
+        )
+    b = np.tril(rng.standard_normal((n_prompts, d, d)), k=-1)
+    b[:, np.arange(d), np.arange(d)] = np.sqrt(
+        rng.chisquare(m - np.arange(d), size=(n_prompts, d))
+    )
+    return b @ b.transpose(0, 2, 1) / m
+
+
+def _lsa_weights(model: object) -> tuple[torch.Tensor, torch.Tensor]:
+    if not isinstance(model, LinearSelfAttention):
+        raise ValueError(
+            "model must be an icl_lib.models.LinearSelfAttention (the full LSA), got "
+            f"{type(model).__name__}"
+        )
+    return model.w_kq, model.w_pv
+
+
+def lsa_product(model: LinearSelfAttention) -> np.ndarray:
+    """A = u U of a full LSA (W^PV[d+1, d+1] times the top-left block of W^KQ):
+    ``(d, d)`` float64."""
+    _lsa_weights(model)
+    return model.product.detach().double().numpy()
+
+
+def off_block_size(model: LinearSelfAttention) -> float:
+    """The largest weight of a full LSA in the blocks that gradient flow keeps at 0
+    (all but u and U): the last row and column of W^KQ, and W^PV but its last entry."""
+    w_kq, w_pv = _lsa_weights(model)
+    with torch.no_grad():
+        return max(
+            float(w_kq[-1].abs().max()),
+            float(w_kq[:, -1].abs().max()),
+            float(w_pv[:-1].abs().max()),
+            float(w_pv[-1, :-1].abs().max()),
+        )

@@ -2069,6 +2069,67 @@ LIBRARY_ERRORS = [
         ),
         r"icl_correct must be a 1-d bool tensor \(right = True\)",
     ),
+    (
+        "gd_prediction with a preconditioner of the wrong shape",
+        lambda run, tmp: theory.gd_prediction(
+            torch.zeros(2, 4, 3), torch.zeros(2, 4), np.eye(2)
+        ),
+        r"preconditioner must have shape \(3, 3\) \(d of xs\), got \(2, 2\)",
+    ),
+    (
+        "gd_prediction of a prompt without examples",
+        lambda run, tmp: theory.gd_prediction(
+            torch.zeros(2, 1, 3), torch.zeros(2, 1), np.eye(3)
+        ),
+        r"xs must hold at least one example before the query \(n_points >= 2\), "
+        r"got n_points = 1",
+    ),
+    (
+        "linearised_flow_rates(n=0)",
+        lambda run, tmp: theory.linearised_flow_rates(np.eye(2), 0),
+        r"n must be a positive integer \(>= 1\), got 0",
+    ),
+    (
+        "wishart_second_moments with fewer examples than dimensions",
+        lambda run, tmp: theory.wishart_second_moments(
+            2, 10, 3, np.random.default_rng(0)
+        ),
+        r"m must be at least d = 3 \(S is then invertible\), got 2",
+    ),
+    (
+        "wishart_second_moments with a torch generator",
+        lambda run, tmp: theory.wishart_second_moments(5, 10, 3, make_generator(0)),
+        r"rng must be a numpy Generator \(np.random.default_rng\(seed\)\), got ",
+    ),
+    (
+        "off_block_size of a ReducedLSA",
+        lambda run, tmp: theory.off_block_size(models.ReducedLSA(2)),
+        r"model must be an icl_lib.models.LinearSelfAttention \(the full LSA\), got "
+        r"ReducedLSA",
+    ),
+    (
+        "axis_orthogonal_query of one prompt",
+        lambda run, tmp: shifts.axis_orthogonal_query(torch.zeros(4, 3)),
+        r"xs must be a tensor of shape \(batch, n_points, d\), got \(4, 3\)",
+    ),
+    (
+        "least_squares_at_query with labels of another length",
+        lambda run, tmp: shifts.least_squares_at_query(
+            torch.zeros(2, 4, 3), torch.zeros(2, 5)
+        ),
+        r"ys must be a tensor of shape \(batch, n_points\) = \(2, 4\) matching xs",
+    ),
+    (
+        "regression_slope of mismatched shapes",
+        lambda run, tmp: shifts.regression_slope(torch.zeros(3), torch.ones(4)),
+        r"preds and truth must be non-empty tensors of the same shape \(batch,\), "
+        r"got \(3,\) and \(4,\)",
+    ),
+    (
+        "normalised_error of numpy arrays",
+        lambda run, tmp: shifts.normalised_error(np.zeros(3), np.ones(3)),
+        r"preds and truth must be tensors of shape \(batch,\)",
+    ),
 ]
 
 
