@@ -9,6 +9,8 @@ result as a file.
   lower, upper), the run's config, the task, the shift, the number of prompts, the seed,
   the git commit, the device, the wall time, the date and the exact command;
 * :func:`available_results`: the stored result files under ``results/``.
+* :func:`label_leak`: how far a model's predictions move when only the prompt's last
+  label does (0 for a causal model; chapter 4's check of the mask).
 
 From the command line (``RUN`` is a checkpoint name under ``checkpoints/`` or a run
 directory)::
@@ -346,6 +348,41 @@ def evaluate_model(
         )[name]
         for name, predict in predictors.items()
     }
+
+
+def label_leak(
+    model: Any,
+    *,
+    n_dims: int = 5,
+    n_points: int = 11,
+    n_prompts: int = 64,
+    seed: int = 3,
+) -> float:
+    """The largest change of any prediction when only the last label of the prompt moves
+    by 10: 0 for a causal model, whose prediction at position i reads ``ys[:, :i]``
+    only; above 0 where a prediction can see a later label (a leaking mask,
+    :func:`icl_lib.models.without_causal_mask`).
+
+    ``model`` maps ``(xs (n_prompts, n_points, n_dims), ys (n_prompts, n_points))`` to
+    predictions ``(n_prompts, n_points)``; the prompts are dense linear, drawn with
+    :func:`icl_lib.samplers.gaussian_xs` from ``make_generator(seed)``.
+    """
+    if not callable(model):
+        raise ValueError(
+            "model must be callable as model(xs, ys) -> predictions, got "
+            f"{type(model).__name__}"
+        )
+    checks.positive_int("n_dims", n_dims)
+    checks.positive_int("n_points", n_points)
+    checks.positive_int("n_prompts", n_prompts)
+    check_seed("seed", seed)
+    generator = make_generator(seed)
+    xs = gaussian_xs(n_prompts, n_points, n_dims, generator)
+    ys = tasks.DenseLinear().sample(xs, generator).ys
+    moved = ys.clone()
+    moved[:, -1] += 10.0
+    with torch.no_grad():
+        return float((model(xs, ys) - model(xs, moved)).abs().max())
 
 
 # ---------------------------------------------------------------- result files

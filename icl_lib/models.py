@@ -16,10 +16,14 @@ The class attribute ``predicts_every_position`` tells which (and
 :func:`make_model` builds a model from a config dict ``{"name": ..., **options}`` (as
 ``configs/*.toml`` spell it), so that checkpoints can rebuild what they store; the
 book's model sizes are the presets of :data:`MODEL_PRESETS` (``{"preset": "laptop"}``).
+
+:func:`without_causal_mask` copies a GPT without its causal mask, the bug that chapter 4
+shows and catches.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -432,6 +436,9 @@ class CausalSelfAttention(nn.Module):
     ``config.momentum``) before the output projection.
     """
 
+    # False only in UnmaskedSelfAttention, the bug that chapter 4 shows
+    causal = True
+
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.n_heads, self.dropout = config.n_heads, config.dropout
@@ -448,11 +455,24 @@ class CausalSelfAttention(nn.Module):
             for t in (q, k, v)
         )
         out = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
+            q,
+            k,
+            v,
+            is_causal=self.causal,
+            dropout_p=self.dropout if self.training else 0.0,
         )
         if self.momentum:
             out = out + momentum_term(v, self.momentum)
         return self.proj(out.transpose(1, 2).reshape(batch, length, width))
+
+
+class UnmaskedSelfAttention(CausalSelfAttention):
+    """:class:`CausalSelfAttention` without its mask: every token attends to every
+    other, so the prediction at a position can read the labels after it. A bug, kept to
+    show what it does and that :func:`icl_lib.evaluate.label_leak` catches it; built
+    by :func:`without_causal_mask`."""
+
+    causal = False
 
 
 class Block(nn.Module):
@@ -563,6 +583,21 @@ class GPT(nn.Module):
 
 
 # -------------------------------------------- building models from specs
+
+
+def without_causal_mask(model: GPT) -> GPT:
+    """A copy of the GPT ``model`` whose attention has no causal mask
+    (:class:`UnmaskedSelfAttention`): the same parameters and state-dict keys, called
+    the same way (``(xs (batch, n, d), ys (batch, n)) -> (batch, n)``), but every
+    position sees the whole prompt. ``model`` itself is left as it is."""
+    if not isinstance(model, GPT):
+        raise ValueError(
+            f"model must be an icl_lib.models.GPT, got {type(model).__name__}"
+        )
+    unmasked = copy.deepcopy(model)
+    for block in unmasked.blocks:
+        block.attn.__class__ = UnmaskedSelfAttention
+    return unmasked
 
 
 def gpt(

@@ -2130,6 +2130,26 @@ LIBRARY_ERRORS = [
         lambda run, tmp: shifts.normalised_error(np.zeros(3), np.ones(3)),
         r"preds and truth must be tensors of shape \(batch,\)",
     ),
+    (
+        "without_causal_mask of a model that is no GPT",
+        lambda run, tmp: models.without_causal_mask(torch.nn.Linear(2, 1)),
+        r"model must be an icl_lib.models.GPT, got Linear",
+    ),
+    (
+        "label_leak of something not callable",
+        lambda run, tmp: evaluate.label_leak("gpt"),
+        r"model must be callable as model\(xs, ys\) -> predictions, got str",
+    ),
+    (
+        "label_leak(n_points=0)",
+        lambda run, tmp: evaluate.label_leak(lambda xs, ys: ys, n_points=0),
+        r"n_points must be a positive integer \(>= 1\), got 0",
+    ),
+    (
+        "label_leak(seed=1.5)",
+        lambda run, tmp: evaluate.label_leak(lambda xs, ys: ys, seed=1.5),
+        r"seed must be an integer, got 1.5",
+    ),
 ]
 
 
