@@ -81,6 +81,15 @@ def style(name: str) -> Style:
     )
 
 
+def label(name: str, overrides: Mapping[str, str] | None = None) -> str:
+    """The label an estimator is drawn and printed with: ``overrides[name]`` where a
+    chapter names it more precisely (``{"lasso": "lasso (α = 0.01)"}``), else its
+    :func:`style` label."""
+    if overrides is not None and name in overrides:
+        return overrides[name]
+    return style(name).label
+
+
 @dataclass(frozen=True)
 class ErrorCurve:
     """Mean normalised squared error at each number of examples k, with a bootstrap
@@ -244,6 +253,37 @@ def _sample(
             f"{name} must hold finite numbers, got {bad} nan or inf entries"
         )
     return sample
+
+
+def _paired_samples(
+    preds: torch.Tensor | np.ndarray, truth: torch.Tensor | np.ndarray
+) -> tuple[torch.Tensor | np.ndarray, torch.Tensor | np.ndarray]:
+    preds, truth = _sample("preds", preds), _sample("truth", truth)
+    if type(preds) is not type(truth) or preds.shape != truth.shape:
+        raise ValueError(
+            "preds and truth must be two torch tensors or two numpy arrays of one "
+            f"shape (batch,), got {type(preds).__name__} {tuple(preds.shape)} and "
+            f"{type(truth).__name__} {tuple(truth.shape)}"
+        )
+    return preds, truth
+
+
+def regression_slope(
+    preds: torch.Tensor | np.ndarray, truth: torch.Tensor | np.ndarray
+) -> float:
+    """The slope of the regression of the predictions on the truth through 0, E[yhat
+    y] / E[y^2], over ``preds, truth: (batch,)`` (float64): 1 for right answers."""
+    preds, truth = _paired_samples(preds, truth)
+    return float((preds * truth).mean() / (truth * truth).mean())
+
+
+def normalised_error(
+    preds: torch.Tensor | np.ndarray, truth: torch.Tensor | np.ndarray
+) -> float:
+    """E[(yhat - y)^2] / E[y^2] over ``preds, truth: (batch,)`` (float64): 1 for the
+    zero predictor."""
+    preds, truth = _paired_samples(preds, truth)
+    return float(((preds - truth) ** 2).mean() / (truth**2).mean())
 
 
 def standard_error(values: torch.Tensor | np.ndarray, ddof: int = 1) -> float:

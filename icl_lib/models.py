@@ -436,11 +436,10 @@ class CausalSelfAttention(nn.Module):
     ``config.momentum``) before the output projection.
     """
 
-    # False only in UnmaskedSelfAttention, the bug that chapter 4 shows
-    causal = True
-
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
+        # False only in the copies of without_causal_mask, the bug that chapter 4 shows
+        self.causal = True
         self.n_heads, self.dropout = config.n_heads, config.dropout
         self.momentum = config.momentum if config.attention == "momentum" else 0.0
         self.qkv = nn.Linear(config.width, 3 * config.width)
@@ -464,15 +463,6 @@ class CausalSelfAttention(nn.Module):
         if self.momentum:
             out = out + momentum_term(v, self.momentum)
         return self.proj(out.transpose(1, 2).reshape(batch, length, width))
-
-
-class UnmaskedSelfAttention(CausalSelfAttention):
-    """:class:`CausalSelfAttention` without its mask: every token attends to every
-    other, so the prediction at a position can read the labels after it. A bug, kept to
-    show what it does and that :func:`icl_lib.evaluate.label_leak` catches it; built
-    by :func:`without_causal_mask`."""
-
-    causal = False
 
 
 class Block(nn.Module):
@@ -586,17 +576,20 @@ class GPT(nn.Module):
 
 
 def without_causal_mask(model: GPT) -> GPT:
-    """A copy of the GPT ``model`` whose attention has no causal mask
-    (:class:`UnmaskedSelfAttention`): the same parameters and state-dict keys, called
-    the same way (``(xs (batch, n, d), ys (batch, n)) -> (batch, n)``), but every
-    position sees the whole prompt. ``model`` itself is left as it is."""
+    """A copy of the GPT ``model`` whose attention has no causal mask (each
+    :class:`CausalSelfAttention` with ``causal = False``): the same parameters and
+    state-dict keys, called the same way (``(xs (batch, n, d), ys (batch, n)) -> (batch,
+    n)``), but every position sees the whole prompt, so the prediction at a position can
+    read the labels after it. A bug, kept to show what it does and that
+    :func:`icl_lib.evaluate.label_leak` catches it. ``model`` itself is left as it
+    is."""
     if not isinstance(model, GPT):
         raise ValueError(
             f"model must be an icl_lib.models.GPT, got {type(model).__name__}"
         )
     unmasked = copy.deepcopy(model)
     for block in unmasked.blocks:
-        block.attn.__class__ = UnmaskedSelfAttention
+        block.attn.causal = False
     return unmasked
 
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
+import torch
 from matplotlib.collections import Collection, PathCollection
 from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
@@ -33,7 +34,8 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
-from icl_lib.evaluation import ErrorCurve, Style, style
+from icl_lib import fits, samplers
+from icl_lib.evaluation import ErrorCurve, Style, label, style
 
 HOUSE_STYLE = {
     "figure.figsize": (6.4, 4.0),
@@ -390,6 +392,82 @@ def plot_error_curves(
     if legend:
         ax.legend()
     return ax
+
+
+def plot_in_context_fits(
+    pictures: Mapping[str, tuple[Any, Mapping[str, fits.Predictor]]],
+    n_examples: int,
+    grid: torch.Tensor,
+    generator: torch.Generator,
+    labels: Mapping[str, str] | None = None,
+    error_half_width: float = 2.0,
+) -> tuple[Figure, dict[tuple[str, str], float]]:
+    """One panel per entry ``{title: (task, {estimator id: predictor})}``: a function
+    drawn from the task, ``n_examples`` standard normal inputs (the same in every
+    panel) with its labels, and each predictor's in-context fit
+    (:func:`icl_lib.fits.in_context_fit`) over ``grid: (m, d)``, in two columns.
+
+    Draws from ``generator`` in this order: the inputs, then one function per panel.
+    Returns the figure (for the calling cell to show) and each fit's mean squared error
+    against the true function on the grid points with every coordinate within
+    ``error_half_width``, keyed ``(title, estimator id)``. ``labels``: overrides of the
+    legend labels (:func:`icl_lib.evaluation.label`).
+    """
+    if not pictures:
+        raise ValueError("pictures must name at least one panel, got none")
+    if not (isinstance(grid, torch.Tensor) and grid.ndim == 2):
+        got = (
+            tuple(grid.shape) if isinstance(grid, torch.Tensor) else type(grid).__name__
+        )
+        raise ValueError(f"grid must be a tensor of shape (m, d), got {got}")
+    examples_x = samplers.gaussian_xs(1, n_examples, grid.shape[1], generator)[0]
+    inside = (grid.abs() <= error_half_width).all(dim=1)
+    n_columns = 2
+    n_rows = (len(pictures) + 1) // n_columns
+    fig, grid_of_axes = plt.subplots(n_rows, n_columns, figsize=(9, 3.4 * n_rows))
+    axes = np.atleast_1d(grid_of_axes).flatten()
+    for ax in axes[len(pictures) :]:
+        ax.remove()
+    errors = {}
+    for ax, (title, (task, predictors)) in zip(axes, pictures.items()):
+        sample = task.sample(torch.cat([examples_x, grid])[None], generator)
+        examples_y, truth = sample.ys[0, :n_examples], sample.ys[0, n_examples:]
+        line_x = grid[:, 0]
+        ax.plot(
+            line_x, truth, color="grey", linewidth=3, alpha=0.5, label="true function"
+        )
+        ax.plot(
+            examples_x[:, 0],
+            examples_y,
+            "o",
+            color="black",
+            markersize=5,
+            label=f"the {n_examples} examples",
+        )
+        for name, predict in predictors.items():
+            fit = fits.in_context_fit(predict, examples_x, examples_y, grid)
+            look = style(name)
+            ax.plot(
+                line_x,
+                fit,
+                color=look.color,
+                linestyle=look.linestyle,
+                linewidth=1.5,
+                label=label(name, labels),
+            )
+            errors[title, name] = float(((fit - truth.double())[inside] ** 2).mean())
+        ax.set_title(title)
+        ax.set_xlabel("x")
+    for ax in axes[::n_columns]:
+        ax.set_ylabel("y")
+    fig.tight_layout()
+    fig.legend(
+        *axes[0].get_legend_handles_labels(),
+        loc="upper center",
+        bbox_to_anchor=(0.5, 0.0),
+        ncol=3,
+    )
+    return fig, errors
 
 
 def _in_data_coordinates(transform, ax: plt.Axes) -> bool:

@@ -29,7 +29,9 @@ labels add noise of standard deviation ``noise_std`` without renormalising.
 
 Chapter 2 measures models on its own shifted prompts with :func:`axis_orthogonal_query`
 (Garg et al.'s query along e_d), :func:`prediction_at_query`,
-:func:`least_squares_at_query`, :func:`regression_slope` and :func:`normalised_error`.
+:func:`least_squares_at_query`, and scores them with
+:func:`icl_lib.evaluation.regression_slope` and
+:func:`icl_lib.evaluation.normalised_error`.
 """
 
 from __future__ import annotations
@@ -225,33 +227,6 @@ def prediction_at_query(
     (:func:`icl_lib.evaluation.as_predictor`)."""
     checks.prompt_tensors(xs, ys)
     return evaluation.as_predictor(model)(xs, ys)[:, -1]
-
-
-def _predictions_and_truth(
-    preds: torch.Tensor, truth: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    if not isinstance(preds, torch.Tensor) or not isinstance(truth, torch.Tensor):
-        raise ValueError("preds and truth must be tensors of shape (batch,)")
-    if preds.ndim != 1 or preds.shape != truth.shape or len(truth) == 0:
-        raise ValueError(
-            "preds and truth must be non-empty tensors of the same shape (batch,), got "
-            f"{tuple(preds.shape)} and {tuple(truth.shape)}"
-        )
-    return preds.double(), truth.double()
-
-
-def regression_slope(preds: torch.Tensor, truth: torch.Tensor) -> float:
-    """The slope of the regression of the predictions on the truth through 0, E[yhat
-    y] / E[y^2], over ``preds, truth: (batch,)``: 1 for right answers."""
-    preds, truth = _predictions_and_truth(preds, truth)
-    return float((preds * truth).mean() / (truth * truth).mean())
-
-
-def normalised_error(preds: torch.Tensor, truth: torch.Tensor) -> float:
-    """E[(yhat - y)^2] / E[y^2] over ``preds, truth: (batch,)``: 1 for the zero
-    predictor."""
-    preds, truth = _predictions_and_truth(preds, truth)
-    return float(((preds - truth) ** 2).mean() / (truth**2).mean())
 
 
 # ----------------------------------------------------- shifts of whole prompts, by name

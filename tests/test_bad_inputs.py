@@ -2012,6 +2012,29 @@ LIBRARY_ERRORS = [
         r"one d\), got xs \(3, 1\), ys \(2,\), queries \(2, 1\)",
     ),
     (
+        "plot_in_context_fits without panels",
+        lambda run, tmp: plotting.plot_in_context_fits(
+            {}, 12, torch.zeros(5, 1), make_generator(0)
+        ),
+        r"pictures must name at least one panel, got none",
+    ),
+    (
+        "plot_in_context_fits grid of one dimension",
+        lambda run, tmp: plotting.plot_in_context_fits(
+            {"a": (tasks.make_task("linear"), {})},
+            12,
+            torch.zeros(5),
+            make_generator(0),
+        ),
+        r"grid must be a tensor of shape \(m, d\), got \(5,\)",
+    ),
+    (
+        "evaluation.label of an unknown estimator",
+        lambda run, tmp: evaluation.label("nonsense", {"lasso": "lasso (α = 0.1)"}),
+        r"estimator must be an id of the style table \[.*\] or one of its labels, "
+        r"got 'nonsense'",
+    ),
+    (
         "gaussian_xs cov of another d",
         lambda run, tmp: samplers.gaussian_xs(
             4, 3, 2, make_generator(0), cov=torch.eye(3)
@@ -2121,14 +2144,20 @@ LIBRARY_ERRORS = [
     ),
     (
         "regression_slope of mismatched shapes",
-        lambda run, tmp: shifts.regression_slope(torch.zeros(3), torch.ones(4)),
-        r"preds and truth must be non-empty tensors of the same shape \(batch,\), "
-        r"got \(3,\) and \(4,\)",
+        lambda run, tmp: evaluation.regression_slope(torch.zeros(3), torch.ones(4)),
+        r"preds and truth must be two torch tensors or two numpy arrays of one shape "
+        r"\(batch,\), got Tensor \(3,\) and Tensor \(4,\)",
     ),
     (
-        "normalised_error of numpy arrays",
-        lambda run, tmp: shifts.normalised_error(np.zeros(3), np.ones(3)),
-        r"preds and truth must be tensors of shape \(batch,\)",
+        "normalised_error of a tensor and an array",
+        lambda run, tmp: evaluation.normalised_error(torch.zeros(3), np.ones(3)),
+        r"preds and truth must be two torch tensors or two numpy arrays of one shape "
+        r"\(batch,\), got Tensor \(3,\) and ndarray \(3,\)",
+    ),
+    (
+        "normalised_error of an empty truth",
+        lambda run, tmp: evaluation.normalised_error(torch.zeros(0), torch.zeros(0)),
+        r"preds must have shape \(n,\) with n >= 1 \(ddof = 0\), got \(0,\)",
     ),
     (
         "without_causal_mask of a model that is no GPT",

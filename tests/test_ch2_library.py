@@ -149,12 +149,15 @@ def test_slope_and_normalised_error_against_numpy():
     truth = generator.standard_normal(500)
     preds = 0.7 * truth + 0.2 * generator.standard_normal(500)
     slope = np.linalg.lstsq(truth[:, None], preds, rcond=None)[0][0]
-    assert shifts.regression_slope(
+    assert evaluation.regression_slope(
         torch.from_numpy(preds), torch.from_numpy(truth)
     ) == pytest.approx(slope, rel=1e-12)
     error = np.sum((preds - truth) ** 2) / np.sum(truth**2)
-    assert shifts.normalised_error(
+    assert evaluation.normalised_error(
         torch.from_numpy(preds), torch.from_numpy(truth)
     ) == pytest.approx(error, rel=1e-12)
     zero = torch.zeros(500, dtype=torch.float64)
-    assert shifts.normalised_error(zero, torch.from_numpy(truth)) == 1.0
+    assert evaluation.normalised_error(zero, torch.from_numpy(truth)) == 1.0
+    # numpy arrays are scored by numpy, to the same numbers
+    assert evaluation.regression_slope(preds, truth) == pytest.approx(slope, rel=1e-12)
+    assert evaluation.normalised_error(preds, truth) == pytest.approx(error, rel=1e-12)

@@ -12,7 +12,9 @@ import torch
 
 from icl_lib.baselines import averaging, least_squares
 from icl_lib.devices import make_generator
+from icl_lib import evaluation
 from icl_lib.evaluation import (
+    STYLES,
     ErrorCurve,
     as_predictor,
     band_contains,
@@ -548,3 +550,10 @@ def test_interval_helpers_bad_input():
     # the t interval needs two values even with ddof=0
     with pytest.raises(ValueError, match=r"^values must have shape \(n,\) with n >= 2"):
         mean_interval(np.ones(1), method="t", ddof=0)
+
+
+def test_label_prefers_the_chapters_override_and_falls_back_to_the_style_table():
+    overrides = {"lasso": "lasso (α = 0.1)"}
+    assert evaluation.label("lasso", overrides) == "lasso (α = 0.1)"
+    assert evaluation.label("least_squares", overrides) == STYLES["least_squares"].label
+    assert evaluation.label("least_squares") == STYLES["least_squares"].label

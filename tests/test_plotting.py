@@ -12,7 +12,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from icl_lib import evaluate  # noqa: E402
+import torch  # noqa: E402
+
+from icl_lib import baselines, evaluate, tasks  # noqa: E402
+from icl_lib.devices import make_generator  # noqa: E402
 from icl_lib.evaluate import ESTIMATORS  # noqa: E402
 from icl_lib.evaluation import STYLES, ErrorCurve, style  # noqa: E402
 from icl_lib.plotting import (  # noqa: E402
@@ -20,6 +23,7 @@ from icl_lib.plotting import (  # noqa: E402
     estimator_color,
     k_axis,
     plot_error_curves,
+    plot_in_context_fits,
     plotted_axes_problems,
     shift_title,
     show,
@@ -442,3 +446,32 @@ def test_show_takes_the_alt_text():
     ax.plot([0, 1], [0, 1])
     show(fig, alt="A rising line.")
     assert figure_description(fig) == "A rising line."
+
+
+def test_in_context_fits_draw_one_panel_per_picture_and_measure_each_fit():
+    # Noiseless 1-d linear functions: least squares recovers each slope from the
+    # examples, so its fit is the true function (error ~0); averaging's is not (its
+    # slope is the mean of x_i y_i, off by the sampling error).
+    grid = torch.linspace(-3, 3, 61, dtype=torch.float64)[:, None]
+    pictures = {
+        title: (
+            tasks.make_task("linear"),
+            {
+                "least_squares": baselines.least_squares,
+                "averaging": baselines.averaging,
+            },
+        )
+        for title in ("first", "second", "third")
+    }
+    fig, errors = plot_in_context_fits(pictures, 12, grid, make_generator(0))
+    assert [ax.get_title() for ax in fig.axes] == ["first", "second", "third"]
+    assert not plotted_axes_problems(fig)
+    assert set(errors) == {
+        (t, n) for t in pictures for n in ("least_squares", "averaging")
+    }
+    for title in pictures:
+        assert errors[title, "least_squares"] < 1e-10  # float32 rounding: ~1e-15
+        assert errors[title, "averaging"] > 1e-3
+    again = plot_in_context_fits(pictures, 12, grid, make_generator(0))[1]
+    assert again == errors
+    plt.close("all")
