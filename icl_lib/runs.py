@@ -411,6 +411,11 @@ class RunWriter:
                 checkpoints.META_FILE,
             ):
                 (out_dir / stale).unlink(missing_ok=True)
+        provenance, machines = machine_record(
+            checkpoints.provenance(device),
+            _previous_meta(out_dir) if resumed_from is not None else None,
+            resumed_from,
+        )
         lines = "".join(json.dumps(r) + "\n" for r in history)
         checkpoints.atomic_write(
             out_dir / checkpoints.METRICS_FILE, lambda f: f.write(lines.encode())
@@ -421,7 +426,8 @@ class RunWriter:
             or f"icl_lib.train.train() called from {shlex.join(sys.argv)}",
             "config": config.to_dict(),
             "seed": config.seed,
-            **checkpoints.provenance(device),
+            **provenance,
+            **({"resumed_on": machines} if machines else {}),
             "threads": config.threads,
             **(
                 {"world_size": world.size, "backend": world.backend}
@@ -491,6 +497,54 @@ class RunWriter:
     def close(self) -> None:
         if self.metrics_file is not None:
             self.metrics_file.close()
+
+
+# What decides whether float32 training is bit-identical on another machine
+# (checkpoints.provenance): a resumed run keeps those of the machine that began it.
+MACHINE_KEYS = (
+    "device",
+    "device_name",
+    "torch_version",
+    "python_version",
+    "cpu_model",
+    "cpu_capability",
+    "blas",
+    "blas_instructions",
+)
+
+
+def _previous_meta(out_dir: Path) -> dict[str, Any] | None:
+    try:
+        return checkpoints.load_meta(out_dir)
+    except ValueError:  # a checkpoint without meta.json (killed between the two)
+        return None
+
+
+def machine_record(
+    here: Mapping[str, Any],
+    previous: Mapping[str, Any] | None,
+    resumed_from: int | None,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The provenance a run's ``meta.json`` records, and its ``resumed_on`` list.
+
+    ``here``: :func:`icl_lib.checkpoints.provenance` of this machine; ``previous``: the
+    run's ``meta.json`` before this resume (None for a new run). A resumed run keeps the
+    :data:`MACHINE_KEYS` of the machine that began it, which trained the steps a replay
+    reruns (:mod:`icl_lib.replay` judges bit-exactness by them), and appends this
+    machine's, from ``resumed_from`` on, to ``resumed_on`` when they differ from those
+    of the segment before.
+    """
+    if previous is None:
+        return dict(here), []
+    first = {key: previous[key] for key in MACHINE_KEYS if key in previous}
+    machines = [dict(m) for m in previous.get("resumed_on", [])]
+    last = machines[-1] if machines else first
+    now = {key: here[key] for key in MACHINE_KEYS if key in here}
+    if any(last.get(key) != value for key, value in now.items()):
+        machines.append({"at_step": resumed_from, **now})
+    # a machine key the first segment did not record stays unrecorded
+    kept = {k: v for k, v in here.items() if k not in MACHINE_KEYS or k in previous}
+    return {**kept, **first}, machines
 
 
 def final_metrics(history: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from icl_lib import checkpoints, runs
 from icl_lib.checkpoints import (
     CHECKPOINT_FILE,
     META_FILE,
@@ -850,6 +851,45 @@ def test_a_constant_rate_run_extended_on_resume_equals_the_extended_run_from_scr
         {"at_step": 6, "before": {"steps": 8, "decay_fraction": 0.25}}
     ]
     assert meta["steps"] == 12 and meta["status"] == "finished"
+
+
+def test_a_run_resumed_on_another_machine_keeps_the_kernels_it_began_with(
+    tmp_path, monkeypatch
+):
+    """meta.json's machine fields stay those of the machine that trained the first
+    steps (a replay reruns those), and each change of machine is listed with its step."""
+    config = tiny_config(steps=6, checkpoint_every=2, eval_every=0)
+    train(config, tmp_path / "run", progress=False, stop_at=2)
+    began = json.loads((tmp_path / "run" / META_FILE).read_text())
+    real = checkpoints.provenance
+    other = {"cpu_model": "Another CPU", "cpu_capability": "DEFAULT"}
+    monkeypatch.setattr(checkpoints, "provenance", lambda d: {**real(d), **other})
+    train(config, tmp_path / "run", progress=False, stop_at=4)
+    monkeypatch.setattr(checkpoints, "provenance", real)
+    whole = train(config, tmp_path / "run", progress=False)
+    meta = json.loads((tmp_path / "run" / META_FILE).read_text())
+    assert meta["status"] == "finished" and whole.step == 6
+    for key in runs.MACHINE_KEYS:
+        assert meta.get(key) == began.get(key), key
+    here = {key: began[key] for key in runs.MACHINE_KEYS if key in began}
+    assert meta["resumed_on"] == [
+        {"at_step": 2, **here, **other},
+        {"at_step": 4, **here},
+    ]
+
+
+def test_a_resume_on_the_same_machine_adds_no_record():
+    here = {"git_commit": "b", "device": "cpu", "cpu_model": "X", "blas": "mkl"}
+    previous = {"git_commit": "a", "device": "cpu", "cpu_model": "X", "blas": "mkl"}
+    assert runs.machine_record(here, previous, 10) == (here, [])
+    assert runs.machine_record(here, None, None) == (here, [])
+    # a run recorded before meta.json held its kernels does not gain this machine's
+    old = {"git_commit": "a", "device": "cpu"}
+    record, machines = runs.machine_record(here, old, 10)
+    assert record == {"git_commit": "b", "device": "cpu"}
+    assert machines == [
+        {"at_step": 10, "device": "cpu", "cpu_model": "X", "blas": "mkl"}
+    ]
 
 
 def test_a_schedule_change_that_alters_a_step_taken_is_refused(tmp_path):
