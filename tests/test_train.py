@@ -857,7 +857,8 @@ def test_a_run_resumed_on_another_machine_keeps_the_kernels_it_began_with(
     tmp_path, monkeypatch
 ):
     """meta.json's machine fields stay those of the machine that trained the first
-    steps (a replay reruns those), and each change of machine is listed with its step."""
+    steps (a replay reruns those), and each change of machine is listed with its
+    step."""
     config = tiny_config(steps=6, checkpoint_every=2, eval_every=0)
     train(config, tmp_path / "run", progress=False, stop_at=2)
     began = json.loads((tmp_path / "run" / META_FILE).read_text())
