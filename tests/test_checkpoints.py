@@ -246,7 +246,9 @@ def test_committed_checkpoints_respect_the_size_limits_and_name_their_command():
         assert (
             Path(checkpoints.repository_root()) / meta["command"].split()[3]
         ).is_file(), meta["command"]
-    assert total <= 40 * 2**20
+    # 5 MB a run keeps a clone small; the total leaves room for chapter 6's twins and
+    # second seeds (about 1.6 MB each) on top of the 40 runs committed before them
+    assert total <= 56 * 2**20, f"committed runs: {total / 2**20:.1f} MiB"
 
 
 def test_runs_in_progress_hold_a_resume_checkpoint_and_are_not_loadable_by_name():
