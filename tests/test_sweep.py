@@ -95,8 +95,23 @@ def test_the_sweep_files_are_chapter_6s_twins_and_chapter_5s_shares(monkeypatch)
     twins = sweep.load_sweep(
         REPO / "configs" / "sweeps" / "raventos_pool_batch256.toml"
     )
-    assert [r.config.task["pool_size"] for r in twins] == [32, 128, 512, 2048, 8192]
+    # seed 1 at the two M values that bracket the threshold, in both arms
+    bracketing = [(128, None), (128, 1), (2048, None), (2048, 1)]
+    assert [(r.config.task["pool_size"], r.seed) for r in twins] == [
+        (32, None),
+        *bracketing[:2],
+        (512, None),
+        *bracketing[2:],
+        (8192, None),
+    ]
     assert {r.config.batch_size for r in twins} == {256}
+    sweep_128 = sweep.load_sweep(
+        REPO / "configs" / "sweeps" / "raventos_pool_laptop.toml"
+    )
+    assert [
+        (r.config.task["pool_size"], r.seed) for r in sweep_128 if r.seed is not None
+    ] == [(128, 1), (2048, 1)]
+    assert {r.config.batch_size for r in sweep_128} == {128}
     shares = sweep.load_sweep(
         REPO / "configs" / "sweeps" / "yadlowsky_per_batch_shares.toml"
     )
