@@ -259,13 +259,29 @@ def _paired_samples(
     preds: torch.Tensor | np.ndarray, truth: torch.Tensor | np.ndarray
 ) -> tuple[torch.Tensor | np.ndarray, torch.Tensor | np.ndarray]:
     preds, truth = _sample("preds", preds), _sample("truth", truth)
-    if type(preds) is not type(truth) or preds.shape != truth.shape:
-        raise ValueError(
-            "preds and truth must be two torch tensors or two numpy arrays of one "
-            f"shape (batch,), got {type(preds).__name__} {tuple(preds.shape)} and "
-            f"{type(truth).__name__} {tuple(truth.shape)}"
-        )
+    _check_pair("preds and truth", preds, truth, "(batch,)")
     return preds, truth
+
+
+def _check_pair(names: str, a: object, b: object, shape: str) -> None:
+    """Raise a ``ValueError`` naming ``names`` unless ``a`` and ``b`` are two torch
+    tensors or two numpy arrays of one shape."""
+    same_kind = any(
+        isinstance(a, kind) and isinstance(b, kind)
+        for kind in (torch.Tensor, np.ndarray)
+    )
+    if not same_kind or a.shape != b.shape:
+        shapes = [
+            tuple(v.shape)
+            if isinstance(v, (torch.Tensor, np.ndarray))
+            else type(v).__name__
+            for v in (a, b)
+        ]
+        raise ValueError(
+            f"{names} must be two torch tensors or two numpy arrays of one shape "
+            f"{shape}, got {type(a).__name__} {shapes[0]} and {type(b).__name__} "
+            f"{shapes[1]}"
+        )
 
 
 def regression_slope(
@@ -337,21 +353,7 @@ def paired_interval(
     """The mean difference ``a - b`` of paired values (per prompt, task or seed; ``a, b:
     (n,)``, both tensors or both arrays) and its interval ``(mean, low, high)``:
     :func:`mean_interval` of the differences, so that what the pairs share cancels."""
-    same_kind = any(
-        isinstance(a, kind) and isinstance(b, kind)
-        for kind in (torch.Tensor, np.ndarray)
-    )
-    if not same_kind or a.shape != b.shape:
-        shapes = [
-            tuple(v.shape)
-            if isinstance(v, (torch.Tensor, np.ndarray))
-            else type(v).__name__
-            for v in (a, b)
-        ]
-        raise ValueError(
-            "a and b must be two torch tensors or two numpy arrays of one shape (n,), "
-            f"got {type(a).__name__} {shapes[0]} and {type(b).__name__} {shapes[1]}"
-        )
+    _check_pair("a and b", a, b, "(n,)")
     return mean_interval(a - b, level=level, method=method, ddof=ddof)
 
 
