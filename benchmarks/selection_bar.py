@@ -22,7 +22,8 @@ the difference on the same prompts. A mixture model is held to issue 28's bar: o
 prompts it keeps at least 0.7 of the sparse specialists' gain over least squares, (LS -
 mixture) / (LS - specialists) over the window, and on dense prompts it is within 0.03 of
 the dense specialist. Writes ``results/selection_bar.json`` (every curve, with the
-command, seed, commit, time and each run's own commit) and
+command, seed, commit, time and each run's own commit; each criterion with the run it is
+about, ``null`` for the specialists') and
 ``benchmarks/selection_bar.md``.
 """
 
@@ -188,8 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         default=[DEFAULT_MIXTURE],
         help=(
-            "the 50/50 mixture models (each is held to the bar); a run directory path "
-            "works too"
+            "the mixture models (each is held to the bar); a run directory path works "
+            "too"
         ),
     )
     parser.add_argument(
@@ -249,20 +250,25 @@ def main(argv: list[str] | None = None) -> int:
     )
     specialists_window = np.mean([window(sparse[n]) for n in args.sparse], 0)
     dense_vs_sparse = bootstrap(window(sparse[args.dense]) - specialists_window)
+    # (run the criterion is about, or None for the specialists, criterion, holds,
+    # evidence)
     bar = [
         (
+            None,
             "every sparse seed: window <= 0.8 x least squares",
             all(w <= 0.8 * ls_window for w in specialist_windows),
             ", ".join(f"{w:.3f}" for w in specialist_windows)
             + f" vs {0.8 * ls_window:.3f}",
         ),
         (
+            None,
             "mean over sparse seeds <= lasso + 0.05",
             mean_sparse[0] <= lasso_window + 0.05,
             f"{mean_sparse[0]:.3f} [{mean_sparse[1]:.3f}, {mean_sparse[2]:.3f}] vs "
             f"{lasso_window + 0.05:.3f}",
         ),
         (
+            None,
             "not vacuous: dense specialist >= sparse specialists + 0.1 (sparse window)",
             dense_vs_sparse[0] >= 0.1,
             f"difference {dense_vs_sparse[0]:+.3f} [{dense_vs_sparse[1]:+.3f}, "
@@ -280,12 +286,14 @@ def main(argv: list[str] | None = None) -> int:
         )
         bar += [
             (
+                mixture,
                 f"`{mixture}` keeps >= {RETENTION_BAR} of the sparse specialists' gain "
                 "over least squares (sparse window)",
                 kept[0] >= RETENTION_BAR,
                 f"retention {kept[0]:.2f} [{kept[1]:.2f}, {kept[2]:.2f}]",
             ),
             (
+                mixture,
                 f"`{mixture}` within {DENSE_BAR} of the dense specialist (dense, k >= "
                 "1)",
                 abs(versus_dense[0]) <= DENSE_BAR,
@@ -328,7 +336,10 @@ def main(argv: list[str] | None = None) -> int:
             key: {"mean": m, "low": lo, "high": hi}
             for key, (m, lo, hi) in numbers.items()
         },
-        "bar": [{"criterion": c, "holds": bool(h), "evidence": e} for c, h, e in bar],
+        "bar": [
+            {"run": run, "criterion": c, "holds": bool(h), "evidence": e}
+            for run, c, h, e in bar
+        ],
     }
     checkpoints.write_json_atomic(record, args.out)
     lines = [
@@ -361,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{cells[1]} |"
         )
     lines += ["", "| criterion | holds | evidence |", "|---|---|---|"]
-    lines += [f"| {c} | {'yes' if h else 'no'} | {e} |" for c, h, e in bar]
+    lines += [f"| {c} | {'yes' if h else 'no'} | {e} |" for _, c, h, e in bar]
     Path(args.table).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
