@@ -284,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         versus_dense = bootstrap(
             dense_mean(dense[mixture]) - dense_mean(dense[args.dense])
         )
+        numbers[f"dense minus the dense specialist: {mixture}"] = versus_dense
         bar += [
             (
                 mixture,
